@@ -1,0 +1,27 @@
+# README's two commands: `make audit` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Without a CUDA GPU, pin the CPU build of torch (an unpinned torch pulls GBs of CUDA wheels).
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+CONSTRAINTS := $(if $(HAS_GPU),,-c constraints/cpu.txt)
+
+.PHONY: audit test prove check bench clean
+
+$(BIN)/.installed: pyproject.toml constraints/cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(CONSTRAINTS) -e .
+	touch $@
+
+audit: $(BIN)/.installed
+	$(BIN)/flashproof audit
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+prove: $(BIN)/.installed
+	$(BIN)/flashproof prove
+
+clean:
+	rm -rf $(VENV) build *.egg-info .hypothesis .pytest_cache

@@ -1,0 +1,2 @@
+"""flashproof.kernels (under construction)."""
+__all__ = []

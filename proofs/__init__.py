@@ -1,0 +1,2 @@
+"""flashproof.proofs (under construction)."""
+__all__ = []

@@ -1,0 +1,2 @@
+"""flashproof.properties (under construction)."""
+__all__ = []

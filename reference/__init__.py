@@ -1,0 +1,2 @@
+"""flashproof.reference (under construction)."""
+__all__ = []

@@ -1,0 +1,151 @@
+"""spec/: mask semantics, argument validation and the online-softmax merge on numpy/floats."""
+import math
+
+import numpy as np
+import pytest
+
+from flashproof import spec
+from flashproof.spec import Mask, make_mask
+
+
+def brute_allowed(i, j, lq, lk, causal, align, left, right):
+    d = 0 if align == "top_left" else lk - lq
+    if causal:
+        right = 0 if right == -1 else min(right, 0)
+    ok = 0 <= j < lk
+    if left != -1:
+        ok &= j >= i + d - left
+    if right != -1:
+        ok &= j <= i + d + right
+    return ok
+
+
+@pytest.mark.parametrize("lq,lk", [(1, 1), (3, 7), (7, 3), (5, 5), (1, 9), (9, 1)])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("align", ["top_left", "bottom_right"])
+@pytest.mark.parametrize("window", [(-1, -1), (0, 0), (2, 1), (-1, 3), (1, -1), (10, 10)])
+def test_mask_matrix_matches_definition(lq, lk, causal, align, window):
+    m = Mask(causal=causal, alignment=align, window=window)
+    want = np.array([[brute_allowed(i, j, lq, lk, causal, align, *window) for j in range(lk)]
+                     for i in range(lq)], dtype=bool).reshape(lq, lk)
+    np.testing.assert_array_equal(m.matrix(lq, lk), want)
+    lo, hi = m.key_range(np.arange(lq), lq, lk)
+    for i in range(lq):  # allowed keys are one contiguous range
+        np.testing.assert_array_equal(want[i], (np.arange(lk) >= lo[i]) & (np.arange(lk) < hi[i]))
+
+
+def test_causal_alignments_differ_when_lengths_differ():
+    tl = make_mask(causal=True).matrix(2, 4)
+    br = make_mask(causal="bottom_right").matrix(2, 4)
+    np.testing.assert_array_equal(tl, [[1, 0, 0, 0], [1, 1, 0, 0]])
+    np.testing.assert_array_equal(br, [[1, 1, 1, 0], [1, 1, 1, 1]])
+    # bottom_right with lq > lk leaves the first rows empty
+    assert not make_mask(causal="bottom_right").matrix(4, 2)[:2].any()
+
+
+def test_window_wider_than_sequence_equals_causal():
+    for align in ("top_left", "bottom_right"):
+        a = make_mask(causal=align, window=(100, 100)).matrix(6, 9)
+        b = make_mask(causal=align).matrix(6, 9)
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("bad,exc", [
+    (dict(window=(-2, 0)), ValueError), (dict(window=(0, -5)), ValueError),
+    (dict(window=(1,)), ValueError), (dict(window=(1.5, 0)), TypeError),
+    (dict(window=(True, 0)), TypeError), (dict(causal="diagonal"), ValueError),
+    (dict(causal=1.0), TypeError), (dict(causal="top_left", alignment="bottom_right"), ValueError),
+])
+def test_bad_mask_arguments_raise(bad, exc):
+    with pytest.raises(exc):
+        make_mask(**bad)
+
+
+def test_scale_and_softcap_validation():
+    assert spec.resolve_scale(None, 64) == 0.125
+    assert spec.resolve_scale(0.5, 64) == 0.5
+    for bad in (math.inf, math.nan):
+        with pytest.raises(ValueError, match="scale"):
+            spec.resolve_scale(bad, 64)
+    with pytest.raises(ValueError):
+        spec.default_scale(0)
+    assert spec.normalize_softcap(0) is None and spec.normalize_softcap(math.inf) is None
+    with pytest.raises(ValueError, match="softcap"):
+        spec.normalize_softcap(-1.0)
+    s = np.linspace(-5, 5, 11)
+    np.testing.assert_allclose(spec.apply_softcap(s, 1e12), s, rtol=1e-12)
+    assert np.all(np.abs(spec.apply_softcap(s * 1e6, 3.0)) <= 3.0)
+
+
+def test_gqa_mapping_and_dims():
+    assert [spec.kv_head(h, 6, 2) for h in range(6)] == [0, 0, 0, 1, 1, 1]
+    assert [spec.kv_head(h, 7, 1) for h in range(7)] == [0] * 7
+    with pytest.raises(ValueError, match="multiple"):
+        spec.kv_head(0, 6, 4)
+    d = spec.check_dims((2, 6, 5, 8), (2, 3, 7, 8), (2, 3, 7, 4))
+    assert (d.heads, d.kv_heads, d.lq, d.lk, d.e, d.ev) == (6, 3, 5, 7, 8, 4)
+    for shapes, word in [
+        (((2, 6, 5), (2, 3, 7, 8), (2, 3, 7, 4)), "query"),
+        (((2, 6, 5, 8), (2, 4, 7, 8), (2, 4, 7, 4)), "multiple"),
+        (((2, 6, 5, 8), (2, 3, 7, 9), (2, 3, 7, 4)), "head dims"),
+        (((2, 6, 5, 8), (2, 3, 7, 8), (2, 3, 6, 4)), "lengths"),
+        (((2, 6, 5, 0), (2, 3, 7, 0), (2, 3, 7, 4)), "positive"),
+    ]:
+        with pytest.raises(ValueError, match=word):
+            spec.check_dims(*shapes)
+
+
+def _direct(s, v):
+    keep = ~np.isneginf(s)
+    if not keep.any():
+        return np.zeros(v.shape[1]), -np.inf
+    m = s[keep].max()
+    p = np.exp(s[keep] - m)
+    return p @ v[keep] / p.sum(), m + np.log(p.sum())
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_merge_of_irregular_tiles_equals_direct(seed):
+    rng = np.random.default_rng(seed)
+    n, e = 37, 5
+    s = rng.normal(size=n) * 10
+    s[rng.random(n) < 0.3] = -np.inf
+    v = rng.normal(size=(n, e))
+    cuts = np.sort(rng.choice(np.arange(1, n), size=6, replace=False))
+    blocks = np.split(np.arange(n), cuts)
+    states = [spec.block_state(list(s[b]), [list(x) for x in v[b]], e) for b in blocks]
+    rng.shuffle(states)  # the merge is commutative
+    o, lse = spec.finalize(spec.fold(states, e))
+    o_ref, lse_ref = _direct(s, v)
+    np.testing.assert_allclose(o, o_ref, rtol=1e-12, atol=1e-12)  # fp64 rounding only
+    assert lse == pytest.approx(lse_ref, rel=1e-12, abs=1e-12)
+
+
+def test_empty_states_merge_without_nan():
+    e = 3
+    for ops in (spec.SCALAR, spec.NUMPY):
+        idn = spec.identity(e, ops)
+        both = spec.merge(idn, idn, ops)
+        o, lse = spec.finalize(spec.State(np.float64(both.m), np.float64(both.l), np.asarray(both.acc)),
+                               spec.NUMPY)
+        assert np.all(o == 0) and lse == -np.inf
+    st = spec.block_state([-np.inf, -np.inf], [[np.nan] * e, [np.inf] * e], e)
+    assert st.l == 0 and all(a == 0 for a in st.acc)  # masked NaN/inf values never leak
+
+
+def test_numpy_batched_rows_match_scalar_rows():
+    rng = np.random.default_rng(7)
+    r, n, e = 4, 9, 3
+    s = rng.normal(size=(r, n)) * 30
+    s[1] = -np.inf  # an empty row
+    s[2, :4] = -np.inf
+    v = rng.normal(size=(n, e))
+    v[0] = np.nan  # only row 1 and 2 mask key 0; rows 0 and 3 attend it
+    o, lse = spec.finalize(spec.merge(spec.block_state(s[:, :4], v[:4], e, spec.NUMPY),
+                                      spec.block_state(s[:, 4:], v[4:], e, spec.NUMPY), spec.NUMPY),
+                           spec.NUMPY)
+    assert np.isnan(o[0]).all() and np.isnan(o[3]).all()
+    assert np.all(o[1] == 0) and lse[1] == -np.inf
+    o2, lse2 = _direct(s[2], v)
+    np.testing.assert_allclose(o[2], o2, rtol=1e-12)
+    assert lse[2] == pytest.approx(lse2, rel=1e-12)
