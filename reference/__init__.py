@@ -1,2 +1,9 @@
-"""flashproof.reference (under construction)."""
-__all__ = []
+"""flashproof.reference: arbitrary-precision, certified, tiled, fast fp64 and naive evaluation
+of spec. All entry points take q (B,H,Lq,E), k (B,Hkv,Lk,E), v (B,Hkv,Lk,Ev) as torch tensors or
+numpy arrays, converted exactly, and spec's keyword options (attn_mask, causal, alignment,
+window, scale, softcap).
+"""
+from .fast import forward_fp64, forward_naive
+from .mp import forward_mp
+
+__all__ = ["forward_fp64", "forward_mp", "forward_naive"]
