@@ -1,0 +1,223 @@
+"""``flashproof bench``: our kernel against every torch SDPA backend, same inputs, same GPU, one run.
+
+Times are medians of ``triton.testing.do_bench`` (CUDA events). FLOPs: forward 4·B·H·Lq·Lk·E,
+halved for causal; backward 2.5x forward. Decode is reported in GB/s of K/V (and Q/O) bytes
+moved, and as a fraction of the device-to-device copy bandwidth measured in the same run.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sys
+
+__all__ = ["add_arguments", "run", "attention_flops"]
+
+
+def _num(x, fmt):
+    return "-" if x is None else format(x, fmt)
+
+
+def attention_flops(b, h, lq, lk, e, *, causal, backward=False):
+    f = 4.0 * b * h * lq * lk * e
+    if causal:
+        f /= 2
+    return f * 2.5 if backward else f
+
+
+def _impls():
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from flashproof import kernels
+
+    out = {"flashproof": lambda q, k, v, c: kernels.attention(q, k, v, causal=c)}
+    for name, be in (("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
+                     ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION)):
+        def fn(q, k, v, c, _be=be):
+            with sdpa_kernel([_be]):
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=c)
+        out[name] = fn
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        flex = torch.compile(flex_attention, dynamic=False)
+        masks = {}
+
+        def flex_fn(q, k, v, c):
+            bm = None
+            if c:
+                key = (q.shape[2], k.shape[2])
+                if key not in masks:
+                    masks[key] = create_block_mask(lambda b, h, i, j: j <= i, None, None, *key, device=q.device)
+                bm = masks[key]
+            return flex(q, k, v, block_mask=bm)
+
+        out["flex"] = flex_fn
+    except Exception:
+        pass
+    return out
+
+
+def _time(fn, *, backward, q, k, v, c):
+    import torch
+    from triton.testing import do_bench
+
+    if not backward:
+        return do_bench(lambda: fn(q, k, v, c), warmup=25, rep=100, return_mode="median")
+    qq, kk, vv = (x.detach().requires_grad_() for x in (q, k, v))
+    o = fn(qq, kk, vv, c)
+    do = torch.randn_like(o)
+    return do_bench(lambda: torch.autograd.grad(o, (qq, kk, vv), do, retain_graph=True), warmup=25, rep=100,
+                    return_mode="median")
+
+
+def copy_bandwidth():
+    """Device-to-device copy bandwidth in GB/s (bytes read + written), measured now."""
+    import torch
+    from triton.testing import do_bench
+
+    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = do_bench(lambda: y.copy_(x), warmup=25, rep=100, return_mode="median")
+    return 2 * x.numel() / ms / 1e6
+
+
+def bench(*, dtypes=("bfloat16", "float16"), lengths=(1024, 2048, 4096, 8192, 16384), heads_dims=(128, 64, 256),
+          tokens=32768, h=16, causal_modes=(False, True), backward=True, decode=True, log=print):
+    import torch
+
+    impls = _impls()
+    rows = []
+    for dt in dtypes:
+        dty = getattr(torch, dt)
+        for e in heads_dims:
+            for L in (lengths if e == 128 else (4096,)):
+                b = max(1, tokens // L)
+                g = torch.Generator(device="cuda").manual_seed(0)
+                q, k, v = (torch.randn(b, h, L, e, device="cuda", dtype=dty, generator=g) for _ in range(3))
+                for c in causal_modes:
+                    for bw in ((False, True) if backward else (False,)):
+                        fl = attention_flops(b, h, L, L, e, causal=c, backward=bw)
+                        for name, fn in impls.items():
+                            try:
+                                ms = _time(fn, backward=bw, q=q, k=k, v=v, c=c)
+                                r = dict(impl=name, dtype=dt, B=b, H=h, L=L, E=e, causal=c,
+                                         pass_="bwd" if bw else "fwd", ms=ms, tflops=fl / ms / 1e9)
+                            except Exception as exc:
+                                r = dict(impl=name, dtype=dt, B=b, H=h, L=L, E=e, causal=c, pass_="bwd" if bw else "fwd",
+                                         ms=None, tflops=None, error=f"{type(exc).__name__}: {str(exc)[:120]}")
+                            rows.append(r)
+                            log(f"{dt} E={e} L={L} causal={c} {r['pass_']} {name}: {_num(r['tflops'], '.0f')} TFLOP/s")
+                del q, k, v
+    drows = []
+    if decode:
+        from flashproof import kernels
+
+        bw_copy = copy_bandwidth()
+        for bsz in (1, 8, 64):
+            for lk in (4096, 32768, 131072):
+                if bsz * lk > 64 * 32768:
+                    continue
+                hkv, hq, e = 8, 64, 128
+                dty = torch.bfloat16
+                q = torch.randn(bsz, hq, 1, e, device="cuda", dtype=dty)
+                kc = torch.randn(bsz, hkv, lk, e, device="cuda", dtype=dty)
+                vc = torch.randn_like(kc)
+                nbytes = 2 * kc.numel() * kc.element_size() + 2 * q.numel() * q.element_size()
+                from triton.testing import do_bench
+
+                try:
+                    ms = do_bench(lambda: kernels.decode(q, kc, vc), warmup=25, rep=100, return_mode="median")
+                    gbs = nbytes / ms / 1e6
+                    drows.append(dict(B=bsz, Lk=lk, Hq=hq, Hkv=hkv, E=e, ms=ms, gbs=gbs, frac_copy=gbs / bw_copy))
+                except Exception as exc:
+                    drows.append(dict(B=bsz, Lk=lk, Hq=hq, Hkv=hkv, E=e, ms=None, error=f"{type(exc).__name__}: {exc}"))
+                log(f"decode B={bsz} Lk={lk}: {drows[-1]}")
+        drows.append(dict(copy_gbs=bw_copy))
+    return rows, drows
+
+
+def write_tables(rows, drows, out_dir, *, command):
+    import torch
+    import triton
+
+    os.makedirs(out_dir, exist_ok=True)
+    meta = dict(date=_dt.date.today().isoformat(), device=torch.cuda.get_device_name(0), torch=torch.__version__,
+                triton=triton.__version__, command=command)
+    with open(os.path.join(out_dir, "bench.json"), "w") as f:
+        json.dump(dict(meta=meta, rows=rows, decode=drows), f, indent=1)
+    lines = [f"# flashproof bench: {meta['device']}", "",
+             f"{meta['date']} · torch {meta['torch']} · triton {meta['triton']} · command: `{command}`", "",
+             "TFLOP/s = FLOPs / median time (triton.testing.do_bench); forward 4·B·H·L²·E, halved for causal; "
+             "backward 2.5x forward. Ratio columns: flashproof / peer, same inputs, same run.", "",
+             "| dtype | E | L | B×H | causal | pass | flashproof | sdpa-flash | sdpa-cudnn | sdpa-efficient | flex | "
+             "vs flash | vs cuDNN |", "|" + "---|" * 13]
+    keyed = {}
+    for r in rows:
+        keyed.setdefault((r["dtype"], r["E"], r["L"], r["B"], r["H"], r["causal"], r["pass_"]), {})[r["impl"]] = r["tflops"]
+    for (dt, e, L, b, h, c, p), d in keyed.items():
+        f = lambda n: _num(d.get(n), ".0f")
+        ratio = lambda n: "-" if not d.get(n) or d.get("flashproof") is None else f"{d['flashproof'] / d[n]:.2f}x"
+        lines.append(f"| {dt} | {e} | {L} | {b}×{h} | {int(c)} | {p} | {f('flashproof')} | {f('sdpa-flash')} | "
+                     f"{f('sdpa-cudnn')} | {f('sdpa-efficient')} | {f('flex')} | {ratio('sdpa-flash')} | {ratio('sdpa-cudnn')} |")
+    if drows:
+        cp = next((d["copy_gbs"] for d in drows if "copy_gbs" in d), None)
+        lines += ["", f"## Decode (Lq = 1, bf16, GQA 64:8, E = 128, split-KV automatic); copy bandwidth {cp:.0f} GB/s", "",
+                  "| B | Lk | time (ms) | GB/s | fraction of copy bandwidth |", "|---|---|---|---|---|"]
+        for d in drows:
+            if "copy_gbs" in d:
+                continue
+            lines.append(f"| {d['B']} | {d['Lk']} | {_num(d.get('ms'), '.4f')} | {_num(d.get('gbs'), '.0f')} | "
+                         f"{_num(d.get('frac_copy'), '.0%')} |")
+    _plot(rows, out_dir)
+    lines += ["", "![TFLOP/s vs L](tflops_vs_L.png)"]
+    with open(os.path.join(out_dir, "h100.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def _plot(rows, out_dir):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    combos = [("bfloat16", False, "fwd"), ("bfloat16", True, "fwd"), ("bfloat16", False, "bwd"), ("bfloat16", True, "bwd")]
+    fig, axes = plt.subplots(1, len(combos), figsize=(5 * len(combos), 4), squeeze=False)
+    for ax, (dt, c, p) in zip(axes[0], combos):
+        sel = [r for r in rows if r["dtype"] == dt and r["causal"] == c and r["pass_"] == p and r["E"] == 128 and r["tflops"]]
+        for name in sorted({r["impl"] for r in sel}):
+            pts = sorted((r["L"], r["tflops"]) for r in sel if r["impl"] == name)
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{dt} E=128 {'causal' if c else 'non-causal'} {p}")
+        ax.set_xlabel("L")
+        ax.set_ylabel("TFLOP/s")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "tflops_vs_L.png"), dpi=90)
+    plt.close(fig)
+
+
+def add_arguments(p):
+    p.add_argument("--out", default="benchmarks/results", help="where h100.md, bench.json and the plot go")
+    p.add_argument("--quick", action="store_true", help="bf16, E=128, L in {1024, 4096} only")
+    p.add_argument("--no-backward", action="store_true")
+    p.add_argument("--no-decode", action="store_true")
+
+
+def run(args) -> int:
+    import torch
+
+    from flashproof.cli import EXIT_ERROR, EXIT_OK
+
+    if not torch.cuda.is_available():
+        print("flashproof bench: needs a CUDA GPU; none is available here", file=sys.stderr)
+        return EXIT_ERROR
+    kw = dict(backward=not args.no_backward, decode=not args.no_decode)
+    if args.quick:
+        kw.update(dtypes=("bfloat16",), lengths=(1024, 4096), heads_dims=(128,))
+    rows, drows = bench(**kw)
+    write_tables(rows, drows, args.out, command="flashproof bench " + " ".join(sys.argv[2:]))
+    print(f"wrote {os.path.join(args.out, 'h100.md')}")
+    return EXIT_OK
