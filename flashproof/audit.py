@@ -191,6 +191,7 @@ def measure(o, ref_o, *, dtype, bound=None, lse=None, ref_lse=None, naive_max=No
         "max_row_rel": float(row_rel.max(initial=0.0)),
         "mean_row_rel": float(row_rel.mean()) if row_rel.size else 0.0,
         "max_ulp": float(ulps.max(initial=0.0)),
+        "median_ulp": float(np.median(ulps)) if ulps.size else 0.0,
         "ulp_hist": [int(x) for x in hist],
         "nan": nan,
         "inf": inf,
@@ -265,13 +266,15 @@ class _Progress:
 
     def step(self, label):
         self.n += 1
+        tty = self.stream.isatty()
+        if not tty and self.n % max(1, self.total // 10) and self.n != self.total:
+            return  # logs get a line per 10%, terminals a live bar
         w = 30
         done = int(w * self.n / max(self.total, 1))
         el = time.time() - self.t0
-        self.stream.write(f"\r[{'#' * done}{'.' * (w - done)}] {self.n}/{self.total} {el:5.0f}s {label[:50]:<50}")
+        lead, end = ("\r", "\n" if self.n == self.total else "") if tty else ("", "\n")
+        self.stream.write(f"{lead}[{'#' * done}{'.' * (w - done)}] {self.n}/{self.total} {el:5.0f}s {label[:50]:<50}{end}")
         self.stream.flush()
-        if self.n == self.total:
-            self.stream.write("\n")
 
 
 def audit(impls, *, device="cpu", dtypes=("bfloat16", "float16", "float32"), quick=True, seed=0,
@@ -365,14 +368,15 @@ def _assemble(impls, results, **config):
             continue
         s = summary.setdefault(f"{r['base']}|{r['dtype']}", {"impl": r["base"], "dtype": r["dtype"], "cells": 0,
                                                              "max_abs": 0.0, "max_ulp": 0.0, "ratios": [],
-                                                             "tightness": 0.0, "violations": 0, "nonfinite": 0})
+                                                             "tightness": None, "violations": 0, "nonfinite": 0})
         m = r["metrics"]
         s["cells"] += 1
         s["max_abs"] = max(s["max_abs"], m["max_abs"])
         s["max_ulp"] = max(s["max_ulp"], m["max_ulp"])
         if "ratio_to_naive" in m and math.isfinite(m["ratio_to_naive"]):
             s["ratios"].append(m["ratio_to_naive"])
-        s["tightness"] = max(s["tightness"], m.get("tightness", 0.0))
+        if "tightness" in m:  # None when no cell of this impl has a declared bound
+            s["tightness"] = max(s["tightness"] or 0.0, m["tightness"])
         s["violations"] += len(_violations(r))
         s["nonfinite"] += m["nan"] + m["inf"]
     for s in summary.values():
@@ -477,7 +481,7 @@ def _executive(rep):
         word = "less" if med < 1 else "more"
         out.append(f"- **{s['impl']}** ({s['dtype']}): deviates from fp64 {word} than the naive baseline: "
                    f"median ratio {med:.3g} (max {s['ratio_to_naive_max']:.3g}); max abs error {s['max_abs']:.3g}, "
-                   f"{s['max_ulp']:.3g} ULP; bound tightness {s['tightness']:.3g}; "
+                   f"{s['max_ulp']:.3g} ULP; bound tightness {_fmt(s['tightness'])}; "
                    f"{s['violations']} violation(s).")
     for i in rep["impls"]:
         if not i["available"]:
