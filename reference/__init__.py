@@ -3,7 +3,8 @@ of spec. All entry points take q (B,H,Lq,E), k (B,Hkv,Lk,E), v (B,Hkv,Lk,Ev) as 
 numpy arrays, converted exactly, and spec's keyword options (attn_mask, causal, alignment,
 window, scale, softcap).
 """
+from .certified import Certified, forward_certified
 from .fast import forward_fp64, forward_naive
 from .mp import forward_mp
 
-__all__ = ["forward_fp64", "forward_mp", "forward_naive"]
+__all__ = ["Certified", "forward_certified", "forward_fp64", "forward_mp", "forward_naive"]
