@@ -6,5 +6,6 @@ window, scale, softcap).
 from .certified import Certified, forward_certified
 from .fast import forward_fp64, forward_naive
 from .mp import forward_mp
+from .tiled import forward_tiled, make_boundaries, make_tree
 
-__all__ = ["Certified", "forward_certified", "forward_fp64", "forward_mp", "forward_naive"]
+__all__ = ["Certified", "forward_certified", "forward_fp64", "forward_mp", "forward_naive", "forward_tiled", "make_boundaries", "make_tree"]
