@@ -1,0 +1,371 @@
+"""Targets: the kernel under test, and what it declares it can do.
+
+A target is either a plain callable with torch's ``scaled_dot_product_attention`` signature
+(torch's own function included) or a :class:`Target` descriptor that declares capabilities
+(LSE, bottom-right causal, window, softcap, tile configs, split-KV decode, paged KV, backward).
+The suite exercises each declared capability and reports the others as "not declared".
+
+``load_target("pkg.mod:attr")`` accepts a Target, a zero-argument factory returning one, or an
+SDPA callable. This module imports no torch at import time (the pytest plugin imports it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+__all__ = [
+    "Target",
+    "TargetLoadError",
+    "load_target",
+    "from_sdpa",
+    "torch_sdpa",
+    "default_target",
+    "tiled_peer",
+    "DTYPES",
+    "DEFAULT_TARGET",
+]
+
+#: Storage dtypes the suite knows how to test (names as in torch).
+DTYPES = ("float16", "bfloat16", "float32")
+#: What ``--flashproof-target`` means when it is not given: flashproof's own Triton kernel.
+DEFAULT_TARGET = "flashproof.properties.targets:default_target"
+
+_ALIGNMENTS = ("top_left", "bottom_right")
+
+
+class TargetLoadError(ValueError):
+    """The target named on the command line cannot be imported or is not a target."""
+
+
+@dataclass
+class Target:
+    """Descriptor of an attention kernel under test.
+
+    Exactly one of ``sdpa`` / ``forward`` is required (both is allowed; ``forward`` is then used).
+
+    - ``sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+      enable_gqa=False)``: torch's signature, top-left causal only.
+    - ``forward(q, k, v, *, causal, alignment, window, scale, softcap, attn_mask, return_lse,
+      **tile)`` -> o or (o, lse); lse natural log, shape (B, H, Lq).
+    - ``decode(q, k_cache, v_cache, *, seqlens, block_table, page_size, num_splits, causal,
+      window, scale, softcap, return_lse)``: q (B, H, Lq, E); without ``block_table`` the caches
+      are (B, Hkv, Lmax, Ev) and row b holds ``seqlens[b]`` valid keys; with it they are
+      (num_pages, Hkv, page_size, E) and logical page p of sequence b is physical page
+      ``block_table[b, p]``. Causal is bottom-right against ``seqlens[b]``.
+
+    Capability flags say what the suite may exercise; ``known_deviations`` maps a property
+    name to a documented reason (the property still runs; a failure is reported as XFAIL with
+    its reproducer, a pass as XPASS).
+    """
+
+    name: str
+    sdpa: Callable | None = None
+    forward: Callable | None = None
+    tile_configs: Sequence[Mapping[str, Any]] = ()
+    lse: bool = False
+    alignments: tuple = ("top_left",)
+    window: bool = False
+    softcap: bool = False
+    attn_mask: bool = False
+    gqa: bool = False
+    backward: bool = False
+    decode: Callable | None = None
+    split_range: tuple | None = None
+    paged: bool = False
+    dtypes: tuple = DTYPES
+    devices: tuple = ("cpu",)
+    #: accumulator precision the kernel claims: "fp32" (FlashAttention) or "same" (input dtype).
+    accumulator: str = "fp32"
+    #: exp error in ulps of the accumulator (None: the error model's default).
+    c_exp: float | None = None
+    #: head dims the kernel accepts (None: any); the suite draws only from these.
+    head_dims: tuple | None = None
+    #: whether Ev may differ from E.
+    value_dim: bool = True
+    #: the longest Lq/Lk the suite should use at the ci profile (interpreter cost).
+    max_len: int | None = None
+    known_deviations: Mapping[str, str] = field(default_factory=dict)
+    #: "module:attr" it was loaded from (used in reproducers), if any.
+    spec: str | None = None
+    description: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"Target.name must be a non-empty str, got {self.name!r}")
+        if self.sdpa is None and self.forward is None:
+            raise ValueError(f"Target {self.name!r}: give `sdpa` or `forward` (a callable)")
+        for fname in ("sdpa", "forward", "decode"):
+            fn = getattr(self, fname)
+            if fn is not None and not callable(fn):
+                raise TypeError(f"Target.{fname} must be callable, got {type(fn).__name__}")
+        self.alignments = tuple(self.alignments or ())
+        for a in self.alignments:
+            if a not in _ALIGNMENTS:
+                raise ValueError(f"Target.alignments: {a!r} is not one of {_ALIGNMENTS}")
+        if self.forward is None and "bottom_right" in self.alignments:
+            raise ValueError("Target.alignments: an sdpa-only target has top_left causal only "
+                             "(give `forward` for bottom_right)")
+        if self.forward is None:
+            for cap in ("window", "softcap", "lse"):
+                if getattr(self, cap):
+                    raise ValueError(f"Target.{cap}=True needs `forward` (the SDPA signature has no {cap})")
+        self.tile_configs = tuple(dict(c) for c in (self.tile_configs or ()))
+        for c in self.tile_configs:
+            for key, val in c.items():
+                if not isinstance(key, str):
+                    raise TypeError(f"Target.tile_configs: keys must be str, got {key!r}")
+        if self.accumulator not in ("fp32", "same"):
+            raise ValueError(f"Target.accumulator must be 'fp32' or 'same', got {self.accumulator!r}")
+        self.dtypes = tuple(str(d).replace("torch.", "") for d in self.dtypes)
+        for d in self.dtypes:
+            if d not in DTYPES:
+                raise ValueError(f"Target.dtypes: {d!r} is not one of {DTYPES}")
+        if not self.dtypes:
+            raise ValueError("Target.dtypes is empty")
+        if self.split_range is not None:
+            lo, hi = self.split_range
+            if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
+                raise ValueError(f"Target.split_range must be (lo, hi) ints with 1 <= lo <= hi, got {self.split_range!r}")
+        if (self.split_range is not None or self.paged) and self.decode is None:
+            raise ValueError("Target.split_range / paged need `decode`")
+        if self.c_exp is not None and not (isinstance(self.c_exp, (int, float)) and self.c_exp >= 0):
+            raise ValueError(f"Target.c_exp must be a non-negative number of ulps, got {self.c_exp!r}")
+        if self.head_dims is not None:
+            self.head_dims = tuple(int(e) for e in self.head_dims)
+        self.known_deviations = dict(self.known_deviations or {})
+
+    # ------------------------------------------------------------------ capabilities
+    @property
+    def causal(self) -> bool:
+        return bool(self.alignments)
+
+    def capabilities(self) -> dict:
+        """The declared capabilities, for reports."""
+        return {
+            "lse": self.lse, "alignments": self.alignments, "window": self.window,
+            "softcap": self.softcap, "attn_mask": self.attn_mask, "gqa": self.gqa,
+            "backward": self.backward, "decode": self.decode is not None,
+            "split_range": self.split_range, "paged": self.paged, "dtypes": self.dtypes,
+            "tile_configs": len(self.tile_configs), "accumulator": self.accumulator,
+        }
+
+    def device(self) -> str:
+        """The device tensors are built on: the first declared one that exists here."""
+        import torch
+
+        for d in self.devices:
+            if str(d).startswith("cuda") and torch.cuda.is_available():
+                return str(d)
+            if str(d) == "cpu":
+                return "cpu"
+        raise RuntimeError(f"target {self.name!r} declares devices {self.devices}, none available here")
+
+    # ------------------------------------------------------------------ calling
+    def __call__(self, q, k, v, *, causal=False, alignment=None, window=None, scale=None, softcap=None,
+                 attn_mask=None, return_lse=False, tile=None):
+        """Run the target with spec's option names; returns (o, lse or None).
+
+        Only declared options may be passed (the suite never asks for more): an undeclared one
+        raises ValueError rather than silently being dropped.
+        """
+        tile = dict(tile or {})
+        if self.forward is not None:
+            out = self.forward(q, k, v, causal=causal, alignment=alignment, window=window, scale=scale,
+                               softcap=softcap, attn_mask=attn_mask, return_lse=bool(return_lse), **tile)
+            if return_lse:
+                if not (isinstance(out, tuple) and len(out) == 2):
+                    raise TypeError(f"{self.name}.forward(return_lse=True) must return (o, lse), got {type(out).__name__}")
+                return out
+            return (out[0], None) if isinstance(out, tuple) else (out, None)
+        if window is not None and tuple(window) != (-1, -1):
+            raise ValueError(f"target {self.name!r} declares no window")
+        if softcap not in (None, 0, math.inf):
+            raise ValueError(f"target {self.name!r} declares no softcap")
+        if return_lse:
+            raise ValueError(f"target {self.name!r} declares no lse")
+        is_causal = _is_causal(causal, alignment)
+        if is_causal and alignment not in (None, "top_left") or causal == "bottom_right":
+            raise ValueError(f"target {self.name!r} is top-left causal only")
+        if tile:
+            raise ValueError(f"target {self.name!r} declares no tile parameters, got {tile}")
+        gqa = q.shape[1] != k.shape[1]
+        kw = {}
+        if gqa:
+            kw["enable_gqa"] = True
+        if attn_mask is not None and is_causal:
+            # torch's signature forbids attn_mask with is_causal: fold causal into the mask.
+            attn_mask = _fold_causal(attn_mask, q.shape[2], k.shape[2])
+            is_causal = False
+        o = self.sdpa(q, k, v, attn_mask=attn_mask, dropout_p=0.0, is_causal=is_causal, scale=scale, **kw)
+        return o, None
+
+
+def _is_causal(causal, alignment) -> bool:
+    return causal is True or causal in _ALIGNMENTS
+
+
+def _fold_causal(attn_mask, lq, lk):
+    import torch
+
+    tri = torch.ones(lq, lk, dtype=torch.bool, device=attn_mask.device).tril()
+    if attn_mask.dtype == torch.bool:
+        return attn_mask & tri
+    return attn_mask.masked_fill(~tri, float("-inf"))
+
+
+# ---------------------------------------------------------------------- plain SDPA callables
+def _accepts(fn, name) -> bool:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return True  # builtins without a signature: assume torch's full signature
+    return name in sig.parameters or any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def _probe_backward(fn) -> bool:
+    """Whether fn's output carries a gradient when its inputs require one (tiny probe)."""
+    import torch
+
+    try:
+        q = torch.randn(1, 1, 2, 4, requires_grad=True)
+        k = torch.randn(1, 1, 2, 4, requires_grad=True)
+        v = torch.randn(1, 1, 2, 4, requires_grad=True)
+        o = fn(q, k, v)
+        return bool(getattr(o, "requires_grad", False))
+    except Exception:
+        return False
+
+
+#: Deviations of torch's CPU SDPA from spec/README.md, measured and pinned (see docs/properties.md).
+TORCH_CPU_DEVIATIONS: dict = {}
+
+
+def from_sdpa(fn, *, name=None, spec=None, backward=None, known_deviations=None) -> Target:
+    """Wrap a callable with torch's SDPA signature as a Target with only what it offers:
+    top-left causal, attn_mask (bool and additive), scale, GQA through ``enable_gqa``.
+
+    ``backward=None`` probes whether the output carries gradients.
+    """
+    if not callable(fn):
+        raise TypeError(f"an SDPA target must be callable, got {type(fn).__name__}")
+    import torch
+
+    name = name or spec or getattr(fn, "__qualname__", None) or repr(fn)
+    is_torch = fn is torch.nn.functional.scaled_dot_product_attention
+    if backward is None:
+        backward = _probe_backward(fn)
+    deviations = dict(TORCH_CPU_DEVIATIONS if is_torch else {})
+    deviations.update(known_deviations or {})
+    return Target(
+        name=name,
+        sdpa=fn,
+        alignments=("top_left",),
+        attn_mask=_accepts(fn, "attn_mask"),
+        gqa=_accepts(fn, "enable_gqa"),
+        backward=bool(backward),
+        accumulator="fp32",
+        known_deviations=deviations,
+        spec=spec,
+        description="plain SDPA callable",
+    )
+
+
+def torch_sdpa() -> Target:
+    """torch.nn.functional.scaled_dot_product_attention as a target (top-left causal)."""
+    import torch
+
+    return from_sdpa(torch.nn.functional.scaled_dot_product_attention,
+                     name="torch.nn.functional:scaled_dot_product_attention",
+                     spec="torch.nn.functional:scaled_dot_product_attention", backward=True)
+
+
+def tiled_peer() -> Target:
+    """A correct tiled FlashAttention in torch (properties/peers.py): every capability."""
+    from .peers import tiled_peer_target
+
+    return tiled_peer_target()
+
+
+def default_target() -> Target:
+    """flashproof's own Triton kernel (flashproof.kernels), with every capability it declares."""
+    try:
+        kernels = importlib.import_module("flashproof.kernels")
+    except ImportError as exc:
+        raise TargetLoadError(f"default target: cannot import flashproof.kernels ({exc})") from exc
+    factory = getattr(kernels, "target", None)
+    if callable(factory):
+        t = factory()
+        if isinstance(t, Target):
+            return t
+    from .kernel_target import kernel_target
+
+    return kernel_target(kernels)
+
+
+# ---------------------------------------------------------------------- load_target
+def load_target(spec) -> Target:
+    """A Target from "module:attr" (or from a Target / factory / SDPA callable object).
+
+    ``attr`` may be dotted. Raises :class:`TargetLoadError` (a ValueError) with the reason when
+    the module does not import, the attribute is missing, or it is not callable.
+    """
+    if spec is None:
+        spec = DEFAULT_TARGET
+    if isinstance(spec, Target):
+        return spec
+    if not isinstance(spec, str):
+        if callable(spec):
+            return _coerce(spec, spec=None)
+        raise TypeError(f"target must be a 'module:attr' string, a Target or a callable, got {type(spec).__name__}")
+    text = spec.strip()
+    if text.count(":") != 1:
+        raise TargetLoadError(f"target must be given as 'module:attr' (e.g. "
+                              f"'torch.nn.functional:scaled_dot_product_attention'), got {spec!r}")
+    modname, attr = text.split(":")
+    if not modname or not attr:
+        raise TargetLoadError(f"target must be given as 'module:attr', got {spec!r}")
+    try:
+        obj = importlib.import_module(modname)
+    except Exception as exc:  # any import-time failure is the user's module's, report it
+        raise TargetLoadError(f"target {spec!r}: cannot import module {modname!r}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise TargetLoadError(f"target {spec!r}: module {modname!r} has no attribute {attr!r}") from None
+    if not (isinstance(obj, Target) or callable(obj)):
+        raise TargetLoadError(f"target {spec!r} is a {type(obj).__name__}, not a Target or a callable")
+    return _coerce(obj, spec=text)
+
+
+def _coerce(obj, *, spec) -> Target:
+    if isinstance(obj, Target):
+        return dataclasses.replace(obj, spec=obj.spec or spec)
+    # A zero-argument factory returns a Target; an SDPA callable takes (query, key, value, ...).
+    if _is_factory(obj):
+        try:
+            t = obj()
+        except TargetLoadError:
+            raise
+        except Exception as exc:
+            raise TargetLoadError(f"target {spec or obj!r}: the factory raised {type(exc).__name__}: {exc}") from exc
+        if not isinstance(t, Target):
+            raise TargetLoadError(f"target {spec or obj!r}: a zero-argument factory must return a Target, "
+                                  f"got {type(t).__name__}")
+        return dataclasses.replace(t, spec=t.spec or spec)
+    return from_sdpa(obj, spec=spec)
+
+
+def _is_factory(obj) -> bool:
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return False
+    required = [p for p in sig.parameters.values()
+                if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return not required and not any(p.kind == p.VAR_POSITIONAL for p in sig.parameters.values())
