@@ -1,0 +1,546 @@
+"""FlashAttention forward and backward in Triton, and the public ``attention`` function.
+
+Layout (B, H, L, E) with any strides; fp16, bf16, fp32; E, Ev <= 256; GQA/MQA; causal in both
+alignments; sliding window; softcap; an optional additive bias (for sdpa's attn_mask). The
+semantics are flashproof.spec's (spec/README.md); the kernels cite what they rely on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.errors import OutOfResources
+
+from flashproof import spec
+
+from .blocks import LN2, LOG2E, key_range, load2d, logits, masked_mma, mma, query_range, span
+from .runtime import interpreting
+from .tiles import (TileConfig, backward_config, check_tile_config, default_forward_config,
+                    head_block)
+from .validate import check_qkv, mask_args
+
+__all__ = ["attention"]
+
+
+# ----------------------------------------------------------------------------- jit kernels
+
+@triton.jit
+def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, n, offs_m, lo, hi,
+              skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
+              E: tl.constexpr, EV: tl.constexpr, BLOCK_N: tl.constexpr,
+              BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
+              SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+              UPCAST: tl.constexpr):
+    """One key block folded into the running state (m, l, acc): spec.online.merge of the
+    block's state, in log2 units; exact for any tiling by proofs/merge_algebra.py
+    (merge is a monoid homomorphism from key-block concatenation)."""
+    offs_n = n + tl.arange(0, BLOCK_N)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    # [BLOCK_DK, BLOCK_N]
+    kt = load2d(k_base + offs_dk[:, None].to(tl.int64) * skd + offs_n[None, :].to(tl.int64) * skn,
+                offs_dk, E, offs_n, LK, E != BLOCK_DK, MASKED)
+    # [BLOCK_M, BLOCK_N]
+    s, _t = logits(mma(q, kt, PRECISION, UPCAST), QK_SCALE, OUT_SCALE, SOFTCAP)
+    if HAS_BIAS:
+        # [BLOCK_M, BLOCK_N]
+        bias = load2d(bias_base + offs_m[:, None].to(tl.int64) * sbm + offs_n[None, :].to(tl.int64) * sbn,
+                      offs_m, LQ, offs_n, LK, True, True)
+        s = s + bias.to(tl.float32) * 1.4426950408889634
+    if MASKED:
+        # -inf, never a finite sentinel: a real logit of -1e6 must still win (spec "Mask").
+        allowed = (offs_n[None, :] >= lo[:, None]) & (offs_n[None, :] < hi[:, None])
+        s = tl.where(allowed, s, -float("inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    # spec.online.ScalarOps.shift: an all-masked row so far shifts by 0, never -inf - -inf.
+    m_sh = tl.where(m_new == -float("inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_sh)
+    p = tl.exp2(s - m_sh[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    # [BLOCK_N, BLOCK_DV]
+    v = load2d(v_base + offs_n[:, None].to(tl.int64) * svn + offs_dv[None, :].to(tl.int64) * svd,
+               offs_n, LK, offs_dv, EV, MASKED, EV != BLOCK_DV)
+    pv = p.to(v.dtype)
+    if MASKED:
+        upd = masked_mma(pv, v, s != -float("inf"), PRECISION, UPCAST)
+    else:
+        upd = mma(pv, v, PRECISION, UPCAST)
+    acc = acc * alpha[:, None] + upd
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, BIAS, O, LSE2,
+                sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+                sbb, sbh, sbm, sbn, sob, soh, som, sod,
+                H, GROUP, LQ, LK, DIAG, LEFT, RIGHT, QK_SCALE, OUT_SCALE,
+                E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LEFT: tl.constexpr,
+                HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
+                PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    pid_m = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    hk = h // GROUP  # spec.kv_head
+    b64 = b.to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q_base = Q + b64 * sqb + h.to(tl.int64) * sqh
+    k_base = K + b64 * skb + hk.to(tl.int64) * skh
+    v_base = V + b64 * svb + hk.to(tl.int64) * svh
+    bias_base = BIAS + b64 * sbb + h.to(tl.int64) * sbh
+    # [BLOCK_M, BLOCK_DK]
+    q = load2d(q_base + offs_m[:, None].to(tl.int64) * sqm + offs_dk[None, :].to(tl.int64) * sqd,
+               offs_m, LQ, offs_dk, E, True, E != BLOCK_DK)
+    lo, hi = key_range(offs_m, LQ, LK, DIAG, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT)
+    # Only key blocks meeting some row's range; masking only in the boundary blocks.
+    start, mid, fstart, fend, end = span(lo, hi, offs_m < LQ, BLOCK_N, HAS_BIAS)
+    m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    # [BLOCK_M, BLOCK_DV]
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    for n in range(start, mid, BLOCK_N):
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, n, offs_m, lo, hi,
+                                  skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
+                                  E, EV, BLOCK_N, BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS,
+                                  PRECISION, UPCAST)
+    for n in range(fstart, fend, BLOCK_N):
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, n, offs_m, lo, hi,
+                                  skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
+                                  E, EV, BLOCK_N, BLOCK_DK, BLOCK_DV, False, SOFTCAP, HAS_BIAS,
+                                  PRECISION, UPCAST)
+    for n in range(fend, end, BLOCK_N):
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, n, offs_m, lo, hi,
+                                  skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
+                                  E, EV, BLOCK_N, BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS,
+                                  PRECISION, UPCAST)
+    # spec.online.finalize: an empty row (l = 0) gives O = 0 and LSE = -inf, never 0/0.
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    o = tl.where(empty[:, None], 0.0, acc / l_safe[:, None])
+    lse2 = tl.where(empty, -float("inf"), m_i + tl.log2(l_safe))
+    o_ptrs = O + b64 * sob + h.to(tl.int64) * soh + offs_m[:, None].to(tl.int64) * som \
+        + offs_dv[None, :].to(tl.int64) * sod
+    tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=(offs_m[:, None] < LQ) & (offs_dv[None, :] < EV))
+    row = (b64 * H + h) * LQ
+    tl.store(LSE2 + row + offs_m, lse2, mask=offs_m < LQ)
+
+
+@triton.jit
+def _bwd_delta_kernel(O, DO, DLSE, DELTA, sob, soh, som, sod, sdb, sdh, sdm, sdd,
+                      H, LQ, EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr,
+                      HAS_DLSE: tl.constexpr):
+    """D_i = rowsum(dO_i * O_i) - dlse_i (dlse: gradient reaching the natural-log LSE)."""
+    pid_m = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    b64 = b.to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    # [BLOCK_M, BLOCK_DV]
+    o = load2d(O + b64 * sob + h.to(tl.int64) * soh + offs_m[:, None].to(tl.int64) * som
+               + offs_dv[None, :].to(tl.int64) * sod, offs_m, LQ, offs_dv, EV, True, EV != BLOCK_DV)
+    # [BLOCK_M, BLOCK_DV]
+    do = load2d(DO + b64 * sdb + h.to(tl.int64) * sdh + offs_m[:, None].to(tl.int64) * sdm
+                + offs_dv[None, :].to(tl.int64) * sdd, offs_m, LQ, offs_dv, EV, True, EV != BLOCK_DV)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    row = (b64 * H + h) * LQ
+    if HAS_DLSE:
+        delta = delta - tl.load(DLSE + row + offs_m, mask=offs_m < LQ, other=0.0)
+    tl.store(DELTA + row + offs_m, delta, mask=offs_m < LQ)
+
+
+@triton.jit
+def _dkdv_tile(dk, dv, k, v, q_base, do_base, bias_base, lse_base, delta_base, m, offs_n, ilo, ihi,
+               sqm, sqd, sdm, sdd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
+               E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
+               SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+               UPCAST: tl.constexpr):
+    """dK, dV of one key block from one query block, with P^T recomputed from the saved LSE."""
+    offs_m = m + tl.arange(0, BLOCK_M)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    # [BLOCK_DK, BLOCK_M]
+    qt = load2d(q_base + offs_dk[:, None].to(tl.int64) * sqd + offs_m[None, :].to(tl.int64) * sqm,
+                offs_dk, E, offs_m, LQ, E != BLOCK_DK, MASKED)
+    # [BLOCK_N, BLOCK_M]
+    st, tt = logits(mma(k, qt, PRECISION, UPCAST), QK_SCALE, OUT_SCALE, SOFTCAP)
+    if HAS_BIAS:
+        # [BLOCK_N, BLOCK_M]
+        bias = load2d(bias_base + offs_n[:, None].to(tl.int64) * sbn + offs_m[None, :].to(tl.int64) * sbm,
+                      offs_n, LK, offs_m, LQ, True, True)
+        st = st + bias.to(tl.float32) * 1.4426950408889634
+    if MASKED:
+        allowed = (offs_m[None, :] >= ilo[:, None]) & (offs_m[None, :] < ihi[:, None])
+        st = tl.where(allowed, st, -float("inf"))
+        lse2 = tl.load(lse_base + offs_m, mask=offs_m < LQ, other=0.0)
+        delta = tl.load(delta_base + offs_m, mask=offs_m < LQ, other=0.0)
+    else:
+        lse2 = tl.load(lse_base + offs_m)
+        delta = tl.load(delta_base + offs_m)
+    # Empty rows have LSE -inf: P = 0 there, never exp2(-inf - -inf).
+    empty = lse2 == -float("inf")
+    pt = tl.where(empty[None, :], 0.0, tl.exp2(st - tl.where(empty, 0.0, lse2)[None, :]))
+    # [BLOCK_M, BLOCK_DV]
+    do = load2d(do_base + offs_m[:, None].to(tl.int64) * sdm + offs_dv[None, :].to(tl.int64) * sdd,
+                offs_m, LQ, offs_dv, EV, MASKED, EV != BLOCK_DV)
+    if MASKED:
+        keep = st != -float("inf")
+        dv += masked_mma(pt.to(do.dtype), do, keep, PRECISION, UPCAST)
+    else:
+        dv += mma(pt.to(do.dtype), do, PRECISION, UPCAST)
+    # [BLOCK_N, BLOCK_M]
+    dpt = mma(v, tl.trans(do), PRECISION, UPCAST)
+    dst = pt * (dpt - delta[None, :])
+    if SOFTCAP:
+        dst = dst * (1.0 - tt * tt)  # d/dx c tanh(x/c) = 1 - tanh^2
+    q = tl.trans(qt)
+    if MASKED:
+        dst = tl.where(keep, dst, 0.0)
+        dk += masked_mma(dst.to(q.dtype), q, keep, PRECISION, UPCAST)
+    else:
+        dk += mma(dst.to(q.dtype), q, PRECISION, UPCAST)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
+                     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+                     sbb, sbh, sbm, sbn, sdb, sdh, sdm, sdd,
+                     sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd,
+                     H, GROUP, LQ, LK, DIAG, LEFT, RIGHT, QK_SCALE, OUT_SCALE, DS_SCALE,
+                     E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LEFT: tl.constexpr,
+                     HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """One key block of one KV head: loops over the GROUP query heads sharing it and over the
+    query blocks that attend it; no atomics, so the result is bitwise deterministic."""
+    pid_n = tl.program_id(0)
+    hk = tl.program_id(1)
+    b = tl.program_id(2)
+    b64 = b.to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    # [BLOCK_N, BLOCK_DK]
+    k = load2d(K + b64 * skb + hk.to(tl.int64) * skh + offs_n[:, None].to(tl.int64) * skn
+               + offs_dk[None, :].to(tl.int64) * skd, offs_n, LK, offs_dk, E, True, E != BLOCK_DK)
+    # [BLOCK_N, BLOCK_DV]
+    v = load2d(V + b64 * svb + hk.to(tl.int64) * svh + offs_n[:, None].to(tl.int64) * svn
+               + offs_dv[None, :].to(tl.int64) * svd, offs_n, LK, offs_dv, EV, True, EV != BLOCK_DV)
+    ilo, ihi = query_range(offs_n, LQ, LK, DIAG, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT)
+    start, mid, fstart, fend, end = span(ilo, ihi, offs_n < LK, BLOCK_M, HAS_BIAS)
+    # [BLOCK_N, BLOCK_DK]
+    dk = tl.zeros([BLOCK_N, BLOCK_DK], tl.float32)
+    # [BLOCK_N, BLOCK_DV]
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    for g in range(0, GROUP):
+        h = hk * GROUP + g
+        q_base = Q + b64 * sqb + h.to(tl.int64) * sqh
+        do_base = DO + b64 * sdb + h.to(tl.int64) * sdh
+        bias_base = BIAS + b64 * sbb + h.to(tl.int64) * sbh
+        lse_base = LSE2 + (b64 * H + h) * LQ
+        delta_base = DELTA + (b64 * H + h) * LQ
+        for m in range(start, mid, BLOCK_M):
+            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, bias_base, lse_base, delta_base, m,
+                                offs_n, ilo, ihi, sqm, sqd, sdm, sdd, sbm, sbn, LQ, LK, QK_SCALE,
+                                OUT_SCALE, E, EV, BLOCK_M, BLOCK_DK, BLOCK_DV, True, SOFTCAP,
+                                HAS_BIAS, PRECISION, UPCAST)
+        for m in range(fstart, fend, BLOCK_M):
+            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, bias_base, lse_base, delta_base, m,
+                                offs_n, ilo, ihi, sqm, sqd, sdm, sdd, sbm, sbn, LQ, LK, QK_SCALE,
+                                OUT_SCALE, E, EV, BLOCK_M, BLOCK_DK, BLOCK_DV, False, SOFTCAP,
+                                HAS_BIAS, PRECISION, UPCAST)
+        for m in range(fend, end, BLOCK_M):
+            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, bias_base, lse_base, delta_base, m,
+                                offs_n, ilo, ihi, sqm, sqd, sdm, sdd, sbm, sbn, LQ, LK, QK_SCALE,
+                                OUT_SCALE, E, EV, BLOCK_M, BLOCK_DK, BLOCK_DV, True, SOFTCAP,
+                                HAS_BIAS, PRECISION, UPCAST)
+    dk = dk * DS_SCALE
+    nmask = offs_n[:, None] < LK
+    tl.store(DK + b64 * sdkb + hk.to(tl.int64) * sdkh + offs_n[:, None].to(tl.int64) * sdkn
+             + offs_dk[None, :].to(tl.int64) * sdkd, dk.to(DK.dtype.element_ty),
+             mask=nmask & (offs_dk[None, :] < E))
+    tl.store(DV + b64 * sdvb + hk.to(tl.int64) * sdvh + offs_n[:, None].to(tl.int64) * sdvn
+             + offs_dv[None, :].to(tl.int64) * sdvd, dv.to(DV.dtype.element_ty),
+             mask=nmask & (offs_dv[None, :] < EV))
+
+
+@triton.jit
+def _dq_tile(dq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, lo, hi,
+             skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
+             E: tl.constexpr, EV: tl.constexpr, BLOCK_N: tl.constexpr,
+             BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
+             SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+             UPCAST: tl.constexpr):
+    """dQ of one query block from one key block."""
+    offs_n = n + tl.arange(0, BLOCK_N)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    # [BLOCK_DK, BLOCK_N]
+    kt = load2d(k_base + offs_dk[:, None].to(tl.int64) * skd + offs_n[None, :].to(tl.int64) * skn,
+                offs_dk, E, offs_n, LK, E != BLOCK_DK, MASKED)
+    # [BLOCK_M, BLOCK_N]
+    s, t = logits(mma(q, kt, PRECISION, UPCAST), QK_SCALE, OUT_SCALE, SOFTCAP)
+    if HAS_BIAS:
+        # [BLOCK_M, BLOCK_N]
+        bias = load2d(bias_base + offs_m[:, None].to(tl.int64) * sbm + offs_n[None, :].to(tl.int64) * sbn,
+                      offs_m, LQ, offs_n, LK, True, True)
+        s = s + bias.to(tl.float32) * 1.4426950408889634
+    if MASKED:
+        allowed = (offs_n[None, :] >= lo[:, None]) & (offs_n[None, :] < hi[:, None])
+        s = tl.where(allowed, s, -float("inf"))
+    # Empty rows have LSE -inf: P = 0 there, never exp2(-inf - -inf).
+    empty = lse2 == -float("inf")
+    p = tl.where(empty[:, None], 0.0, tl.exp2(s - tl.where(empty, 0.0, lse2)[:, None]))
+    # [BLOCK_DV, BLOCK_N]
+    vt = load2d(v_base + offs_dv[:, None].to(tl.int64) * svd + offs_n[None, :].to(tl.int64) * svn,
+                offs_dv, EV, offs_n, LK, EV != BLOCK_DV, MASKED)
+    # [BLOCK_M, BLOCK_N]
+    dp = mma(do, vt, PRECISION, UPCAST)
+    ds = p * (dp - delta[:, None])
+    if SOFTCAP:
+        ds = ds * (1.0 - t * t)
+    k = tl.trans(kt)
+    if MASKED:
+        keep = s != -float("inf")
+        ds = tl.where(keep, ds, 0.0)
+        dq += masked_mma(ds.to(k.dtype), k, keep, PRECISION, UPCAST)
+    else:
+        dq += mma(ds.to(k.dtype), k, PRECISION, UPCAST)
+    return dq
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, BIAS, DO, LSE2, DELTA, DQ,
+                   sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+                   sbb, sbh, sbm, sbn, sdb, sdh, sdm, sdd, sdqb, sdqh, sdqm, sdqd,
+                   H, GROUP, LQ, LK, DIAG, LEFT, RIGHT, QK_SCALE, OUT_SCALE, DS_SCALE,
+                   E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LEFT: tl.constexpr,
+                   HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    pid_m = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    hk = h // GROUP
+    b64 = b.to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    # [BLOCK_M, BLOCK_DK]
+    q = load2d(Q + b64 * sqb + h.to(tl.int64) * sqh + offs_m[:, None].to(tl.int64) * sqm
+               + offs_dk[None, :].to(tl.int64) * sqd, offs_m, LQ, offs_dk, E, True, E != BLOCK_DK)
+    # [BLOCK_M, BLOCK_DV]
+    do = load2d(DO + b64 * sdb + h.to(tl.int64) * sdh + offs_m[:, None].to(tl.int64) * sdm
+                + offs_dv[None, :].to(tl.int64) * sdd, offs_m, LQ, offs_dv, EV, True, EV != BLOCK_DV)
+    row = (b64 * H + h) * LQ
+    lse2 = tl.load(LSE2 + row + offs_m, mask=offs_m < LQ, other=0.0)
+    delta = tl.load(DELTA + row + offs_m, mask=offs_m < LQ, other=0.0)
+    k_base = K + b64 * skb + hk.to(tl.int64) * skh
+    v_base = V + b64 * svb + hk.to(tl.int64) * svh
+    bias_base = BIAS + b64 * sbb + h.to(tl.int64) * sbh
+    lo, hi = key_range(offs_m, LQ, LK, DIAG, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT)
+    start, mid, fstart, fend, end = span(lo, hi, offs_m < LQ, BLOCK_N, HAS_BIAS)
+    # [BLOCK_M, BLOCK_DK]
+    dq = tl.zeros([BLOCK_M, BLOCK_DK], tl.float32)
+    for n in range(start, mid, BLOCK_N):
+        dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, lo, hi,
+                      skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE, E, EV, BLOCK_N,
+                      BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS, PRECISION, UPCAST)
+    for n in range(fstart, fend, BLOCK_N):
+        dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, lo, hi,
+                      skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE, E, EV, BLOCK_N,
+                      BLOCK_DK, BLOCK_DV, False, SOFTCAP, HAS_BIAS, PRECISION, UPCAST)
+    for n in range(fend, end, BLOCK_N):
+        dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, lo, hi,
+                      skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE, E, EV, BLOCK_N,
+                      BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS, PRECISION, UPCAST)
+    dq = dq * DS_SCALE
+    tl.store(DQ + b64 * sdqb + h.to(tl.int64) * sdqh + offs_m[:, None].to(tl.int64) * sdqm
+             + offs_dk[None, :].to(tl.int64) * sdqd, dq.to(DQ.dtype.element_ty),
+             mask=(offs_m[:, None] < LQ) & (offs_dk[None, :] < E))
+
+
+# ----------------------------------------------------------------------------- launchers
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything a launch needs besides the tensors; built once, reused by the backward."""
+    diag: int
+    left: int
+    right: int
+    has_left: bool
+    has_right: bool
+    qk_scale: float
+    out_scale: float
+    ds_scale: float
+    softcap: bool
+    fwd: TileConfig
+    bwd: TileConfig
+    precision: str
+    upcast: bool
+
+
+def _launch(kernel, grid, *args, num_warps, num_stages, **meta):
+    if min(grid) <= 0:
+        return
+    try:
+        kernel[grid](*args, num_warps=num_warps, num_stages=num_stages, **meta)
+    except OutOfResources as e:  # compiled, not launched: report it as a refused config
+        raise ValueError(f"tile config refused by the GPU ({kernel.fn.__name__ if hasattr(kernel, 'fn') else kernel}): "
+                         f"{e}; use smaller block_m/block_n or fewer num_stages") from e
+
+
+def _bias_strides(bias):
+    return (0, 0, 0, 0) if bias is None else tuple(bias.stride())
+
+
+def _forward(q, k, v, bias, plan: _Plan):
+    b, h, lq, e = q.shape
+    hkv, lk, ev = k.shape[1], k.shape[2], v.shape[3]
+    o = torch.empty((b, h, lq, ev), dtype=q.dtype, device=q.device)
+    lse2 = torch.empty((b, h, lq), dtype=torch.float32, device=q.device)
+    cfg = plan.fwd
+    grid = (triton.cdiv(lq, cfg.block_m), h, b)
+    _launch(_fwd_kernel, grid, q, k, v, q if bias is None else bias, o, lse2,
+            *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias), *o.stride(),
+            h, h // hkv, lq, lk, plan.diag, plan.left, plan.right, plan.qk_scale, plan.out_scale,
+            E=e, EV=ev, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_DK=head_block(e),
+            BLOCK_DV=head_block(ev), HAS_LEFT=plan.has_left, HAS_RIGHT=plan.has_right,
+            SOFTCAP=plan.softcap, HAS_BIAS=bias is not None, PRECISION=plan.precision,
+            UPCAST=plan.upcast, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return o, lse2
+
+
+def _backward(q, k, v, bias, o, lse2, do, dlse, plan: _Plan):
+    b, h, lq, e = q.shape
+    hkv, lk, ev = k.shape[1], k.shape[2], v.shape[3]
+    cfg = plan.bwd
+    delta = torch.empty((b, h, lq), dtype=torch.float32, device=q.device)
+    if dlse is not None:
+        dlse = dlse.to(torch.float32).contiguous()
+    _launch(_bwd_delta_kernel, (triton.cdiv(lq, cfg.block_m), h, b), o, do,
+            delta if dlse is None else dlse, delta, *o.stride(), *do.stride(), h, lq,
+            EV=ev, BLOCK_M=cfg.block_m, BLOCK_DV=head_block(ev), HAS_DLSE=dlse is not None,
+            num_warps=4, num_stages=1)
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    common = dict(E=e, EV=ev, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_DK=head_block(e),
+                  BLOCK_DV=head_block(ev), HAS_LEFT=plan.has_left, HAS_RIGHT=plan.has_right,
+                  SOFTCAP=plan.softcap, HAS_BIAS=bias is not None, PRECISION=plan.precision,
+                  UPCAST=plan.upcast, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    scalars = (h, h // hkv, lq, lk, plan.diag, plan.left, plan.right, plan.qk_scale,
+               plan.out_scale, plan.ds_scale)
+    bias_t = q if bias is None else bias
+    if lq == 0:
+        dk.zero_()
+        dv.zero_()
+    else:
+        _launch(_bwd_dkdv_kernel, (triton.cdiv(lk, cfg.block_n), hkv, b), q, k, v, bias_t, do,
+                lse2, delta, dk, dv, *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias),
+                *do.stride(), *dk.stride(), *dv.stride(), *scalars, **common)
+    _launch(_bwd_dq_kernel, (triton.cdiv(lq, cfg.block_m), h, b), q, k, v, bias_t, do, lse2,
+            delta, dq, *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias),
+            *do.stride(), *dq.stride(), *scalars, **common)
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------- autograd
+
+class _AttentionFunction(torch.autograd.Function):
+    """o, lse = attention(q, k, v); lse is natural-log and differentiable too."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, plan):
+        o, lse2 = _forward(q, k, v, bias, plan)
+        ctx.save_for_backward(q, k, v, bias, o, lse2)
+        ctx.plan = plan
+        return o, lse2 * LN2
+
+    @staticmethod
+    def backward(ctx, do, dlse):
+        q, k, v, bias, o, lse2 = ctx.saved_tensors
+        if do is None:
+            do = torch.zeros_like(o)
+        dq, dk, dv = _backward(q, k, v, bias, o, lse2, do, dlse, ctx.plan)
+        return dq, dk, dv, None, None
+
+
+def _plan(q, k, v, *, mask, scale, softcap, block_m, block_n, num_warps, num_stages, allow_tf32):
+    """Validate the options (spec for semantics, tiles for the config) and build a _Plan."""
+    b, h, lq, e = q.shape
+    lk, ev = k.shape[2], v.shape[3]
+    scale = spec.resolve_scale(scale, e)  # real E, never the padded tile
+    cap = spec.normalize_softcap(softcap)
+    diag, left, right, has_left, has_right = mask_args(mask, lq, lk)
+    interp = interpreting()
+    d = default_forward_config(head_dim=e, head_dim_v=ev, dtype=q.dtype, interpret=interp)
+    forced = any(x is not None for x in (block_m, block_n, num_warps, num_stages))
+    fwd = TileConfig(d.block_m if block_m is None else block_m, d.block_n if block_n is None else block_n,
+                     d.num_warps if num_warps is None else num_warps,
+                     d.num_stages if num_stages is None else num_stages)
+    check_tile_config(*fwd, head_dim=e, head_dim_v=ev, dtype=q.dtype)
+    bwd = backward_config(fwd, forced=forced, head_dim=e, head_dim_v=ev, dtype=q.dtype, interpret=interp)
+    if not isinstance(allow_tf32, bool):
+        raise TypeError(f"allow_tf32 must be a bool, got {type(allow_tf32).__name__}")
+    precision = "ieee" if (q.dtype == torch.float32 and not allow_tf32) else "tf32"
+    if cap is None:
+        qk_scale, out_scale = scale * LOG2E, 1.0
+    else:  # tanh acts on natural logits; log2(e) is folded in after it
+        qk_scale, out_scale = scale / cap, cap * LOG2E
+    return _Plan(diag, left, right, has_left, has_right, qk_scale, out_scale, scale, cap is not None,
+                 fwd, bwd, precision, interp and q.dtype == torch.bfloat16)
+
+
+def _run(q, k, v, bias, plan, return_lse):
+    o, lse = _AttentionFunction.apply(q, k, v, bias, plan)
+    return (o, lse) if return_lse else o
+
+
+# ----------------------------------------------------------------------------- public
+
+def attention(q, k, v, *, causal=False, alignment=None, window=None, scale=None, softcap=None,
+              return_lse=False, block_m=None, block_n=None, num_warps=None, num_stages=None,
+              allow_tf32=False, deterministic=False):
+    """FlashAttention forward (and backward through autograd) with flashproof.spec semantics.
+
+    Args:
+        q: (B, H, Lq, E) query; k: (B, Hkv, Lk, E); v: (B, Hkv, Lk, Ev); any strides, one of
+            float16, bfloat16, float32; H % Hkv == 0 (query head h reads KV head h // (H/Hkv));
+            E, Ev <= 256 (padded in-kernel to the next power of two; scale uses the real E).
+        causal: False, True (= "top_left", torch's is_causal) or "top_left"/"bottom_right".
+        alignment: the diagonal of a non-causal window (spec.make_mask; default top_left).
+        window: (left, right) in keys around the aligned diagonal, -1 = unbounded.
+        scale: logit scale, default 1/sqrt(E).
+        softcap: c > 0 maps scaled logits s -> c*tanh(s/c) before masking; None/0/inf = off.
+        return_lse: also return the natural-log LSE, float32 (B, H, Lq); rows with no allowed
+            key give O = 0 and LSE = -inf. The LSE is differentiable as well.
+        block_m, block_n: query/key tile (powers of two in 16..256); num_warps, num_stages:
+            launch options. Unset ones come from a heuristic (fixed small tiles under the
+            interpreter). Every config in TILE_CONFIGS is accepted where its shared memory fits
+            (tiles.check_tile_config raises ValueError otherwise, before any launch).
+        allow_tf32: fp32 inputs multiply in TF32 instead of IEEE fp32.
+        deterministic: accepted for API compatibility; the kernels use no atomics, so forward
+            and backward are always bitwise reproducible.
+
+    Returns:
+        o (B, H, Lq, Ev) in the input dtype, or (o, lse).
+
+    NaN/inf in an allowed q, k or v reach only the rows that attend them; values in masked or
+    padded positions are never used (spec/README.md, "NaN and inf policy").
+    """
+    dims = check_qkv(q, k, v)
+    for name, flag in (("return_lse", return_lse), ("deterministic", deterministic)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    mask = spec.make_mask(causal=causal, window=window, alignment=alignment)
+    plan = _plan(q, k, v, mask=mask, scale=scale, softcap=softcap, block_m=block_m, block_n=block_n,
+                 num_warps=num_warps, num_stages=num_stages, allow_tf32=allow_tf32)
+    del dims
+    return _run(q, k, v, None, plan, return_lse)

@@ -1,0 +1,180 @@
+"""Triton device functions shared by the forward, backward and decode kernels.
+
+Mask ranges follow spec.Mask.key_range (spec/README.md, "Mask"), replicated as integer
+arithmetic; the online-softmax step follows spec.online.merge, whose correctness for any tiling
+is proofs/merge_algebra.py (merge is a monoid homomorphism from key-block concatenation).
+"""
+import triton
+import triton.language as tl
+
+__all__ = [
+    "LOG2E",
+    "LN2",
+    "key_range",
+    "query_range",
+    "span",
+    "mma",
+    "tanh",
+    "logits",
+    "masked_mma",
+    "load2d",
+]
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+# Larger than any length the launchers accept (< 2**30); the empty-set sentinel of span's min.
+_BIG = 2**30
+
+
+@triton.jit
+def key_range(offs_m, LQ, LK, DIAG, LEFT, RIGHT, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+    """Half-open allowed key range [lo, hi) of each query row: spec.Mask.key_range, integers."""
+    i = offs_m
+    if HAS_LEFT:
+        lo = tl.minimum(tl.maximum(i + DIAG - LEFT, 0), LK)
+    else:
+        lo = tl.zeros_like(i)
+    if HAS_RIGHT:
+        hi = tl.maximum(tl.minimum(i + DIAG + RIGHT + 1, LK), 0)
+    else:
+        hi = tl.zeros_like(i) + LK
+    return lo, hi
+
+
+@triton.jit
+def query_range(offs_n, LQ, LK, DIAG, LEFT, RIGHT, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+    """Half-open range [lo, hi) of query rows that may attend each key: key_range inverted.
+
+    lo_i <= j < hi_i  <=>  j - DIAG - RIGHT <= i < j - DIAG + LEFT + 1   (for 0 <= j < LK).
+    """
+    j = offs_n
+    if HAS_RIGHT:
+        lo = tl.minimum(tl.maximum(j - DIAG - RIGHT, 0), LQ)
+    else:
+        lo = tl.zeros_like(j)
+    if HAS_LEFT:
+        hi = tl.maximum(tl.minimum(j - DIAG + LEFT + 1, LQ), 0)
+    else:
+        hi = tl.zeros_like(j) + LQ
+    return lo, hi
+
+
+@triton.jit
+def span(lo, hi, valid, BLOCK: tl.constexpr, NO_FULL: tl.constexpr):
+    """Blocks of the other axis that a tile of rows visits, split into masked and full stages.
+
+    Rows have ranges [lo, hi) (all >= 0); only blocks meeting some non-empty range are visited.
+    A block [n, n + BLOCK) is full when every valid row allows all of it: n >= max(lo) and
+    n + BLOCK <= min(hi) (hi never exceeds the other axis' length, so full blocks have no
+    padding). Returns (start, mid, fstart, fend, end): masked stage [start, mid), full stage
+    [fstart, fend), masked stage [fend, end), all stepping by BLOCK. Operands of // are >= 0
+    (Triton's integer division truncates).
+    """
+    nonempty = valid & (lo < hi)
+    lo_min = tl.min(tl.where(nonempty, lo, _BIG), axis=0)
+    hi_max = tl.max(tl.where(nonempty, hi, 0), axis=0)
+    lo_max = tl.max(tl.where(valid, lo, 0), axis=0)
+    hi_min = tl.min(tl.where(valid, hi, _BIG), axis=0)
+    start = (lo_min // BLOCK) * BLOCK
+    end = hi_max
+    fstart = tl.maximum(((lo_max + BLOCK - 1) // BLOCK) * BLOCK, start)
+    if NO_FULL:
+        fend = fstart
+    else:
+        fend = tl.maximum((hi_min // BLOCK) * BLOCK, fstart)
+    mid = tl.minimum(fstart, end)
+    return start, mid, fstart, fend, end
+
+
+@triton.jit
+def mma(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """a @ b with fp32 accumulation. UPCAST: bf16 -> fp32 first (the interpreter multiplies raw
+    bf16 bit patterns, triton#11584); exact, so the same numbers as the GPU's bf16 MMA."""
+    if UPCAST:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        out = tl.dot(a, b, input_precision=PRECISION)
+    return out
+
+
+@triton.jit
+def tanh(x):
+    """tanh in fp32 from exp2 and a Taylor polynomial; the same code compiled and interpreted
+    (libdevice is not available to the interpreter). Error a few fp32 ulps."""
+    a = tl.abs(x)
+    # |x| >= 0.4: 1 - 2/(e^{2a}+1) has no cancellation (result >= 0.379); e^{2a} -> inf gives 1.
+    big = 1.0 - 2.0 / (tl.exp2(a * (2.0 * LOG2E)) + 1.0)
+    # |x| < 0.4: Taylor to x^15; the next term is < 2e-9 relative there.
+    z = a * a
+    poly = -0.0014558343870513183 * z + 0.003592128036572481
+    poly = poly * z - 0.008863235529902197
+    poly = poly * z + 0.021869488536155203
+    poly = poly * z - 0.05396825396825397
+    poly = poly * z + 0.13333333333333333
+    poly = poly * z - 0.3333333333333333
+    small = a + a * z * poly
+    t = tl.where(a < 0.4, small, big)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def logits(s, QK_SCALE, OUT_SCALE, SOFTCAP: tl.constexpr):
+    """Raw q.k -> logits in log2 units, and the tanh (for the backward; 0 without softcap).
+
+    Without softcap: s * (scale * log2 e), one multiply. With softcap c the cap acts on natural
+    logits, so log2 e is folded in after the tanh: (c log2 e) * tanh(s * scale / c).
+    """
+    if SOFTCAP:
+        t = tanh(s * QK_SCALE)
+        out = t * OUT_SCALE
+    else:
+        t = s * 0.0
+        out = s * QK_SCALE
+    return out, t
+
+
+@triton.jit
+def masked_mma(a, b, keep, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """sum_k a[m, k] b[k, n] over the pairs with keep[m, k] only, with IEEE non-finite results.
+
+    A plain dot would add 0 * NaN = NaN from a dropped pair (a = 0 there). Non-finite b entries
+    are zeroed for the main product; if the tile has any, indicator products (exact small
+    counts) re-create what IEEE gives over the kept pairs: NaN from a NaN, from 0 * inf or from
+    +inf + -inf, else +-inf with the sign of a * b. spec/README.md, "NaN and inf policy".
+    """
+    fin = (b == b) & (tl.abs(b) != float("inf"))
+    out = mma(a, tl.where(fin, b, 0.0), PRECISION, UPCAST)
+    n_bad = tl.sum(tl.sum(tl.where(fin, 0, 1), axis=1), axis=0)
+    if n_bad > 0:
+        one = 1.0
+        kp = tl.where(keep & (a > 0), one, 0.0).to(tl.float16)
+        kn = tl.where(keep & (a < 0), one, 0.0).to(tl.float16)
+        kz = tl.where(keep & (a == 0), one, 0.0).to(tl.float16)
+        kk = tl.where(keep, one, 0.0).to(tl.float16)
+        bp = tl.where(b == float("inf"), one, 0.0).to(tl.float16)
+        bn = tl.where(b == -float("inf"), one, 0.0).to(tl.float16)
+        bnan = tl.where(b != b, one, 0.0).to(tl.float16)
+        pos = tl.dot(kp, bp) + tl.dot(kn, bn)
+        neg = tl.dot(kp, bn) + tl.dot(kn, bp)
+        nan = tl.dot(kk, bnan) + tl.dot(kz, bp + bn)
+        nan = nan + tl.where((pos > 0) & (neg > 0), 1.0, 0.0)
+        out = tl.where(pos > 0, float("inf"), out)
+        out = tl.where(neg > 0, -float("inf"), out)
+        out = tl.where(nan > 0, float("nan"), out)
+    return out
+
+
+@triton.jit
+def load2d(ptrs, r, R, c, C, CHECK_R: tl.constexpr, CHECK_C: tl.constexpr):
+    """Load a [len(r), len(c)] tile; rows >= R and columns >= C are never read (they give 0)."""
+    if CHECK_R:
+        if CHECK_C:
+            x = tl.load(ptrs, mask=(r[:, None] < R) & (c[None, :] < C), other=0.0)
+        else:
+            x = tl.load(ptrs, mask=r[:, None] < R, other=0.0)
+    else:
+        if CHECK_C:
+            x = tl.load(ptrs, mask=c[None, :] < C, other=0.0)
+        else:
+            x = tl.load(ptrs)
+    return x

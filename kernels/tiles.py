@@ -1,0 +1,191 @@
+"""Tile configurations: which (block_m, block_n, num_warps, num_stages) the kernels accept, and
+the defaults. No triton here: the choice is plain arithmetic on shapes and dtypes.
+
+A config is accepted for a given head dim and dtype when its shared-memory estimate fits the
+H100's 227 KiB per block. The same rule applies under the interpreter, so a config accepted on
+CPU is accepted on the GPU too (and the other way round).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+__all__ = [
+    "TileConfig",
+    "TILE_CONFIGS",
+    "SPLIT_RANGE",
+    "BLOCK_SIZES",
+    "SMEM_LIMIT_BYTES",
+    "MAX_HEAD_DIM",
+    "head_block",
+    "check_tile_config",
+    "accepts_tile_config",
+    "default_forward_config",
+    "default_backward_config",
+    "backward_config",
+    "default_decode_block",
+    "default_num_splits",
+]
+
+
+class TileConfig(NamedTuple):
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+#: Powers of two allowed for block_m and block_n (tl.dot needs >= 16 on every side).
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+#: Largest head dim (E and Ev) the kernels take; the tile pads to the next power of two.
+MAX_HEAD_DIM = 256
+#: H100 (sm_90) opt-in shared memory per block: 227 KiB.
+SMEM_LIMIT_BYTES = 227 * 1024
+_NUM_WARPS = (1, 2, 4, 8, 16)
+
+
+def _warps(bm: int, bn: int) -> int:
+    return 4 if bm * bn <= 64 * 64 else 8
+
+
+# Every (block_m, block_n) pair once with a natural warp count, plus the pipelining and warp
+# variants the heuristics and the tuning issue use.
+TILE_CONFIGS: tuple[TileConfig, ...] = tuple(
+    [TileConfig(bm, bn, _warps(bm, bn), 2) for bm in (16, 32, 64, 128) for bn in (16, 32, 64, 128)]
+    + [
+        TileConfig(16, 16, 1, 1),
+        TileConfig(32, 32, 2, 1),
+        TileConfig(64, 64, 4, 1),
+        TileConfig(64, 64, 4, 3),
+        TileConfig(64, 32, 4, 3),
+        TileConfig(128, 64, 4, 3),
+        TileConfig(128, 64, 8, 3),
+        TileConfig(128, 32, 8, 4),
+        TileConfig(128, 128, 8, 1),
+        TileConfig(256, 64, 8, 2),
+        TileConfig(64, 256, 8, 1),
+    ]
+)
+
+#: num_splits values decode accepts (splits beyond the key count are empty and merge to nothing).
+SPLIT_RANGE = range(1, 65)
+
+
+def head_block(e: int) -> int:
+    """The padded head-dim tile: next power of two, at least 16 (tl.dot's minimum K)."""
+    return max(16, 1 << (int(e) - 1).bit_length())
+
+
+def _elt(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _smem_forward(bm, bn, ns, dk, dv, elt):
+    # Q tile resident, K and V tiles multi-buffered by the pipeliner.
+    return elt * (bm * dk + max(ns, 1) * bn * (dk + dv))
+
+
+def _smem_backward(bm, bn, ns, dk, dv, elt):
+    # One side resident (K,V or Q,dO), the other multi-buffered, plus P/dS staged for the MMAs.
+    big, small = max(bm, bn), min(bm, bn)
+    return elt * (big * (dk + dv) + max(ns, 1) * small * (dk + dv) + 2 * bm * bn)
+
+
+def check_tile_config(block_m, block_n, num_warps, num_stages, *, head_dim, head_dim_v, dtype,
+                      backward=False):
+    """Raise ValueError (naming the argument) unless the config is accepted for these dims/dtype."""
+    for name, b in (("block_m", block_m), ("block_n", block_n)):
+        if isinstance(b, bool) or not isinstance(b, int) or b not in BLOCK_SIZES:
+            raise ValueError(f"{name} must be a power of two in {BLOCK_SIZES}, got {b!r}")
+    if isinstance(num_warps, bool) or not isinstance(num_warps, int) or num_warps not in _NUM_WARPS:
+        raise ValueError(f"num_warps must be one of {_NUM_WARPS}, got {num_warps!r}")
+    if isinstance(num_stages, bool) or not isinstance(num_stages, int) or not 1 <= num_stages <= 8:
+        raise ValueError(f"num_stages must be an int in 1..8, got {num_stages!r}")
+    dk, dv = head_block(head_dim), head_block(head_dim_v)
+    est = (_smem_backward if backward else _smem_forward)(block_m, block_n, num_stages, dk, dv, _elt(dtype))
+    if est > SMEM_LIMIT_BYTES:
+        raise ValueError(
+            f"tile config block_m={block_m}, block_n={block_n}, num_stages={num_stages} needs about "
+            f"{est // 1024} KiB of shared memory for E={head_dim}, Ev={head_dim_v}, {dtype} "
+            f"({'backward' if backward else 'forward'}); the GPU has {SMEM_LIMIT_BYTES // 1024} KiB: "
+            f"use smaller blocks or fewer stages")
+
+
+def accepts_tile_config(config, *, head_dim, head_dim_v=None, dtype=torch.float16) -> bool:
+    """Whether the forward accepts ``config`` (a TileConfig or 4-tuple) for these dims and dtype."""
+    try:
+        check_tile_config(*config, head_dim=head_dim, head_dim_v=head_dim_v or head_dim, dtype=dtype)
+    except ValueError:
+        return False
+    return True
+
+
+def _first_fit(candidates, *, head_dim, head_dim_v, dtype, backward=False) -> TileConfig:
+    for c in candidates:
+        try:
+            check_tile_config(*c, head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype, backward=backward)
+            return TileConfig(*c)
+        except ValueError:
+            continue
+    return TileConfig(16, 16, 4, 1)  # fits every dtype and E <= 256
+
+
+def default_forward_config(*, head_dim, head_dim_v, dtype, interpret: bool) -> TileConfig:
+    """Heuristic forward tiles. Interpreter: fixed 32x32 (few, cheap numpy steps)."""
+    if interpret:
+        return TileConfig(32, 32, 4, 1)
+    d = max(head_block(head_dim), head_block(head_dim_v))
+    if dtype == torch.float32:
+        cands = [(64, 32, 4, 2), (32, 32, 4, 2), (16, 32, 4, 1)] if d <= 64 else [(32, 32, 4, 2), (16, 32, 4, 1)]
+    elif d <= 64:
+        cands = [(128, 64, 4, 3)]
+    elif d <= 128:
+        cands = [(128, 64, 8, 3), (64, 64, 4, 2)]
+    else:
+        cands = [(64, 32, 4, 2), (32, 32, 4, 1)]
+    return _first_fit(cands, head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype)
+
+
+def default_backward_config(*, head_dim, head_dim_v, dtype, interpret: bool) -> TileConfig:
+    if interpret:
+        return TileConfig(32, 32, 4, 1)
+    d = max(head_block(head_dim), head_block(head_dim_v))
+    if dtype == torch.float32 or d > 128:
+        cands = [(32, 32, 4, 1), (16, 32, 4, 1), (16, 16, 4, 1)]
+    elif d <= 64:
+        cands = [(64, 64, 4, 2), (32, 64, 4, 2)]
+    else:
+        cands = [(64, 64, 8, 2), (32, 64, 4, 2), (32, 32, 4, 1)]
+    return _first_fit(cands, head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype, backward=True)
+
+
+def backward_config(fwd: TileConfig, *, forced: bool, head_dim, head_dim_v, dtype, interpret) -> TileConfig:
+    """The forward's forced blocks when they fit the backward's larger footprint, else the default."""
+    if forced:
+        for ns in (fwd.num_stages, 1):
+            try:
+                check_tile_config(fwd.block_m, fwd.block_n, fwd.num_warps, ns, head_dim=head_dim,
+                                  head_dim_v=head_dim_v, dtype=dtype, backward=True)
+                return TileConfig(fwd.block_m, fwd.block_n, fwd.num_warps, ns)
+            except ValueError:
+                continue
+    return default_backward_config(head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype, interpret=interpret)
+
+
+def default_decode_block(*, head_dim, head_dim_v, dtype, interpret: bool) -> int:
+    """Keys per tile in decode (block_n)."""
+    if interpret:
+        return 32
+    d = max(head_block(head_dim), head_block(head_dim_v))
+    return 64 if (d <= 128 and dtype != torch.float32) else 32
+
+
+def default_num_splits(*, programs: int, lk: int, block_n: int, interpret: bool,
+                       num_sms: int = 132) -> int:
+    """Flash-decoding split count: enough programs to fill ~2 waves of SMs, >= 4 key tiles each."""
+    if interpret or lk <= 0:
+        return 1
+    want = -(-2 * num_sms // max(programs, 1))
+    most = max(1, lk // (4 * block_n))
+    return int(max(1, min(want, most, SPLIT_RANGE[-1])))
