@@ -446,8 +446,8 @@ class TiledAttention:
         p = self.backward_probs(s, allowed, lsef)
         ops = F32Ops()
         drop = np.where(allowed, F32(0), NEG_INF)  # -inf marks a dropped (masked) term
-        dv = ops.weighted_sum(drop.swapaxes(-1, -2), p.swapaxes(-1, -2), dof[:, :, None], d.ev)
         with np.errstate(invalid="ignore", over="ignore"):
+            dv = np.matmul(p.swapaxes(-1, -2), dof)  # P is exactly 0 off the mask and dO is the caller's
             dp = np.matmul(dof, np.where(np.isfinite(vf), vf, F32(0)).swapaxes(-1, -2))
             ds = np.where(allowed, p * (dp - self.backward_delta(dof, of)[..., None]), F32(0))
             if call.softcap is not None:
