@@ -70,7 +70,7 @@ def backward_mp(q, k, v, do, *, prec=128, as_mpf=False, attn_mask=None, causal=F
     g = check_do(do, d)
     mq = MpProblem(pb, prec)
     o, lse = mq.forward_rows()
-    with mpmath.mp.workprec(max(prec, 53)):
+    with mpmath.mp.workprec(max(prec, 53)), np.errstate(invalid="ignore"):
         gm = np.frompyfunc(mpmath.mpf, 1, 1)(g).tolist() if g.size else np.empty(g.shape, object).tolist()
     dq = np.empty(pb.q.shape, dtype=object)
     dk = np.empty(pb.k.shape, dtype=object)

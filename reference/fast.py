@@ -135,6 +135,8 @@ def forward_naive(q, k, v, *, attn_mask=None, causal=False, alignment=None, wind
     allowed &= pb.mask.matrix(d.lq, d.lk)
     if pb.mask_bool is not None:
         allowed &= pb.mask_bool
+    if pb.mask_bias is not None:
+        allowed &= ~np.isneginf(pb.mask_bias)  # spec: an additive -inf masks (NaN + -inf must not leak)
     keep = torch.from_numpy(allowed).to(s.device)
     s = s.masked_fill(~keep, float("-inf"))
     lse = torch.logsumexp(s, dim=-1)

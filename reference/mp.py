@@ -61,7 +61,7 @@ class MpProblem:
     def __init__(self, pb: Problem, prec: int):
         self.pb = pb
         self.prec = int(prec)
-        with mpmath.mp.workprec(max(self.prec, 53)):  # >= 53 bits: the conversion is exact
+        with mpmath.mp.workprec(max(self.prec, 53)), np.errstate(invalid="ignore"):  # >= 53 bits: exact
             conv = np.frompyfunc(mpmath.mpf, 1, 1)
             self.q = conv(pb.q).tolist() if pb.q.size else np.empty(pb.q.shape, object).tolist()
             self.k = conv(pb.k).tolist() if pb.k.size else np.empty(pb.k.shape, object).tolist()
