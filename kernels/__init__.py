@@ -8,11 +8,15 @@ from .runtime import set_interpret_mode_if_no_gpu
 set_interpret_mode_if_no_gpu()
 
 from .attention import attention  # noqa: E402  (triton must be imported after the line above)
+from .decode import decode  # noqa: E402
+from .sdpa import sdpa  # noqa: E402
 from .tiles import (SPLIT_RANGE, TILE_CONFIGS, TileConfig, accepts_tile_config,  # noqa: E402
                     check_tile_config)
 
 __all__ = [
     "attention",
+    "decode",
+    "sdpa",
     "SPLIT_RANGE",
     "TILE_CONFIGS",
     "TileConfig",

@@ -27,20 +27,20 @@ __all__ = ["attention"]
 # ----------------------------------------------------------------------------- jit kernels
 
 @triton.jit
-def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, n, offs_m, lo, hi,
-              skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
-              E: tl.constexpr, EV: tl.constexpr, BLOCK_N: tl.constexpr,
+def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n, k_rows, v_rows, offs_m, lo, hi,
+              skd, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
+              E: tl.constexpr, EV: tl.constexpr,
               BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
               SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
               UPCAST: tl.constexpr):
     """One key block folded into the running state (m, l, acc): spec.online.merge of the
     block's state, in log2 units; exact for any tiling by proofs/merge_algebra.py
-    (merge is a monoid homomorphism from key-block concatenation)."""
-    offs_n = n + tl.arange(0, BLOCK_N)
+    (merge is a monoid homomorphism from key-block concatenation). Key j of the block lives at
+    k_base + k_rows[j] (v_base + v_rows[j]): strided rows here, paged rows in decode."""
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
     # [BLOCK_DK, BLOCK_N]
-    kt = load2d(k_base + offs_dk[:, None].to(tl.int64) * skd + offs_n[None, :].to(tl.int64) * skn,
+    kt = load2d(k_base + offs_dk[:, None].to(tl.int64) * skd + k_rows[None, :],
                 offs_dk, E, offs_n, LK, E != BLOCK_DK, MASKED)
     # [BLOCK_M, BLOCK_N]
     s, _t = logits(mma(q, kt, PRECISION, UPCAST), QK_SCALE, OUT_SCALE, SOFTCAP)
@@ -60,7 +60,7 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, n, offs_m, lo, hi,
     p = tl.exp2(s - m_sh[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
     # [BLOCK_N, BLOCK_DV]
-    v = load2d(v_base + offs_n[:, None].to(tl.int64) * svn + offs_dv[None, :].to(tl.int64) * svd,
+    v = load2d(v_base + v_rows[:, None] + offs_dv[None, :].to(tl.int64) * svd,
                offs_n, LK, offs_dv, EV, MASKED, EV != BLOCK_DV)
     pv = p.to(v.dtype)
     if MASKED:
@@ -103,19 +103,25 @@ def _fwd_kernel(Q, K, V, BIAS, O, LSE2,
     # [BLOCK_M, BLOCK_DV]
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     for n in range(start, mid, BLOCK_N):
-        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, n, offs_m, lo, hi,
-                                  skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
-                                  E, EV, BLOCK_N, BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS,
+        offs_n = n + tl.arange(0, BLOCK_N)
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n,
+                                  offs_n.to(tl.int64) * skn, offs_n.to(tl.int64) * svn, offs_m, lo, hi,
+                                  skd, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
+                                  E, EV, BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS,
                                   PRECISION, UPCAST)
     for n in range(fstart, fend, BLOCK_N):
-        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, n, offs_m, lo, hi,
-                                  skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
-                                  E, EV, BLOCK_N, BLOCK_DK, BLOCK_DV, False, SOFTCAP, HAS_BIAS,
+        offs_n = n + tl.arange(0, BLOCK_N)
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n,
+                                  offs_n.to(tl.int64) * skn, offs_n.to(tl.int64) * svn, offs_m, lo, hi,
+                                  skd, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
+                                  E, EV, BLOCK_DK, BLOCK_DV, False, SOFTCAP, HAS_BIAS,
                                   PRECISION, UPCAST)
     for n in range(fend, end, BLOCK_N):
-        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, n, offs_m, lo, hi,
-                                  skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
-                                  E, EV, BLOCK_N, BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS,
+        offs_n = n + tl.arange(0, BLOCK_N)
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n,
+                                  offs_n.to(tl.int64) * skn, offs_n.to(tl.int64) * svn, offs_m, lo, hi,
+                                  skd, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
+                                  E, EV, BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS,
                                   PRECISION, UPCAST)
     # spec.online.finalize: an empty row (l = 0) gives O = 0 and LSE = -inf, never 0/0.
     empty = l_i == 0.0

@@ -1,0 +1,331 @@
+"""Split-KV decoding (flash-decoding) over a contiguous or paged KV cache, and ``decode``.
+
+One program handles a block of (query head of a GQA group, query row) pairs against one KV
+head and one split of the keys, so the K/V tiles are loaded once for the whole group. Each
+split writes a partial (o, lse); a second kernel merges them by LSE (spec.online.merge).
+"""
+from __future__ import annotations
+
+import numbers
+
+import torch
+import triton
+import triton.language as tl
+
+from flashproof import spec
+
+from .attention import _fwd_tile, _launch
+from .blocks import LN2, LOG2E, key_range, load2d, span
+from .runtime import interpreting
+from .tiles import SPLIT_RANGE, default_decode_block, default_num_splits, head_block
+from .validate import check_qkv, check_tensor, mask_args
+
+__all__ = ["decode"]
+
+
+# ----------------------------------------------------------------------------- jit kernels
+
+@triton.jit
+def _decode_kernel(Q, K, V, O, LSE2, SEQLENS, BT,
+                   sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+                   sbt0, sbt1, sob, soh, sos, som, sod, slb, slh, sls, slm,
+                   GROUP, LQ, LK, LEFT, RIGHT, QK_SCALE, OUT_SCALE, NUM_SPLITS, NUM_RBLOCKS,
+                   PAGE_SIZE,
+                   E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LEFT: tl.constexpr,
+                   HAS_RIGHT: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr,
+                   HAS_SEQLENS: tl.constexpr, PAGED: tl.constexpr, PRECISION: tl.constexpr,
+                   UPCAST: tl.constexpr):
+    """Partial (o, lse2) of one split. K/V dim 0 is the batch, or the physical page if PAGED."""
+    pid = tl.program_id(0)
+    hk = tl.program_id(1)
+    b = tl.program_id(2)
+    split = pid // NUM_RBLOCKS
+    pid_r = pid % NUM_RBLOCKS
+    b64 = b.to(tl.int64)
+    if HAS_SEQLENS:
+        lk = tl.load(SEQLENS + b).to(tl.int32)
+    else:
+        lk = LK
+    if BOTTOM_RIGHT:  # spec.Mask.diagonal with this sequence's own length
+        diag = lk - LQ
+    else:
+        diag = lk * 0
+    # Rows are (g, i): query head hk * GROUP + g, query position i.
+    offs_r = pid_r * BLOCK_M + tl.arange(0, BLOCK_M)
+    valid = offs_r < GROUP * LQ
+    g = offs_r // LQ
+    i = offs_r - g * LQ
+    h = hk * GROUP + g
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    # [BLOCK_M, BLOCK_DK]
+    q = load2d(Q + b64 * sqb + h[:, None].to(tl.int64) * sqh + i[:, None].to(tl.int64) * sqm
+               + offs_dk[None, :].to(tl.int64) * sqd, offs_r, GROUP * LQ, offs_dk, E, True, E != BLOCK_DK)
+    lo, hi = key_range(i, LQ, lk, diag, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT)
+    # This split's keys: [c_lo, c_hi), whole tiles, the last split shorter (flash-decoding).
+    chunk = tl.cdiv(tl.cdiv(lk, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    c_lo = split * chunk
+    c_hi = tl.minimum(c_lo + chunk, lk)
+    lo = tl.maximum(lo, c_lo)
+    hi = tl.minimum(hi, c_hi)
+    start, mid, fstart, fend, end = span(lo, hi, valid, BLOCK_N, False)
+    if PAGED:
+        k_base = K + hk.to(tl.int64) * skh
+        v_base = V + hk.to(tl.int64) * svh
+    else:
+        k_base = K + b64 * skb + hk.to(tl.int64) * skh
+        v_base = V + b64 * svb + hk.to(tl.int64) * svh
+    m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    # [BLOCK_M, BLOCK_DV]
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    for n in range(start, mid, BLOCK_N):
+        offs_n = n + tl.arange(0, BLOCK_N)
+        k_rows, v_rows = _kv_rows(BT, b64, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE, PAGED, True)
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, Q, offs_n, k_rows, v_rows, i, lo, hi,
+                                  skd, svd, 0, 0, LQ, lk, QK_SCALE, OUT_SCALE, E, EV, BLOCK_DK, BLOCK_DV,
+                                  True, SOFTCAP, False, PRECISION, UPCAST)
+    for n in range(fstart, fend, BLOCK_N):
+        offs_n = n + tl.arange(0, BLOCK_N)
+        k_rows, v_rows = _kv_rows(BT, b64, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE, PAGED, False)
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, Q, offs_n, k_rows, v_rows, i, lo, hi,
+                                  skd, svd, 0, 0, LQ, lk, QK_SCALE, OUT_SCALE, E, EV, BLOCK_DK, BLOCK_DV,
+                                  False, SOFTCAP, False, PRECISION, UPCAST)
+    for n in range(fend, end, BLOCK_N):
+        offs_n = n + tl.arange(0, BLOCK_N)
+        k_rows, v_rows = _kv_rows(BT, b64, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE, PAGED, True)
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, Q, offs_n, k_rows, v_rows, i, lo, hi,
+                                  skd, svd, 0, 0, LQ, lk, QK_SCALE, OUT_SCALE, E, EV, BLOCK_DK, BLOCK_DV,
+                                  True, SOFTCAP, False, PRECISION, UPCAST)
+    # spec.online.finalize; an empty split (or sequence) gives o = 0, lse = -inf.
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    o = tl.where(empty[:, None], 0.0, acc / l_safe[:, None])
+    lse2 = tl.where(empty, -float("inf"), m_i + tl.log2(l_safe))
+    row_o = b64 * sob + h.to(tl.int64) * soh + split.to(tl.int64) * sos + i.to(tl.int64) * som
+    tl.store(O + row_o[:, None] + offs_dv[None, :].to(tl.int64) * sod, o.to(O.dtype.element_ty),
+             mask=valid[:, None] & (offs_dv[None, :] < EV))
+    row_l = b64 * slb + h.to(tl.int64) * slh + split.to(tl.int64) * sls + i.to(tl.int64) * slm
+    tl.store(LSE2 + row_l, lse2, mask=valid)
+
+
+@triton.jit
+def _kv_rows(BT, b64, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE,
+             PAGED: tl.constexpr, MASKED: tl.constexpr):
+    """Offsets of keys offs_n in the cache. Paged: physical page block_table[b, j // PAGE_SIZE];
+    entries past the sequence are never read (their pages may hold garbage)."""
+    if PAGED:
+        slot = offs_n // PAGE_SIZE
+        if MASKED:
+            page = tl.load(BT + b64 * sbt0 + slot.to(tl.int64) * sbt1, mask=offs_n < lk, other=0)
+        else:
+            page = tl.load(BT + b64 * sbt0 + slot.to(tl.int64) * sbt1)
+        page = page.to(tl.int64)
+        within = (offs_n - slot * PAGE_SIZE).to(tl.int64)
+        k_rows = page * skb + within * skn
+        v_rows = page * svb + within * svn
+    else:
+        k_rows = offs_n.to(tl.int64) * skn
+        v_rows = offs_n.to(tl.int64) * svn
+    return k_rows, v_rows
+
+
+@triton.jit
+def _merge_kernel(OP, LP, O, LSE2, H, LQ, NUM_SPLITS, sob, soh, som, sod,
+                  EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Merge the splits' finalized states (lse_s, 1, o_s) by spec.online.merge, then finalize.
+
+    Exact for any split by proofs/merge_algebra.py (the merge is associative and commutative,
+    a homomorphism from key-set concatenation); empty splits (lse -inf) are its identity, and
+    an all-empty row shifts by 0 (spec.online.ScalarOps.shift) so no -inf - -inf is formed.
+    """
+    pid_m = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    b64 = b.to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    rmask = offs_m < LQ
+    base = (b64 * H + h) * NUM_SPLITS
+    m = tl.full([BLOCK_M], -float("inf"), tl.float32)
+    for s in range(0, NUM_SPLITS):
+        m = tl.maximum(m, tl.load(LP + (base + s) * LQ + offs_m, mask=rmask, other=-float("inf")))
+    m_sh = tl.where(m == -float("inf"), 0.0, m)
+    l = tl.zeros([BLOCK_M], tl.float32)
+    # [BLOCK_M, BLOCK_DV]
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    for s in range(0, NUM_SPLITS):
+        lse_s = tl.load(LP + (base + s) * LQ + offs_m, mask=rmask, other=-float("inf"))
+        w = tl.exp2(lse_s - m_sh)
+        # [BLOCK_M, BLOCK_DV]
+        o_s = load2d(OP + ((base + s) * LQ + offs_m[:, None].to(tl.int64)) * EV + offs_dv[None, :],
+                     offs_m, LQ, offs_dv, EV, True, EV != BLOCK_DV)
+        l += w
+        acc += w[:, None] * o_s
+    empty = l == 0.0
+    l_safe = tl.where(empty, 1.0, l)
+    o = tl.where(empty[:, None], 0.0, acc / l_safe[:, None])
+    lse2 = tl.where(empty, -float("inf"), m + tl.log2(l_safe))
+    tl.store(O + b64 * sob + h.to(tl.int64) * soh + offs_m[:, None].to(tl.int64) * som
+             + offs_dv[None, :].to(tl.int64) * sod, o.to(O.dtype.element_ty),
+             mask=rmask[:, None] & (offs_dv[None, :] < EV))
+    tl.store(LSE2 + (b64 * H + h) * LQ + offs_m, lse2, mask=rmask)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+def _check_int(x, name, lo=None):
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(x).__name__}")
+    if lo is not None and x < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {x}")
+    return int(x)
+
+
+def _check_cache(q, k_cache, v_cache, seqlens, block_table, page_size):
+    """Validate the cache layout; returns (dims, capacity, lk_max, page_size or 0)."""
+    for x, n in ((q, "q"), (k_cache, "k_cache"), (v_cache, "v_cache")):
+        check_tensor(x, n)
+        if x.dim() != 4:
+            raise ValueError(f"{n} must have rank 4, got shape {tuple(x.shape)}")
+    b = q.shape[0]
+    if block_table is None:
+        if page_size is not None:
+            raise ValueError("page_size is given but block_table is None (a contiguous cache has no pages)")
+        dims = check_qkv(q, k_cache, v_cache, names=("q", "k_cache", "v_cache"))
+        capacity, ps = dims.lk, 0
+    else:
+        check_tensor(block_table, "block_table", dtypes=(torch.int32, torch.int64))
+        if block_table.dim() != 2 or block_table.shape[0] != b:
+            raise ValueError(f"block_table must have shape (B={b}, max_pages), got {tuple(block_table.shape)}")
+        if block_table.device != q.device:
+            raise ValueError(f"block_table is on {block_table.device}, q on {q.device}")
+        ps = k_cache.shape[2]
+        if page_size is not None and _check_int(page_size, "page_size", 1) != ps:
+            raise ValueError(f"page_size={page_size} but k_cache has {ps} slots per page "
+                             f"(shape (num_pages, Hkv, page_size, E) = {tuple(k_cache.shape)})")
+        if ps < 1:
+            raise ValueError(f"k_cache has page_size {ps}; it must be >= 1")
+        if tuple(k_cache.shape[:3]) != tuple(v_cache.shape[:3]):
+            raise ValueError(f"k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} "
+                             f"must agree in (num_pages, Hkv, page_size)")
+        capacity = block_table.shape[1] * ps
+        virt_k = (b, k_cache.shape[1], capacity, k_cache.shape[3])
+        virt_v = (b, v_cache.shape[1], capacity, v_cache.shape[3])
+        dims = spec.check_dims(tuple(q.shape), virt_k, virt_v)
+        if not (q.dtype == k_cache.dtype == v_cache.dtype):
+            raise TypeError(f"q, k_cache, v_cache must share a dtype; got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
+        if not (q.device == k_cache.device == v_cache.device):
+            raise ValueError("q, k_cache, v_cache must be on one device")
+        if max(dims.e, dims.ev) > 256:
+            raise ValueError(f"head dims E={dims.e}, Ev={dims.ev} not supported (at most 256)")
+    if seqlens is None:
+        lens = None
+        lk_max = capacity
+    else:
+        check_tensor(seqlens, "seqlens", dtypes=(torch.int32, torch.int64))
+        if seqlens.shape != (b,):
+            raise ValueError(f"seqlens must have shape (B,) = ({b},), got {tuple(seqlens.shape)}")
+        if seqlens.device != q.device:
+            raise ValueError(f"seqlens is on {seqlens.device}, q on {q.device}")
+        lens = seqlens
+        lo, hi = (int(x) for x in torch.aminmax(seqlens)) if b else (0, 0)
+        if lo < 0 or hi > capacity:
+            raise ValueError(f"seqlens must lie in [0, {capacity}] (the cache's capacity), got [{lo}, {hi}]")
+        lk_max = hi
+    if block_table is not None and b:
+        used = torch.as_tensor(capacity if lens is None else lens, device=q.device)
+        n_pages = (used + ps - 1) // ps
+        slot = torch.arange(block_table.shape[1], device=q.device)[None, :]
+        live = slot < torch.as_tensor(n_pages, device=q.device).reshape(-1, 1)
+        bad = live & ((block_table < 0) | (block_table >= k_cache.shape[0]))
+        if bool(bad.any()):
+            bi, si = (int(x) for x in bad.nonzero()[0])
+            raise ValueError(f"block_table[{bi}, {si}] = {int(block_table[bi, si])} is not a page of "
+                             f"k_cache (0..{k_cache.shape[0] - 1}) but the sequence uses it")
+    return dims, capacity, lk_max, ps
+
+
+# ----------------------------------------------------------------------------- public
+
+def decode(q, k_cache, v_cache, *, seqlens=None, block_table=None, page_size=None, num_splits=None,
+           causal="bottom_right", alignment=None, window=None, scale=None, softcap=None,
+           return_lse=False, block_n=None):
+    """Attention of a few new query tokens against a KV cache, split over the keys (flash-decoding).
+
+    Args:
+        q: (B, H, Lq, E), Lq small (1 for one-token decode). Any strides.
+        k_cache, v_cache: contiguous cache (B, Hkv, Lmax, E) / (B, Hkv, Lmax, Ev), or with
+            ``block_table`` a paged cache (num_pages, Hkv, page_size, E) / (..., Ev).
+        seqlens: (B,) int32/int64, valid keys per sequence (0 allowed: o = 0, lse = -inf);
+            default: the whole cache (Lmax, or max_pages * page_size).
+        block_table: (B, max_pages) int32/int64: logical page p of sequence b is physical page
+            block_table[b, p]. Only the pages a sequence uses are read; the rest may hold
+            garbage (its entries and pages are never touched).
+        page_size: must equal k_cache.shape[2] when given (any size >= 1, odd ones too).
+        num_splits: number of key splits in SPLIT_RANGE; default picked from B*Hkv and the
+            length (1 under the interpreter). Empty splits merge as the identity.
+        causal: default "bottom_right" (the new tokens are the last positions of each sequence,
+            aligned to that sequence's own length); also False, True (= top_left), "top_left".
+        alignment, window, scale, softcap: as in :func:`flashproof.kernels.attention`.
+        return_lse: also return the natural-log LSE (float32, (B, H, Lq)).
+        block_n: keys per tile (power of two 16..256); default from a heuristic.
+
+    Returns:
+        o (B, H, Lq, Ev) in q's dtype, or (o, lse). Not differentiable (inference only).
+    """
+    dims, capacity, lk_max, ps = _check_cache(q, k_cache, v_cache, seqlens, block_table, page_size)
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
+    mask = spec.make_mask(causal=causal, window=window, alignment=alignment)
+    scale = spec.resolve_scale(scale, dims.e)
+    cap = spec.normalize_softcap(softcap)
+    interp = interpreting()
+    if block_n is None:
+        block_n = default_decode_block(head_dim=dims.e, head_dim_v=dims.ev, dtype=q.dtype, interpret=interp)
+    elif block_n not in (16, 32, 64, 128, 256):
+        raise ValueError(f"block_n must be a power of two in 16..256, got {block_n!r}")
+    group = dims.heads // dims.kv_heads
+    rows = group * dims.lq
+    block_m = min(max(16, triton.next_power_of_2(max(rows, 1))), 64)
+    n_rblocks = triton.cdiv(rows, block_m)
+    if num_splits is None:
+        num_splits = default_num_splits(programs=dims.batch * dims.kv_heads * n_rblocks, lk=lk_max,
+                                        block_n=block_n, interpret=interp)
+    elif _check_int(num_splits, "num_splits") not in SPLIT_RANGE:
+        raise ValueError(f"num_splits must be in {SPLIT_RANGE.start}..{SPLIT_RANGE.stop - 1}, got {num_splits}")
+    # The diagonal is per sequence (in-kernel); the window/causal sides come from spec.Mask.
+    _, left, right, has_left, has_right = mask_args(mask, dims.lq, capacity)
+    if cap is None:
+        qk_scale, out_scale = scale * LOG2E, 1.0
+    else:  # tanh acts on natural logits; log2(e) is folded in after it
+        qk_scale, out_scale = scale / cap, cap * LOG2E
+    b, h, lq, ev = dims.batch, dims.heads, dims.lq, dims.ev
+    o = torch.empty((b, h, lq, ev), dtype=q.dtype, device=q.device)
+    lse2 = torch.empty((b, h, lq), dtype=torch.float32, device=q.device)
+    if num_splits == 1:
+        out, out_lse = o, lse2
+        so = (*o.stride()[:2], 0, *o.stride()[2:])
+        sl = (*lse2.stride()[:2], 0, lse2.stride()[2])
+    else:
+        out = torch.empty((b, h, num_splits, lq, ev), dtype=torch.float32, device=q.device)
+        out_lse = torch.empty((b, h, num_splits, lq), dtype=torch.float32, device=q.device)
+        so, sl = out.stride(), out_lse.stride()
+    paged = block_table is not None
+    bt = block_table if paged else lse2
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    _launch(_decode_kernel, (n_rblocks * num_splits, dims.kv_heads, b), q, k_cache, v_cache, out, out_lse,
+            lse2 if seqlens is None else seqlens, bt, *q.stride(), *k_cache.stride(), *v_cache.stride(),
+            *(bt.stride() if paged else (0, 0)), *so, *sl,
+            group, lq, capacity, left, right, qk_scale, out_scale, num_splits, n_rblocks, max(ps, 1),
+            E=dims.e, EV=ev, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DK=head_block(dims.e),
+            BLOCK_DV=head_block(ev), HAS_LEFT=has_left, HAS_RIGHT=has_right,
+            BOTTOM_RIGHT=mask.alignment == spec.BOTTOM_RIGHT, SOFTCAP=cap is not None,
+            HAS_SEQLENS=seqlens is not None, PAGED=paged, PRECISION=precision,
+            UPCAST=interp and q.dtype == torch.bfloat16, num_warps=4, num_stages=2)
+    if num_splits > 1:
+        bm = 16
+        _launch(_merge_kernel, (triton.cdiv(lq, bm), h, b), out, out_lse, o, lse2, h, lq, num_splits,
+                *o.stride(), EV=ev, BLOCK_M=bm, BLOCK_DV=head_block(ev), num_warps=4, num_stages=1)
+    return (o, lse2 * LN2) if return_lse else o
