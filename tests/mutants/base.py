@@ -148,11 +148,11 @@ class TiledAttention:
         return self.forward(query, key, value, causal=bool(is_causal), attn_mask=attn_mask, scale=scale)
 
     def decode(self, q, k_cache, v_cache, *, seqlens=None, block_table=None, page_size=None,
-               num_splits=None, causal=False, window=None, scale=None, softcap=None, return_lse=False):
+               num_splits=None, causal=True, window=None, scale=None, softcap=None, return_lse=False):
         """Split-KV decode over a contiguous (B, Hkv, Lmax, E) or paged (pages, Hkv, page, E) cache.
 
         Row b attends the keys ``[0, seqlens[b])`` as ``forward(q[b], k[b, :, :seqlens[b]], ...)``
-        would (causal/window aligned to each row's own length).
+        would, with causal and window bottom-right aligned to that length (Target.decode's contract).
         """
         b, lmax, seqlens, page_size = self.check_decode(q, k_cache, v_cache, seqlens, block_table, page_size)
         splits = 1 if num_splits is None else int(num_splits)
@@ -160,7 +160,8 @@ class TiledAttention:
             raise ValueError(f"num_splits must be in {SPLIT_RANGE}, got {num_splits}")
         dims = spec.check_dims(tuple(q.shape), (b, k_cache.shape[1], lmax, k_cache.shape[-1]),
                                (b, v_cache.shape[1], lmax, v_cache.shape[-1]))
-        mask = self.make_mask(causal=causal, window=window, alignment=None)
+        mask = self.make_mask(causal=spec.BOTTOM_RIGHT if causal else False, window=window,
+                              alignment=spec.BOTTOM_RIGHT)
         scale_ = self.resolve_scale(scale, dims.e)
         cap = spec.normalize_softcap(softcap)
         ops = self.make_ops(q.dtype)

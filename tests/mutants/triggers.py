@@ -82,7 +82,8 @@ def deviation(impl, trig) -> str | None:
                 vb = v[table[b]].permute(1, 0, 2, 3).reshape(1, v.shape[1], -1, v.shape[-1])
             n = kb.shape[2] if seqlens is None else int(seqlens[b])
             ro, rl = forward_fp64(q[b:b + 1], kb[:, :, :n], vb[:, :, :n],
-                                  causal=opts.get("causal", False), window=opts.get("window"),
+                                  causal="bottom_right" if opts.get("causal", True) else False,
+                                  alignment="bottom_right", window=opts.get("window"),
                                   scale=opts.get("scale"), softcap=opts.get("softcap"))
             bad = _cmp(f"O[batch {b}]", o[b:b + 1], ro, tol) or _cmp(f"LSE[batch {b}]", lse[b:b + 1], rl, LSE_TOL, relative=True)
             if bad:

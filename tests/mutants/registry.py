@@ -1,0 +1,68 @@
+"""The zoo as flashproof.properties Targets: every mutant, and the correct peers.
+
+Mutants derived from base.TiledAttention declare everything the base does (forward with tiles,
+LSE, both alignments, window, softcap, attn_mask, GQA, backward, split-KV and paged decode,
+fp32/fp16/bf16, fp32 accumulator, exp within 1 ulp): the bug of each lives in one of those
+paths, so no declaration hides it, and the undeclared-by-default base passes with the same
+declaration. A mutant with ``capabilities = {"sdpa_only": True}`` is wrapped as a plain SDPA
+callable (its bug is in the SDPA signature's is_causal).
+"""
+from __future__ import annotations
+
+from flashproof.properties.targets import Target, from_sdpa
+
+from . import peers
+from .base import SPLIT_RANGE, TILE_CONFIGS, TiledAttention
+from .zoo import MUTANTS
+
+__all__ = ["target_of", "mutant_targets", "peer_targets", "describe"]
+
+
+def describe(cls) -> str:
+    """The first line of a kernel's docstring: what its bug is."""
+    return (cls.__doc__ or "").strip().splitlines()[0]
+
+
+def target_of(impl: TiledAttention) -> Target:
+    """A Target declaring every capability of the tiled implementation ``impl``."""
+    name = f"zoo.{impl.name}"
+    if getattr(impl, "capabilities", {}).get("sdpa_only"):
+        return from_sdpa(impl.sdpa, name=name, backward=True)
+    return Target(
+        name=name,
+        sdpa=impl.sdpa,
+        forward=impl.forward,
+        tile_configs=TILE_CONFIGS,
+        lse=True,
+        alignments=("top_left", "bottom_right"),
+        window=True,
+        softcap=True,
+        attn_mask=True,
+        gqa=True,
+        backward=True,
+        decode=impl.decode,
+        split_range=SPLIT_RANGE,
+        paged=True,
+        dtypes=("float32", "float16", "bfloat16"),
+        devices=("cpu",),
+        accumulator="fp32",
+        # exp and log are computed in float64 and rounded once to float32 (base.F32Ops).
+        c_exp=1,
+        description=describe(type(impl)),
+    )
+
+
+def mutant_targets() -> list[Target]:
+    return [target_of(cls()) for cls in MUTANTS]
+
+
+def peer_targets() -> list[Target]:
+    """The correct peers run in this file's test: the tiled base and torch SDPA math fp32/fp64.
+
+    (flashproof's own kernel is the default target of the property suite's own tests.)
+    """
+    return [
+        target_of(TiledAttention()),
+        from_sdpa(peers.sdpa_math_fp32, name="zoo.sdpa_math_fp32", backward=True),
+        from_sdpa(peers.sdpa_math_fp64, name="zoo.sdpa_math_fp64", backward=True),
+    ]
