@@ -142,6 +142,9 @@ def masked_mma(a, b, keep, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     counts) re-create what IEEE gives over the kept pairs: NaN from a NaN, from 0 * inf or from
     +inf + -inf, else +-inf with the sign of a * b. spec/README.md, "NaN and inf policy".
     """
+    if UPCAST:  # the interpreter also compares bf16 as raw bits; fp32 is exact
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
     fin = (b == b) & (tl.abs(b) != float("inf"))
     out = mma(a, tl.where(fin, b, 0.0), PRECISION, UPCAST)
     n_bad = tl.sum(tl.sum(tl.where(fin, 0, 1), axis=1), axis=0)
