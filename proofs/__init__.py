@@ -1,2 +1,5 @@
-"""flashproof.proofs (under construction)."""
-__all__ = []
+"""flashproof.proofs: SymPy proofs of the online-softmax algebra and of its floating-point error,
+and the executable bounds derived from them (see proofs/README.md and `flashproof prove`)."""
+from .bounds import Precision, apriori_forward_bound, apriori_lse_bound, precision_for, running_forward_bound
+
+__all__ = ["Precision", "precision_for", "apriori_forward_bound", "apriori_lse_bound", "running_forward_bound"]

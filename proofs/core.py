@@ -1,0 +1,195 @@
+"""Shared machinery of the proofs: results, symbolic zero tests, mpmath spot checks, SymPy ops.
+
+Every theorem module builds a :class:`Proof` (statement, derivation steps, checks). A check is
+either symbolic (SymPy reduces an expression to exactly 0, or an inequality to a manifestly
+non-negative form) or numeric (mpmath at random points, 50 digits). A proof is PROVED iff every
+check passed. Nothing here re-implements the online-softmax merge: :class:`SympyOps` lets
+flashproof.spec's own ``merge``/``block_state``/``finalize`` run on SymPy expressions.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import mpmath
+import sympy as sp
+
+from flashproof.spec import ScalarOps, State
+
+__all__ = [
+    "Check",
+    "Proof",
+    "SympyOps",
+    "SYMPY",
+    "canonical",
+    "is_zero",
+    "random_point",
+    "spot_check",
+    "sym_states_equal",
+]
+
+
+@dataclass
+class Check:
+    """One verified claim: ``ok`` is True only if the claim was actually established."""
+
+    name: str
+    ok: bool
+    kind: str  # "symbolic" or "numeric"
+    detail: str = ""
+
+
+@dataclass
+class Proof:
+    """A theorem, its derivation steps (text, LaTeX) and the checks that establish it."""
+
+    key: str
+    title: str
+    statement: str  # LaTeX (Markdown-embeddable)
+    steps: list = field(default_factory=list)  # (text, latex or "")
+    checks: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # theorem-specific data for the report
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    def step(self, text: str, latex: str = "") -> None:
+        self.steps.append((text, latex))
+
+    def check(self, name: str, ok, kind: str = "symbolic", detail: str = "") -> bool:
+        ok = bool(ok)
+        self.checks.append(Check(name, ok, kind, detail))
+        return ok
+
+    def summary(self) -> str:
+        bad = [c.name for c in self.checks if not c.ok]
+        head = f"{'PROVED' if self.ok else 'FAILED'}  {self.title}  ({self.seconds:.2f} s, {len(self.checks)} checks)"
+        return head + ("".join(f"\n    failed: {b}" for b in bad) if bad else "")
+
+
+def timed(fn: Callable[..., Proof]) -> Callable[..., Proof]:
+    """Decorator: record the wall time of a proof function on the Proof it returns."""
+
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        p = fn(*args, **kwargs)
+        p.seconds = time.perf_counter() - t0
+        return p
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+__all__.append("timed")
+
+
+class SympyOps(ScalarOps):
+    """spec's arithmetic on SymPy expressions: exp/log/Max symbolic, -oo for masked keys."""
+
+    neg_inf = -sp.oo
+    zero = sp.Integer(0)
+
+    def exp(self, x):
+        return sp.exp(x)
+
+    def log(self, x):
+        return sp.log(x)
+
+    def maximum(self, a, b):
+        return sp.Max(a, b)
+
+    def is_neg_inf(self, x) -> bool:
+        return x == -sp.oo  # structural: a symbol is never -oo
+
+    def shift(self, m):
+        return self.zero if self.is_neg_inf(m) else m
+
+    def is_empty(self, l) -> bool:
+        return l == 0  # structural: only the literal 0 (the identity's l) is empty
+
+    def zeros(self, dim: int):
+        return [sp.Integer(0)] * dim
+
+
+SYMPY = SympyOps()
+
+
+def canonical(expr):
+    """Bring exponential/sum expressions to a canonical form: expand, then combine exp products."""
+    expr = sp.sympify(expr)
+    expr = sp.expand(sp.powsimp(sp.expand(expr), combine="exp"))
+    return sp.powsimp(expr, combine="exp")
+
+
+def is_zero(expr) -> bool:
+    """True iff SymPy reduces ``expr`` to exactly 0 (never a numeric tolerance)."""
+    expr = sp.sympify(expr)
+    if expr == 0:
+        return True
+    c = canonical(expr)
+    if c == 0:
+        return True
+    s = sp.simplify(c)
+    return s == 0
+
+
+def sym_states_equal(a: State, b: State) -> bool:
+    """Exact symbolic equality of two states (m compared structurally after Max canonicalisation)."""
+    if not is_zero(sp.sympify(a.m) - sp.sympify(b.m)) and sp.sympify(a.m) != sp.sympify(b.m):
+        return False
+    if not is_zero(sp.sympify(a.l) - sp.sympify(b.l)):
+        return False
+    return all(is_zero(sp.sympify(x) - sp.sympify(y)) for x, y in zip(a.acc, b.acc, strict=True))
+
+
+def random_point(symbols: Iterable[sp.Symbol], rng: random.Random, lo=-3.0, hi=3.0) -> dict:
+    """Random mpmath values for ``symbols``, respecting positivity/nonnegativity assumptions."""
+    out = {}
+    for s in symbols:
+        if s.is_positive or s.is_nonnegative:
+            x = mpmath.mpf(rng.uniform(0.05, hi))
+        else:
+            x = mpmath.mpf(rng.uniform(lo, hi))
+        if s.is_integer:
+            x = mpmath.mpf(rng.randint(1, 6))
+        out[s] = x
+    return out
+
+
+def spot_check(lhs, rhs, symbols, *, n: int = 8, seed: int = 0, tol_digits: int = 30,
+               point: Callable | None = None) -> tuple[bool, str]:
+    """Evaluate lhs - rhs with mpmath (50 digits) at ``n`` random points; pass iff |diff| is
+    below 10^-tol_digits relative to the size of the terms at every point.
+
+    This is the numeric spot check that accompanies every symbolic identity."""
+    rng = random.Random(seed)
+    symbols = list(symbols)
+    f = sp.lambdify(symbols, [sp.sympify(lhs), sp.sympify(rhs)], modules="mpmath")
+    worst = mpmath.mpf(0)
+    with mpmath.workdps(50):
+        for _ in range(n):
+            pt = point(rng) if point else random_point(symbols, rng)
+            vals = f(*[pt[s] for s in symbols])
+            a, b = (_flat(v) for v in vals)
+            for x, y in zip(a, b, strict=True):
+                d = abs(x - y)
+                scale = max(mpmath.mpf(1), abs(x), abs(y))
+                worst = max(worst, d / scale)
+    ok = worst < mpmath.mpf(10) ** (-tol_digits)
+    return ok, f"max relative difference {mpmath.nstr(worst, 3)} at {n} mpmath points"
+
+
+def _flat(v):
+    if isinstance(v, (list, tuple)):
+        out = []
+        for x in v:
+            out.extend(_flat(x))
+        return out
+    if hasattr(v, "tolist") and not isinstance(v, mpmath.mpf):
+        return _flat(v.tolist())
+    return [mpmath.mpf(v) if not isinstance(v, mpmath.mpc) else v]

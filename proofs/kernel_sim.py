@@ -1,0 +1,173 @@
+"""A kernel-like fp32 simulation of flash attention, for the tightness experiment of theorem 6.
+
+It runs spec's own ``block_state`` / ``merge`` / ``finalize`` with :class:`KernelOps`, a numpy
+ops whose arithmetic is what a flash-attention kernel does: logits t = fl(fl(q.k) fl(scale
+log2 e)) in fp32, exp2 in fp32, l summing the unrounded P, P rounded to the storage dtype before
+an fp32 P@V, fp32 rescales, o = acc / l in fp32 then rounded to the storage dtype, and the LSE
+(m + log2 l) ln 2 in fp32. Optional split-KV: each split is finalised and the splits are combined
+by spec.merge of the renormalised states (lse_s, 1, o_s). It is a *correct kernel of that
+precision*, so the bounds of flashproof.proofs.bounds must hold for it.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from flashproof import spec
+from flashproof.spec import NumpyOps, State, block_state, merge
+
+__all__ = ["KernelOps", "round_to", "simulate", "exact_fp64"]
+
+_F32 = np.float32
+_LOG2E = _F32(1.0 / math.log(2.0))
+_LN2 = _F32(math.log(2.0))
+
+
+def round_to(x, dtype: str):
+    """Round float32 values to ``dtype`` ("float16", "bfloat16", "float32") and back to float32,
+    round-to-nearest-even with gradual underflow."""
+    x = np.asarray(x, dtype=_F32)
+    if dtype == "float32":
+        return x
+    if dtype == "float16":
+        with np.errstate(over="ignore"):
+            return x.astype(np.float16).astype(_F32)
+    if dtype == "bfloat16":
+        u = x.view(np.uint32).astype(np.uint64)
+        u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+        return u.astype(np.uint32).view(_F32)
+    raise ValueError(f"dtype must be float16, bfloat16 or float32, got {dtype!r}")
+
+
+class KernelOps(NumpyOps):
+    """fp32 flash-attention arithmetic in base 2 (scores are already multiplied by log2 e)."""
+
+    neg_inf = _F32(-np.inf)
+    zero = _F32(0.0)
+
+    def __init__(self, store: str):
+        self.store = store
+
+    def exp(self, x):
+        return np.exp2(np.asarray(x, dtype=_F32))
+
+    def log(self, x):
+        with np.errstate(divide="ignore"):
+            return np.log2(np.asarray(x, dtype=_F32))
+
+    def maximum(self, a, b):
+        return np.maximum(np.asarray(a, dtype=_F32), np.asarray(b, dtype=_F32))
+
+    def shift(self, m):
+        m = np.asarray(m, dtype=_F32)
+        return np.where(np.isneginf(m), _F32(0.0), m).astype(_F32)
+
+    def exp_shifted(self, x, m):
+        return np.exp2(np.asarray(x, dtype=_F32) - np.asarray(m, dtype=_F32)[..., None])
+
+    def row_max(self, s):
+        s = np.asarray(s, dtype=_F32)
+        return np.max(s, axis=-1) if s.shape[-1] else np.full(s.shape[:-1], -np.inf, dtype=_F32)
+
+    def zeros(self, dim):
+        return np.zeros(dim, dtype=_F32)
+
+    def vec_scale(self, a, acc):
+        return np.asarray(a, dtype=_F32)[..., None] * np.asarray(acc, dtype=_F32)
+
+    def total(self, p):
+        return np.sum(np.asarray(p, dtype=_F32), axis=-1, dtype=_F32)  # l sums the unrounded P
+
+    def weighted_sum(self, s, p, v, dim):
+        keep = ~np.isneginf(np.asarray(s))
+        pr = np.where(keep, round_to(p, self.store), _F32(0.0))  # P rounded before P@V
+        return (pr @ np.asarray(v, dtype=_F32)).astype(_F32)
+
+    def finalize(self, st: State):
+        l = np.asarray(st.l, dtype=_F32)
+        empty = l == 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            safe = np.where(empty, _F32(1.0), l).astype(_F32)
+            o = np.where(empty[..., None], _F32(0.0), np.asarray(st.acc, dtype=_F32) / safe[..., None])
+            lse2 = np.asarray(st.m, dtype=_F32) + np.log2(safe)
+            lse = np.where(empty, -np.inf, (lse2 * _LN2).astype(_F32))
+        return o.astype(_F32), lse
+
+
+def _logits(q, k, *, scale, mask):
+    """Base-2 fp32 logits, masked keys -inf: fl(fl(q.k) * fl(scale * log2 e))."""
+    c = _F32(scale * (1.0 / math.log(2.0)))
+    t = (q.astype(_F32) @ np.swapaxes(k.astype(_F32), -1, -2)).astype(_F32) * c
+    return np.where(mask, t, _F32(-np.inf)).astype(_F32)
+
+
+def simulate(q, k, v, *, store: str, boundaries=None, splits=1, causal=False, window=None,
+             alignment=None, scale=None, rng=None):
+    """Kernel-like forward on numpy inputs (B, H, L, E) already in the storage dtype's values.
+
+    ``boundaries``: key tile edges (default: one tile); ``splits``: number of split-KV groups of
+    tiles (each finalised, then combined by merging renormalised states); ``rng`` shuffles the
+    merge order of the splits. Returns (o float64 of storage-dtype values, lse float64 of fp32)."""
+    b_, h_, lq, e = q.shape
+    hk, lk, ev = k.shape[1], k.shape[2], v.shape[3]
+    sigma = spec.resolve_scale(scale, e)
+    mask = spec.make_mask(causal=causal, window=window, alignment=alignment).matrix(lq, lk)
+    edges = [0, lk] if boundaries is None else list(boundaries)
+    blocks = [(a, c) for a, c in zip(edges[:-1], edges[1:])]
+    groups = np.array_split(np.arange(len(blocks)), max(1, min(splits, len(blocks))))
+    ops = KernelOps(store)
+    o = np.zeros((b_, h_, lq, ev))
+    lse = np.zeros((b_, h_, lq))
+    for bi in range(b_):
+        for hi in range(h_):
+            kh = spec.kv_head(hi, h_, hk)
+            t = _logits(q[bi, hi], k[bi, kh], scale=sigma, mask=mask)
+            vv = v[bi, kh].astype(_F32)
+            parts = []
+            for g in groups:
+                st = None
+                for idx in g:
+                    a, c = blocks[idx]
+                    bs = block_state(t[:, a:c], vv[a:c], ev, ops)
+                    st = bs if st is None else merge(st, bs, ops)
+                parts.append(st)
+            if len(parts) == 1:
+                ob, lb = ops.finalize(parts[0])
+            else:  # split-KV: finalise each split, combine renormalised states (lse2_s, 1, o_s)
+                ren = []
+                for st in parts:
+                    os_, ls_ = ops.finalize(st)
+                    empty = np.isneginf(ls_)
+                    m2 = np.where(empty, -np.inf, ls_ * _LOG2E).astype(_F32)
+                    ren.append(State(m2, np.where(empty, _F32(0), _F32(1)).astype(_F32), os_))
+                order = list(range(len(ren)))
+                if rng is not None:
+                    rng.shuffle(order)
+                st = ren[order[0]]
+                for i in order[1:]:
+                    st = merge(st, ren[i], ops)
+                ob, lb = ops.finalize(st)
+            o[bi, hi] = round_to(ob, store)
+            lse[bi, hi] = lb
+    return o, lse
+
+
+def exact_fp64(q, k, v, *, causal=False, window=None, alignment=None, scale=None):
+    """fp64 softmax attention (its error, ~1e-16 relative, is far below every bound compared)."""
+    b_, h_, lq, e = q.shape
+    hk, lk = k.shape[1], k.shape[2]
+    sigma = spec.resolve_scale(scale, e)
+    mask = spec.make_mask(causal=causal, window=window, alignment=alignment).matrix(lq, lk)
+    kk = np.repeat(k.astype(np.float64), h_ // hk, axis=1)
+    vv = np.repeat(v.astype(np.float64), h_ // hk, axis=1)
+    s = sigma * (q.astype(np.float64) @ np.swapaxes(kk, -1, -2))
+    s = np.where(mask, s, -np.inf)
+    m = s.max(axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    w = np.exp(s - m)
+    tot = w.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        o = np.where(tot > 0, (w @ vv) / np.where(tot > 0, tot, 1.0), 0.0)
+        lse = np.where(tot[..., 0] > 0, m[..., 0] + np.log(np.where(tot[..., 0] > 0, tot[..., 0], 1.0)), -np.inf)
+    return o, lse
