@@ -23,8 +23,11 @@ from mutants.zoo import MUTANTS
 
 try:
     from flashproof.properties import run_suite
-except ImportError:  # the property engineer's run_suite has not landed yet
-    run_suite = None
+except ImportError:
+    try:  # before the package re-exports it
+        from flashproof.properties.suite import run_suite
+    except ImportError:  # the property suite has not landed yet
+        run_suite = None
 
 NEEDS_SUITE = pytest.mark.skipif(run_suite is None, reason="flashproof.properties.run_suite does not exist yet")
 
@@ -51,12 +54,19 @@ def test_bugs_are_real(cls):
     assert bad is not None, f"{cls.__name__} ({describe(cls)}) agrees with the reference on its trigger"
 
 
-def _first_failure(result):
-    """(property name, one-line reason) of the first failed property of a SuiteResult, or None."""
-    for out in result.outcomes:
-        if out.status == "failed":
-            return out.name, (out.message or "").strip().splitlines()[0][:160] if out.message else ""
-    return None
+def _first_line(text, n=150):
+    lines = (text or "").strip().splitlines()
+    return lines[0][:n] if lines else ""
+
+
+def _killer(result):
+    """(property, first line of its message) of the first property the target violated, or None.
+
+    Only a FAILED property (a spec/bound violation) kills; an ERROR (flashproof could not run the
+    property) does not.
+    """
+    fails = result.failures
+    return (fails[0].name, _first_line(fails[0].message)) if fails else None
 
 
 @NEEDS_SUITE
@@ -66,11 +76,13 @@ def test_mutation_score(request):
     for target in mutant_targets():
         t = time.monotonic()
         result = run_suite(target, profile="ci", fail_fast=True)
-        killer = _first_failure(result)
+        killer = _killer(result)
         dt = time.monotonic() - t
         if killer is None:
             survivors.append(target.name)
-            rows.append(f"  SURVIVED {target.name:34s} ({dt:5.1f}s)  {target.description}")
+            errs = "; ".join(f"{o.name} ERROR {_first_line(o.message, 80)}" for o in result.errors)
+            rows.append(f"  SURVIVED {target.name:34s} ({dt:5.1f}s)  {target.description}"
+                        + (f" [{errs}]" if errs else ""))
         else:
             rows.append(f"  killed   {target.name:34s} ({dt:5.1f}s)  by {killer[0]}: {killer[1]}")
     total = len(rows)
@@ -86,8 +98,12 @@ def test_mutation_score(request):
 def test_correct_peers_pass(target, request):
     t0 = time.monotonic()
     result = run_suite(target, profile="ci", fail_fast=False)
-    failed = [o for o in result.outcomes if o.status == "failed"]
-    line = (f"peer {target.name}: {len(result.outcomes) - len(failed)}/{len(result.outcomes)} properties "
-            f"pass ({time.monotonic() - t0:.0f}s)")
+    bad = result.failures + result.errors
+    counts = {}
+    for o in result.outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    line = (f"peer {target.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+            + f" ({time.monotonic() - t0:.0f}s)")
     request.config.flashproof_mutation_report.append(line)
-    assert not failed, line + "; false alarms:\n" + "\n".join(f"  {o.name}: {o.message}" for o in failed)
+    assert not bad, line + "; false alarms / errors:\n" + "\n\n".join(
+        f"{o.name} {o.status}: {o.message}\n{o.reproducer}" for o in bad)

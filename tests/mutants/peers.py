@@ -4,8 +4,11 @@
 run torch.nn.functional.scaled_dot_product_attention with the MATH backend on CPU, and round O
 back to the input dtype. The math path computes softmax(...) @ V, which multiplies masked
 probabilities (exactly 0) by V: a NaN/inf at a masked position would leak (pytorch#101967), which
-spec forbids. So when q, k or v holds a non-finite value the peer runs SDPA once per query row
-on that row's allowed keys only (masked keys dropped, as spec says); otherwise one batched call.
+spec forbids. So when q, k or v holds a non-finite value, the batched call runs on inputs with
+those values zeroed (bitwise the same result for every row that does not read them: their
+masked terms are exact zeros either way), and each row that does read one (its q, or a k/v
+of an allowed key) is recomputed by one SDPA call over its allowed keys only (IEEE propagation
+within the allowed set, masked keys dropped, as spec says).
 Declared as plain SDPA callables (top-left causal, attn_mask, scale, GQA via enable_gqa), with
 backward through torch autograd, and an fp32 accumulator (fp64 is at least as accurate).
 """
@@ -31,21 +34,21 @@ def sdpa_math(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     finite = all(bool(torch.isfinite(t).all()) for t in (q, k, v))
     with sdpa_kernel(SDPBackend.MATH):
         if finite:
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale,
-                                               enable_gqa=enable_gqa)
-        else:
-            o = _row_by_row(q, k, v, mask, is_causal, scale, enable_gqa)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale,
+                                                  enable_gqa=enable_gqa).to(dt)
+        zq, zk, zv = (torch.where(torch.isfinite(t), t, torch.zeros((), dtype=compute)) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(zq, zk, zv, attn_mask=mask, is_causal=is_causal, scale=scale,
+                                           enable_gqa=enable_gqa)
+        o = _fix_nonfinite_rows(o, q, k, v, mask, is_causal, scale, enable_gqa)
     return o.to(dt)
 
 
-def _row_by_row(q, k, v, mask, is_causal, scale, enable_gqa):
-    """One SDPA call per query row over its allowed keys only (masked keys never read)."""
+def _fix_nonfinite_rows(o, q, k, v, mask, is_causal, scale, enable_gqa):
+    """Recompute, one SDPA call each over its allowed keys only, every row reading a non-finite value."""
     b, h, lq, _ = q.shape
     hkv, lk = k.shape[1], k.shape[2]
     if h != hkv and not enable_gqa:
         raise ValueError(f"query has {h} heads and key {hkv}: pass enable_gqa=True")
-    if is_causal and mask is not None:
-        raise ValueError("attn_mask and is_causal cannot both be set")
     allowed = torch.ones(b, h, lq, lk, dtype=torch.bool)
     bias = None
     if is_causal:
@@ -56,24 +59,22 @@ def _row_by_row(q, k, v, mask, is_causal, scale, enable_gqa):
         else:
             bias = mask.expand(b, h, lq, lk)
             allowed &= ~torch.isneginf(bias)
-    rows = []
-    for bi in range(b):
-        heads = []
-        for hi in range(h):
-            kh = hi // (h // hkv)
-            out = []
-            for i in range(lq):
-                keys = allowed[bi, hi, i].nonzero().flatten()
-                if keys.numel() == 0:
-                    out.append(v.new_zeros(v.shape[-1]))  # spec: an empty row is 0, whatever q holds
-                    continue
-                m = None if bias is None else bias[bi, hi, i, keys][None, None, None]
-                o = F.scaled_dot_product_attention(q[bi, hi, i][None, None, None], k[bi, kh, keys][None, None],
-                                                   v[bi, kh, keys][None, None], attn_mask=m, scale=scale)
-                out.append(o[0, 0, 0])
-            heads.append(torch.stack(out) if out else v.new_zeros(0, v.shape[-1]))
-        rows.append(torch.stack(heads))
-    return torch.stack(rows)
+    rep = h // hkv
+    bad_key = ~(torch.isfinite(k).all(-1) & torch.isfinite(v).all(-1))  # (B, Hkv, Lk)
+    bad_key = bad_key.repeat_interleave(rep, dim=1)[:, :, None, :]
+    touched = (~torch.isfinite(q).all(-1)) | (allowed & bad_key).any(-1)  # (B, H, Lq)
+    rows = list(o.unbind(0))
+    rows = [list(r.unbind(0)) for r in rows]
+    for bi, hi, i in touched.nonzero().tolist():
+        keys = allowed[bi, hi, i].nonzero().flatten()
+        if keys.numel() == 0:
+            continue  # an empty row is 0, whatever its q holds (spec); the batched call gave 0
+        kh = hi // rep
+        m = None if bias is None else bias[bi, hi, i, keys][None, None, None]
+        r = F.scaled_dot_product_attention(q[bi, hi, i][None, None, None], k[bi, kh, keys][None, None],
+                                           v[bi, kh, keys][None, None], attn_mask=m, scale=scale)
+        rows[bi][hi] = torch.cat([rows[bi][hi][:i], r[0, 0], rows[bi][hi][i + 1:]])
+    return torch.stack([torch.stack(r) for r in rows]) if rows else o
 
 
 def sdpa_math_fp32(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
