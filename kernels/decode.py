@@ -2,7 +2,8 @@
 
 One program handles a block of (query head of a GQA group, query row) pairs against one KV
 head and one split of the keys, so the K/V tiles are loaded once for the whole group. Each
-split writes a partial (o, lse); a second kernel merges them by LSE (spec.online.merge).
+split writes its online-softmax state (m, l, acc); a second kernel merges the states with
+spec.online.merge (flash-decoding's LSE merge, without normalizing each part first).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ __all__ = ["decode"]
 # ----------------------------------------------------------------------------- jit kernels
 
 @triton.jit
-def _decode_kernel(Q, K, V, O, LSE2, SEQLENS, BT,
+def _decode_kernel(Q, K, V, O, LSE2, MS, SEQLENS, BT,
                    sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
                    sbt0, sbt1, sob, soh, sos, som, sod, slb, slh, sls, slm,
                    GROUP, LQ, LK, LEFT, RIGHT, QK_SCALE, OUT_SCALE, NUM_SPLITS, NUM_RBLOCKS,
@@ -34,9 +35,12 @@ def _decode_kernel(Q, K, V, O, LSE2, SEQLENS, BT,
                    E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LEFT: tl.constexpr,
                    HAS_RIGHT: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr,
-                   HAS_SEQLENS: tl.constexpr, PAGED: tl.constexpr, PRECISION: tl.constexpr,
-                   UPCAST: tl.constexpr):
-    """Partial (o, lse2) of one split. K/V dim 0 is the batch, or the physical page if PAGED."""
+                   HAS_SEQLENS: tl.constexpr, PAGED: tl.constexpr, FINALIZE: tl.constexpr,
+                   PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """One split's online-softmax state. FINALIZE (one split): (o, lse2) in O, LSE2. Otherwise
+    the raw state spec.online.State (m, l, acc) in log2 units: acc in O, l in LSE2, m in MS
+    (unnormalized, so the merge adds no rounding beyond a single pass's rescales).
+    K/V dim 0 is the batch, or the physical page if PAGED."""
     pid = tl.program_id(0)
     hk = tl.program_id(1)
     b = tl.program_id(2)
@@ -98,16 +102,23 @@ def _decode_kernel(Q, K, V, O, LSE2, SEQLENS, BT,
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, Q, offs_n, k_rows, v_rows, i, lo, hi,
                                   skd, svd, 0, 0, LQ, lk, QK_SCALE, OUT_SCALE, E, EV, BLOCK_DK, BLOCK_DV,
                                   True, SOFTCAP, False, PRECISION, UPCAST)
-    # spec.online.finalize; an empty split (or sequence) gives o = 0, lse = -inf.
-    empty = l_i == 0.0
-    l_safe = tl.where(empty, 1.0, l_i)
-    o = tl.where(empty[:, None], 0.0, acc / l_safe[:, None])
-    lse2 = tl.where(empty, -float("inf"), m_i + tl.log2(l_safe))
     row_o = b64 * sob + h.to(tl.int64) * soh + split.to(tl.int64) * sos + i.to(tl.int64) * som
-    tl.store(O + row_o[:, None] + offs_dv[None, :].to(tl.int64) * sod, o.to(O.dtype.element_ty),
-             mask=valid[:, None] & (offs_dv[None, :] < EV))
+    o_ptrs = O + row_o[:, None] + offs_dv[None, :].to(tl.int64) * sod
     row_l = b64 * slb + h.to(tl.int64) * slh + split.to(tl.int64) * sls + i.to(tl.int64) * slm
-    tl.store(LSE2 + row_l, lse2, mask=valid)
+    omask = valid[:, None] & (offs_dv[None, :] < EV)
+    if FINALIZE:
+        # spec.online.finalize; an empty sequence gives o = 0, lse = -inf.
+        empty = l_i == 0.0
+        l_safe = tl.where(empty, 1.0, l_i)
+        o = tl.where(empty[:, None], 0.0, acc / l_safe[:, None])
+        lse2 = tl.where(empty, -float("inf"), m_i + tl.log2(l_safe))
+        tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=omask)
+        tl.store(LSE2 + row_l, lse2, mask=valid)
+    else:
+        # An empty split stores the merge identity (-inf, 0, 0).
+        tl.store(o_ptrs, acc, mask=omask)
+        tl.store(LSE2 + row_l, l_i, mask=valid)
+        tl.store(MS + row_l, m_i, mask=valid)
 
 
 @triton.jit
@@ -132,13 +143,14 @@ def _kv_rows(BT, b64, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE,
 
 
 @triton.jit
-def _merge_kernel(OP, LP, O, LSE2, H, LQ, NUM_SPLITS, sob, soh, som, sod,
+def _merge_kernel(ACC, LS, MS, O, LSE2, H, LQ, NUM_SPLITS, sob, soh, som, sod,
                   EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """Merge the splits' finalized states (lse_s, 1, o_s) by spec.online.merge, then finalize.
+    """Fold the splits' states (m_s, l_s, acc_s) with spec.online.merge, then finalize.
 
-    Exact for any split by proofs/merge_algebra.py (the merge is associative and commutative,
-    a homomorphism from key-set concatenation); empty splits (lse -inf) are its identity, and
-    an all-empty row shifts by 0 (spec.online.ScalarOps.shift) so no -inf - -inf is formed.
+    Exact for any split by proofs/merge_algebra.py (the merge is an associative, commutative
+    monoid, a homomorphism from key-set concatenation); empty splits are its identity
+    (-inf, 0, 0), and an all-empty row shifts by 0 (spec.online.ScalarOps.shift), so no
+    -inf - -inf is ever formed.
     """
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
@@ -150,19 +162,19 @@ def _merge_kernel(OP, LP, O, LSE2, H, LQ, NUM_SPLITS, sob, soh, som, sod,
     base = (b64 * H + h) * NUM_SPLITS
     m = tl.full([BLOCK_M], -float("inf"), tl.float32)
     for s in range(0, NUM_SPLITS):
-        m = tl.maximum(m, tl.load(LP + (base + s) * LQ + offs_m, mask=rmask, other=-float("inf")))
+        m = tl.maximum(m, tl.load(MS + (base + s) * LQ + offs_m, mask=rmask, other=-float("inf")))
     m_sh = tl.where(m == -float("inf"), 0.0, m)
     l = tl.zeros([BLOCK_M], tl.float32)
     # [BLOCK_M, BLOCK_DV]
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     for s in range(0, NUM_SPLITS):
-        lse_s = tl.load(LP + (base + s) * LQ + offs_m, mask=rmask, other=-float("inf"))
-        w = tl.exp2(lse_s - m_sh)
+        alpha = tl.exp2(tl.load(MS + (base + s) * LQ + offs_m, mask=rmask, other=-float("inf")) - m_sh)
+        l_s = tl.load(LS + (base + s) * LQ + offs_m, mask=rmask, other=0.0)
         # [BLOCK_M, BLOCK_DV]
-        o_s = load2d(OP + ((base + s) * LQ + offs_m[:, None].to(tl.int64)) * EV + offs_dv[None, :],
-                     offs_m, LQ, offs_dv, EV, True, EV != BLOCK_DV)
-        l += w
-        acc += w[:, None] * o_s
+        acc_s = load2d(ACC + ((base + s) * LQ + offs_m[:, None].to(tl.int64)) * EV + offs_dv[None, :],
+                       offs_m, LQ, offs_dv, EV, True, EV != BLOCK_DV)
+        l += alpha * l_s
+        acc += alpha[:, None] * acc_s
     empty = l == 0.0
     l_safe = tl.where(empty, 1.0, l)
     o = tl.where(empty[:, None], 0.0, acc / l_safe[:, None])
@@ -305,27 +317,28 @@ def decode(q, k_cache, v_cache, *, seqlens=None, block_table=None, page_size=Non
     o = torch.empty((b, h, lq, ev), dtype=q.dtype, device=q.device)
     lse2 = torch.empty((b, h, lq), dtype=torch.float32, device=q.device)
     if num_splits == 1:
-        out, out_lse = o, lse2
+        out, out_l, out_m = o, lse2, lse2
         so = (*o.stride()[:2], 0, *o.stride()[2:])
         sl = (*lse2.stride()[:2], 0, lse2.stride()[2])
     else:
         out = torch.empty((b, h, num_splits, lq, ev), dtype=torch.float32, device=q.device)
-        out_lse = torch.empty((b, h, num_splits, lq), dtype=torch.float32, device=q.device)
-        so, sl = out.stride(), out_lse.stride()
+        out_l = torch.empty((b, h, num_splits, lq), dtype=torch.float32, device=q.device)
+        out_m = torch.empty_like(out_l)
+        so, sl = out.stride(), out_l.stride()
     paged = block_table is not None
     bt = block_table if paged else lse2
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    _launch(_decode_kernel, (n_rblocks * num_splits, dims.kv_heads, b), q, k_cache, v_cache, out, out_lse,
-            lse2 if seqlens is None else seqlens, bt, *q.stride(), *k_cache.stride(), *v_cache.stride(),
-            *(bt.stride() if paged else (0, 0)), *so, *sl,
+    _launch(_decode_kernel, (n_rblocks * num_splits, dims.kv_heads, b), q, k_cache, v_cache, out, out_l,
+            out_m, lse2 if seqlens is None else seqlens, bt, *q.stride(), *k_cache.stride(),
+            *v_cache.stride(), *(bt.stride() if paged else (0, 0)), *so, *sl,
             group, lq, capacity, left, right, qk_scale, out_scale, num_splits, n_rblocks, max(ps, 1),
             E=dims.e, EV=ev, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DK=head_block(dims.e),
             BLOCK_DV=head_block(ev), HAS_LEFT=has_left, HAS_RIGHT=has_right,
             BOTTOM_RIGHT=mask.alignment == spec.BOTTOM_RIGHT, SOFTCAP=cap is not None,
-            HAS_SEQLENS=seqlens is not None, PAGED=paged, PRECISION=precision,
-            UPCAST=interp and q.dtype == torch.bfloat16, num_warps=4, num_stages=2)
+            HAS_SEQLENS=seqlens is not None, PAGED=paged, FINALIZE=num_splits == 1,
+            PRECISION=precision, UPCAST=interp and q.dtype == torch.bfloat16, num_warps=4, num_stages=2)
     if num_splits > 1:
         bm = 16
-        _launch(_merge_kernel, (triton.cdiv(lq, bm), h, b), out, out_lse, o, lse2, h, lq, num_splits,
+        _launch(_merge_kernel, (triton.cdiv(lq, bm), h, b), out, out_l, out_m, o, lse2, h, lq, num_splits,
                 *o.stride(), EV=ev, BLOCK_M=bm, BLOCK_DV=head_block(ev), num_warps=4, num_stages=1)
     return (o, lse2 * LN2) if return_lse else o
