@@ -130,7 +130,7 @@ def forward_naive(q, k, v, *, attn_mask=None, causal=False, alignment=None, wind
         c = torch.tensor(pb.softcap, dtype=dt)
         s = c * torch.tanh(s / c)
     if pb.mask_bias is not None:
-        s = s + torch.from_numpy(np.ascontiguousarray(pb.mask_bias)).to(dtype=dt, device=s.device)
+        s = s + torch.from_numpy(np.array(pb.mask_bias)).to(dtype=dt, device=s.device)
     allowed = np.ones((d.batch, d.heads, d.lq, d.lk), dtype=bool)
     allowed &= pb.mask.matrix(d.lq, d.lk)
     if pb.mask_bool is not None:
