@@ -173,6 +173,7 @@ def tiled_attention(q, k, v, *, causal=False, alignment=None, window=None, scale
                         allowed = allowed & bmask[b, h, r0:r1, t0:t1]
                     if bbias is not None:
                         bias = bbias[b, h, r0:r1, t0:t1]
+                        allowed = allowed & ~torch.isneginf(bias)  # an additive -inf masks the key
                     s = _logits(qf[b, h, r0:r1], kf[b, hk, t0:t1], sc32, cap32, bias)
                     s = torch.where(allowed, s, torch.full_like(s, -math.inf))
                     st = merge(st, block_state([s], vf[b, hk, t0:t1], d.ev, ops), ops)

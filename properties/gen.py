@@ -1,0 +1,136 @@
+"""Strategy builders shared by the property modules: problems a target can take, tile configs,
+and the deterministic corner cases each property runs first."""
+from __future__ import annotations
+
+import math
+
+from hypothesis import strategies as st
+
+from .strategies import (GQA_RATIOS, KV_HEADS, REGIMES, Case, MaskSpec, Problem, Regime, Shape, dtypes,
+                         head_dims, lengths, masks, max_abs_logit, problems, shapes, tile_configs, value_kinds)
+
+__all__ = [
+    "tile_sizes", "problem_strategy", "case_strategy", "corner", "first_dtype", "pick_dtype",
+    "head_dim_at_least", "small_tiles", "SCALES", "SOFTCAPS",
+]
+
+#: Explicit scales drawn besides the default 1/sqrt(E): powers of two and an inexact one.
+SCALES = (None, None, 0.5, 0.25, 0.0625, 1.0, 0.3)
+SOFTCAPS = (5.0, 30.0, 50.0)
+
+
+def tile_sizes(ctx, *, keys=("block_m", "block_n")) -> tuple:
+    out = set()
+    for c in ctx.target.tile_configs:
+        for k in keys:
+            if k in c and isinstance(c[k], int):
+                out.add(int(c[k]))
+    return tuple(sorted(x for x in out if x <= 2 * ctx.limits.max_len))
+
+
+def small_tiles(ctx, n=None):
+    """Tile configs sorted by cost (smallest tiles first, they stress the most boundaries)."""
+    cfgs = list(ctx.target.tile_configs)
+    cfgs.sort(key=lambda c: (c.get("block_m", 0) * c.get("block_n", 0), sorted(c.items())))
+    return cfgs[:n] if n else cfgs
+
+
+def first_dtype(ctx, prefer=("float16", "bfloat16", "float32")):
+    for d in prefer:
+        if d in ctx.target.dtypes:
+            return d
+    return ctx.target.dtypes[0]
+
+
+def pick_dtype(ctx, want):
+    return want if want in ctx.target.dtypes else None
+
+
+def head_dim_at_least(ctx, n):
+    """The smallest allowed head dim >= n (None if there is none)."""
+    allowed = ctx.target.head_dims or tuple(range(1, 4097))
+    c = [e for e in allowed if e >= n]
+    return min(c) if c else None
+
+
+def _mask_fn(ctx, *, allow_empty=True, causal_only=None, attn_mask=None, window=None, alignments=None):
+    t = ctx.target
+    al = t.alignments if alignments is None else alignments
+    win = t.window if window is None else (window and t.window)
+    am = t.attn_mask if attn_mask is None else (attn_mask and t.attn_mask)
+
+    def fn(shp):
+        return masks(alignments=al, window=win, attn_mask=am, lq=shp.lq, allow_empty=allow_empty)
+    return fn
+
+
+def problem_strategy(ctx, *, regimes=REGIMES, values=("normal", "normal", "ones", "onehot", "offset", "large"),
+                     dtype=None, mask=None, softcap=None, scale=None, shape=None, equal_lengths=None,
+                     gqa=None, e=None, max_len=None, batch=None):
+    t, lim = ctx.target, ctx.limits
+    ml = max_len or lim.max_len
+    ratios = GQA_RATIOS if (t.gqa if gqa is None else gqa) else (1,)
+    hd = e if e is not None else head_dims(allowed=lim.head_dims)
+    ev = None if not t.value_dim else st.one_of(st.none(), head_dims(allowed=lim.head_dims))
+    if shape is None:
+        shape = shapes(batch=batch if batch is not None else st.integers(1, lim.max_batch),
+                       kv_heads=st.sampled_from(KV_HEADS), gqa_ratio=st.sampled_from(ratios),
+                       max_len=ml, tile_sizes=tile_sizes(ctx), max_heads=lim.max_heads, e=hd,
+                       equal_lengths=st.booleans() if equal_lengths is None else st.just(equal_lengths))
+        if ev is not None:
+            shape = st.tuples(shape, ev).map(lambda se: se[0] if se[1] is None else
+                                             Shape(**{**se[0].__dict__, "ev": se[1]}))
+    shape = shape.map(lambda s: _cap_cost(s, lim))
+    if softcap is None:
+        softcap = st.one_of(st.none(), st.none(), st.sampled_from(SOFTCAPS)) if t.softcap else st.none()
+    if scale is None:
+        scale = st.sampled_from(SCALES)
+    return problems(shape=shape, dtype=dtypes(allowed=t.dtypes) if dtype is None else dtype,
+                    regimes=regimes, mask=mask if mask is not None else _mask_fn(ctx),
+                    values=value_kinds(allowed=values) if isinstance(values, tuple) else values,
+                    scale=scale, softcap=softcap, accumulator=t.accumulator)
+
+
+def _cap_cost(s: Shape, lim) -> Shape:
+    """Keep B * H within the profile's head budget (the interpreter costs per program)."""
+    b = s.batch
+    while b > 1 and b * s.heads > lim.max_heads:
+        b -= 1
+    return Shape(**{**s.__dict__, "batch": b}) if b != s.batch else s
+
+
+def case_strategy(ctx, problem=None, *, tile=True, extra=None, **kw):
+    """Cases: a problem, one of the target's tile configs, and property extras."""
+    pr = problem if problem is not None else problem_strategy(ctx, **kw)
+    tl = tile_configs(configs=ctx.target.tile_configs) if tile else st.just(None)
+    ex = extra if extra is not None else st.just(())
+    return st.builds(Case, problem=pr, tile=tl, extra=ex)
+
+
+def corner(ctx, *, shape=None, dtype=None, regime=None, mask=None, values="normal", scale=None, softcap=None,
+           seed=0, tile="small", extra=()):
+    """One deterministic Case, adapted to the target (dtype, head dims, tiles it declares)."""
+    t = ctx.target
+    shape = shape or Shape(batch=1, heads=2, kv_heads=1 if t.gqa else 2, lq=17, lk=33, e=40, ev=40)
+    if not t.gqa and shape.kv_heads != shape.heads:
+        shape = Shape(**{**shape.__dict__, "kv_heads": shape.heads})
+    if t.head_dims is not None and shape.e not in t.head_dims:
+        e = head_dim_at_least(ctx, shape.e) or max(t.head_dims)
+        shape = Shape(**{**shape.__dict__, "e": e, "ev": e})
+    if not t.value_dim and shape.ev != shape.e:
+        shape = Shape(**{**shape.__dict__, "ev": shape.e})
+    dtype = dtype if dtype in t.dtypes else first_dtype(ctx)
+    regime = regime or Regime()
+    sc = scale if scale is not None else None
+    if regime.offset and abs(regime.offset) > max_abs_logit(dtype, _scale(sc, shape.e), accumulator=t.accumulator) / 4:
+        regime = Regime(regime.name, -1e4 if regime.offset < 0 else 1e4, regime.spread)
+    mask = mask or MaskSpec()
+    if tile == "small":
+        cfgs = small_tiles(ctx, 1)
+        tile = cfgs[0] if cfgs else None
+    return Case(problem=Problem(shape=shape, dtype=dtype, regime=regime, mask=mask, values=values, scale=sc,
+                                softcap=softcap if t.softcap else None, seed=seed), tile=tile, extra=extra)
+
+
+def _scale(sc, e):
+    return sc if sc is not None else 1.0 / math.sqrt(e)

@@ -1,0 +1,295 @@
+"""The judge: exact references, error bounds, the FlashAttention criterion and failure messages.
+
+- Exact values: ``flashproof.reference.forward_certified`` (arb balls: |exact - mid| <= rad), or
+  ``forward_fp64`` where it is proven accurate enough: its own error is bounded by the running
+  bound evaluated at float64 precision, and it is used only where that radius is below 1/64 of
+  the target's bound (otherwise the certified reference runs).
+- Bounds: ``flashproof.proofs.bounds.running_forward_bound`` when it exists, else the clearly
+  marked provisional bound of properties/provisional_bound.py (reports say which).
+- The FlashAttention criterion: per (b, h), max |target - exact| <= 2 * max |naive - exact| +
+  eps, with the naive same-precision baseline ``reference.forward_naive``.
+
+Failures raise :class:`Violation` (an AssertionError) whose message names the tensor, lists
+the worst indices, and counts NaN and inf separately.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "Violation", "Exact", "exact", "bound", "bound_source", "precision", "naive_error",
+    "to_np", "assert_within", "assert_bitwise", "assert_fa_criterion", "assert_finite",
+    "fmt_idx", "U_IN",
+]
+
+#: unit roundoff of each storage dtype
+U_IN = {"float16": 2.0 ** -11, "bfloat16": 2.0 ** -8, "float32": 2.0 ** -24, "float64": 2.0 ** -53}
+_WORST = 5
+
+
+class Violation(AssertionError):
+    """The target violated a property; the message says where and by how much."""
+
+
+def to_np(x) -> np.ndarray:
+    """A tensor (any dtype/device) or array as float64 numpy, exactly."""
+    if x is None:
+        return None
+    if isinstance(x, np.ndarray):
+        return x.astype(np.float64)
+    import torch
+
+    return x.detach().to("cpu", torch.float64).numpy()
+
+
+# ----------------------------------------------------------------------------- bounds
+def _bounds_module():
+    try:
+        from flashproof.proofs import bounds  # noqa: F401
+
+        if hasattr(bounds, "running_forward_bound") and hasattr(bounds, "precision_for"):
+            return bounds, "proofs"
+    except Exception:  # not landed yet, or broken: the provisional bound stands in
+        pass
+    from . import provisional_bound
+
+    return provisional_bound, "provisional"
+
+
+def bound_source() -> str:
+    return _bounds_module()[1]
+
+
+def precision(dtype: str, *, accumulator="fp32", c_exp=None):
+    mod, _ = _bounds_module()
+    kw = {} if c_exp is None else {"c_exp": c_exp}
+    return mod.precision_for(dtype, accumulator=accumulator, **kw)
+
+
+def bound(inputs, *, accumulator="fp32", c_exp=None, n_tiles=None, dtype=None):
+    """(o_bound, lse_bound) for a correct kernel of the target's precision on ``inputs``.
+
+    Where the proofs bound is unbounded (inf: its fp32 self-evaluation cannot resolve logits
+    beyond ~1e6) but finite inputs make a claim possible, the provisional bound (float64
+    self-evaluation, properties/provisional_bound.py) stands in for those elements.
+    """
+    mod, src = _bounds_module()
+    name = dtype or inputs.dtype_name
+    prec = precision(name, accumulator=accumulator, c_exp=c_exp)
+    with np.errstate(all="ignore"):
+        o_b, l_b = mod.running_forward_bound(inputs.q, inputs.k, inputs.v, precision=prec, n_tiles=n_tiles,
+                                             **inputs.opts())
+    o_b, l_b = np.asarray(o_b, dtype=np.float64), np.asarray(l_b, dtype=np.float64)
+    if src == "proofs" and not (np.isfinite(o_b).all() and np.isfinite(l_b).all()):
+        from . import provisional_bound as pb
+
+        acc = "same" if accumulator == "same" else "fp32"
+        pp = pb.precision_for(name, accumulator=acc, c_exp=2.0 if c_exp is None else c_exp)
+        with np.errstate(all="ignore"):
+            o2, l2 = pb.running_forward_bound(inputs.q, inputs.k, inputs.v, precision=pp, n_tiles=n_tiles,
+                                              **inputs.opts())
+        o_b = np.where(np.isfinite(o_b), o_b, o2)
+        l_b = np.where(np.isfinite(l_b), l_b, l2)
+    return o_b, l_b
+
+
+# ----------------------------------------------------------------------------- exact reference
+@dataclass
+class Exact:
+    o: np.ndarray
+    o_rad: np.ndarray
+    lse: np.ndarray
+    lse_rad: np.ndarray
+    source: str
+
+
+def exact(inputs, *, need_o=None, need_lse=None) -> Exact:
+    """Exact O and LSE with radii. ``need_*`` (bound arrays) decide whether fp64 is enough."""
+    from flashproof import reference
+
+    opts = inputs.opts()
+    o, lse = reference.forward_fp64(inputs.q, inputs.k, inputs.v, **opts)
+    # forward_fp64 is a correct kernel at float64 precision: the running bound bounds its error.
+    try:
+        r_o, r_l = bound(inputs, accumulator="fp32", dtype="float64", c_exp=4.0)
+    except Exception:
+        r_o = r_l = None
+    ok = r_o is not None and np.all(np.isfinite(r_o)) and np.all(np.isfinite(r_l))
+    if ok and need_o is not None:
+        ok = bool(np.all(r_o <= np.where(np.isfinite(need_o), need_o, np.inf) / 64))
+    if ok and need_lse is not None:
+        ok = bool(np.all(r_l <= np.where(np.isfinite(need_lse), need_lse, np.inf) / 64))
+    if ok:
+        return Exact(o, r_o, lse, r_l, "fp64 (radius from the bound at float64 precision)")
+    # arb needs ~log2(max |logit|) extra bits to keep exp's balls tight at huge logits
+    top = float(np.nanmax(np.abs(np.where(np.isfinite(lse), lse, 0.0)), initial=0.0))
+    prec = 96 + 2 * max(0, int(math.ceil(math.log2(top + 1.0))) - 8)
+    c = reference.forward_certified(inputs.q, inputs.k, inputs.v, prec=prec, **opts)
+    return Exact(c.o_mid, c.o_rad, c.lse_mid, c.lse_rad, f"certified (arb, {prec} bits)")
+
+
+def naive_error(inputs, ex: Exact):
+    """Per (b, h): max |naive - exact| over O (inf where the naive baseline is not finite)."""
+    from flashproof import reference
+
+    o_n, _ = reference.forward_naive(inputs.q, inputs.k, inputs.v, **inputs.opts())
+    err = np.abs(to_np(o_n) - ex.o)
+    err = np.where(np.isfinite(ex.o), err, 0.0)
+    err = np.where(np.isnan(err), np.inf, err)
+    return err.max(axis=(-1, -2), initial=0.0)
+
+
+# ----------------------------------------------------------------------------- messages
+def fmt_idx(idx) -> str:
+    return "(" + ", ".join(str(int(i)) for i in idx) + ")"
+
+
+def _nonfinite_report(name, got, want_finite):
+    nan = np.isnan(got) & want_finite
+    pinf = np.isposinf(got) & want_finite
+    ninf = np.isneginf(got) & want_finite
+    out = []
+    if nan.any():
+        out.append(f"  NaN: {int(nan.sum())} element(s) where the exact value is finite, first at "
+                   + ", ".join(fmt_idx(i) for i in np.argwhere(nan)[:_WORST]))
+    if pinf.any() or ninf.any():
+        out.append(f"  inf: {int(pinf.sum())} +inf and {int(ninf.sum())} -inf where the exact value is finite, "
+                   "first at " + ", ".join(fmt_idx(i) for i in np.argwhere(pinf | ninf)[:_WORST]))
+    return out
+
+
+def assert_within(name, got, want, tol, *, what="the error bound", context="", dims="(b, h, i, c)"):
+    """|got - want| <= tol elementwise; want -inf (empty LSE) must be matched exactly.
+
+    ``tol`` already includes the reference's own radius. Raises Violation naming ``name``.
+    """
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    tol = np.broadcast_to(np.asarray(tol, dtype=np.float64), want.shape)
+    if got.shape != want.shape:
+        raise Violation(f"{name}: shape {got.shape}, expected {want.shape}{context}")
+    fin = np.isfinite(want)
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.abs(got - want)
+        bad_fin = fin & ~(err <= tol)  # NaN err counts as bad
+    bad_inf = ~fin & ~(got == want) & ~(np.isnan(want) & np.isnan(got))
+    if not (bad_fin.any() or bad_inf.any()):
+        return
+    lines = [f"{name} violates {what}{context}"]
+    lines += _nonfinite_report(name, got, fin)
+    if bad_inf.any():
+        idx = np.argwhere(bad_inf)[:_WORST]
+        lines.append(f"  {int(bad_inf.sum())} element(s) where the exact value is {want[tuple(idx[0])]:g} "
+                     f"but got {', '.join(f'{got[tuple(i)]:g} at {fmt_idx(i)}' for i in idx)}")
+    finite_bad = bad_fin & np.isfinite(got)
+    if finite_bad.any():
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(finite_bad, err / np.where(tol > 0, tol, np.finfo(float).tiny), -1.0)
+        order = np.argsort(ratio, axis=None)[::-1][:_WORST]
+        lines.append(f"  {int(finite_bad.sum())} of {want.size} element(s) exceed it; worst |err|/bound = "
+                     f"{ratio.flat[order[0]]:.4g}; worst indices {dims}:")
+        for flat in order:
+            if ratio.flat[flat] < 0:
+                break
+            i = np.unravel_index(flat, want.shape)
+            lines.append(f"    {fmt_idx(i)}: |err| {err[i]:.4g} > bound {tol[i]:.4g}   got {got[i]:.9g}  "
+                         f"exact {want[i]:.9g}")
+    raise Violation("\n".join(lines))
+
+
+def assert_bitwise(name, got, want, *, context="", dims="(b, h, i, c)"):
+    """Bitwise equality (NaN == NaN in the same place; +0 and -0 differ)."""
+    import torch
+
+    g = got.detach().cpu() if isinstance(got, torch.Tensor) else torch.from_numpy(np.asarray(got))
+    w = want.detach().cpu() if isinstance(want, torch.Tensor) else torch.from_numpy(np.asarray(want))
+    if g.shape != w.shape or g.dtype != w.dtype:
+        raise Violation(f"{name}: got {tuple(g.shape)} {g.dtype}, expected {tuple(w.shape)} {w.dtype}{context}")
+    gi, wi = _bits(g), _bits(w)
+    diff = gi != wi
+    if not bool(diff.any()):
+        return
+    gd, wd = g.to(torch.float64).numpy(), w.to(torch.float64).numpy()
+    idx = np.argwhere(diff.numpy())
+    lines = [f"{name} is not bitwise equal{context}: {len(idx)} of {w.numel()} element(s) differ"]
+    lines += _nonfinite_report(name, gd, np.isfinite(wd))
+    with np.errstate(invalid="ignore"):
+        err = np.abs(gd - wd)
+    order = sorted(idx.tolist(), key=lambda i: -(err[tuple(i)] if np.isfinite(err[tuple(i)]) else np.inf))[:_WORST]
+    lines.append(f"  worst indices {dims}:")
+    for i in order:
+        lines.append(f"    {fmt_idx(i)}: got {gd[tuple(i)]!r}  expected {wd[tuple(i)]!r}")
+    raise Violation("\n".join(lines))
+
+
+def _bits(t):
+    import torch
+
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return t.contiguous().view(torch.int16)
+    if t.dtype == torch.float32:
+        return t.contiguous().view(torch.int32)
+    if t.dtype == torch.float64:
+        return t.contiguous().view(torch.int64)
+    return t
+
+
+def assert_finite(name, got, *, where=None, context=""):
+    got = np.asarray(got, dtype=np.float64)
+    bad = ~np.isfinite(got)
+    if where is not None:
+        bad &= where
+    if bad.any():
+        lines = [f"{name} is not finite{context}"]
+        lines += _nonfinite_report(name, got, np.ones_like(bad) if where is None else where)
+        raise Violation("\n".join(lines))
+
+
+def assert_fa_criterion(name, got, ex: Exact, naive_err, eps, *, context=""):
+    """Per (b, h): max |got - exact| <= 2 * naive_err + eps (+ the reference radius)."""
+    got = np.asarray(got, dtype=np.float64)
+    fin = np.isfinite(ex.o)
+    with np.errstate(invalid="ignore"):
+        err = np.where(fin, np.abs(got - ex.o), 0.0)
+    err = np.where(np.isnan(err), np.inf, err)
+    head_err = err.max(axis=(-1, -2), initial=0.0)
+    rad = np.where(fin, ex.o_rad, 0.0).max(axis=(-1, -2), initial=0.0)
+    allowed = 2.0 * naive_err + eps + rad
+    bad = head_err > allowed
+    if not bad.any():
+        return
+    lines = [f"{name} fails the FlashAttention criterion (max error per head <= 2 x the naive "
+             f"same-precision baseline's + eps){context}"]
+    for i in np.argwhere(bad)[:_WORST]:
+        i = tuple(i)
+        lines.append(f"    head (b, h) = {fmt_idx(i)}: max |err| {head_err[i]:.4g} > 2 x {naive_err[i]:.4g} "
+                     f"+ eps {eps[i]:.4g}")
+    raise Violation("\n".join(lines))
+
+
+def fa_eps(inputs, ex: Exact, *, u_acc, c_exp, n_tiles):
+    """The FA criterion's epsilon per (b, h), derived: a correct kernel rounds P to the storage
+    dtype before P@V (<= u_in max|v|) and rounds its output (<= u_in max|o|), which a lucky naive
+    baseline may not; each of its n_tiles online rescales adds (c_exp + 2) u_acc max|v|."""
+    u_in = U_IN[inputs.dtype_name]
+    v = np.abs(to_np(inputs.v))
+    b, h = inputs.q.shape[0], inputs.q.shape[1]
+    rep = h // inputs.k.shape[1]
+    vmax = np.repeat(v.max(axis=(-1, -2), initial=0.0), rep, axis=1)
+    omax = np.where(np.isfinite(ex.o), np.abs(ex.o), 0.0).max(axis=(-1, -2), initial=0.0)
+    t = n_tiles if n_tiles else inputs.k.shape[2]
+    eta = {"float16": 2.0 ** -25}.get(inputs.dtype_name, 2.0 ** -126)  # P rounded below the normal range
+    return u_in * (vmax + omax) + (t + 2) * (c_exp + 2) * u_acc * vmax + inputs.k.shape[2] * eta * vmax
+
+
+def describe_tightness(err, tol) -> str:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where((tol > 0) & np.isfinite(tol), err / tol, 0.0)
+    return f"max |err|/bound = {np.nanmax(r, initial=0.0):.3g}"
+
+
+def isclose_scalar(a, b, tol):
+    return abs(a - b) <= tol or (math.isinf(a) and a == b)

@@ -1,0 +1,67 @@
+"""Hypothesis profiles of the property suite: ``ci``, ``gpu``, ``deep``.
+
+- ``ci``: CPU interpreter, small shapes, derandomized, few generated examples on top of each
+  property's deterministic corner cases; the whole suite in a few minutes on 2 cores.
+- ``gpu``: real shapes on a CUDA device.
+- ``deep``: many examples (nightly, audits).
+
+Each is registered under its plain name (unless the project already registered one of that
+name) and as ``flashproof-<name>``. The shape limits of each live in strategies.LIMITS.
+"""
+from __future__ import annotations
+
+__all__ = ["PROFILES", "SHRINK_SECONDS", "register_profiles", "settings_for", "default_profile", "limits_for"]
+
+#: hypothesis.settings keyword arguments of each profile.
+PROFILES = {
+    "ci": dict(max_examples=3, derandomize=True, deadline=None, database=None, print_blob=False,
+               report_multiple_bugs=False),
+    "gpu": dict(max_examples=25, derandomize=False, deadline=None, print_blob=True, report_multiple_bugs=False),
+    "deep": dict(max_examples=200, derandomize=False, deadline=None, print_blob=True, report_multiple_bugs=False),
+}
+#: Seconds Hypothesis may spend shrinking one failure (its own default is 300 s).
+SHRINK_SECONDS = {"ci": 30, "gpu": 120, "deep": 300}
+
+_registered = False
+
+
+def register_profiles() -> None:
+    """Register the profiles with Hypothesis (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    from hypothesis import HealthCheck, settings
+
+    for name, kw in PROFILES.items():
+        kw = dict(kw, suppress_health_check=list(HealthCheck))
+        settings.register_profile(f"flashproof-{name}", **kw)
+        try:
+            settings.get_profile(name)
+        except Exception:  # not registered by anyone else: take the plain name too
+            settings.register_profile(name, **kw)
+    _registered = True
+
+
+def _base(profile: str) -> str:
+    name = profile[len("flashproof-"):] if profile.startswith("flashproof-") else profile
+    if name not in PROFILES:
+        raise ValueError(f"profile must be one of {tuple(PROFILES)}, got {profile!r}")
+    return name
+
+
+def settings_for(profile: str):
+    """The hypothesis.settings object of ``profile``."""
+    from hypothesis import settings
+
+    register_profiles()
+    return settings.get_profile(f"flashproof-{_base(profile)}")
+
+
+def limits_for(profile: str):
+    from .strategies import LIMITS
+
+    return LIMITS[_base(profile)]
+
+
+def default_profile(device: str = "cpu") -> str:
+    return "gpu" if str(device).startswith("cuda") else "ci"

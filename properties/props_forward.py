@@ -1,0 +1,691 @@
+"""Forward properties: the error bound, tilings, invariances, precision, determinism."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import strategies as st
+
+from flashproof import spec
+
+from . import oracle
+from .gen import case_strategy, corner, first_dtype, head_dim_at_least, problem_strategy, small_tiles, tile_sizes
+from .oracle import Violation, to_np
+from .strategies import (REGIMES, Case, MaskSpec, Problem, Regime, Shape, build, key_partitions, logits_exact,
+                         max_abs_logit, torch_dtype)
+from .suite import prop, skip
+
+__all__ = []
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _emax(dtype):
+    return {"float16": 65504.0, "bfloat16": 3.38e38, "float32": 3.4e38}[dtype] / 4
+
+
+def _with_tensor(t, arr):
+    """A tensor like ``t`` (dtype, device) holding float64 ``arr`` (which must be representable)."""
+    torch = _torch()
+    return torch.from_numpy(np.ascontiguousarray(arr)).to(t.dtype).to(t.device)
+
+
+def _plain_mask(ctx):
+    """Masks without positional structure (so keys may be permuted, sliced, duplicated)."""
+    t = ctx.target
+
+    def fn(shp):
+        from .strategies import masks
+
+        return masks(alignments=(), window=False, attn_mask=t.attn_mask, lq=shp.lq)
+    return fn
+
+
+# ============================================================================ error bound
+def _corners_bound(ctx):
+    t = ctx.target
+    ts = tile_sizes(ctx, keys=("block_n",)) or (16,)
+    al = t.alignments
+    out = [
+        corner(ctx, seed=1),
+        corner(ctx, shape=Shape(1, 1, 1, 1, ts[0] + 1, 16, 16), regime=Regime("very_negative", -1e4, 1.0), seed=2),
+        corner(ctx, shape=Shape(1, 3, 1, 9, 2 * ts[0] + 3, 72, 72), regime=Regime("rising", 0.0, 1e4),
+               mask=MaskSpec(causal=al[-1]) if al else MaskSpec(), seed=3),
+        corner(ctx, shape=Shape(1, 2, 2, 5, 21, 16, 16), regime=Regime("spread", 0.0, 1e4), values="offset", seed=4),
+    ]
+    if "float16" in t.dtypes:
+        out.append(corner(ctx, shape=Shape(1, 1, 1, 4, 19, 64, 64), dtype="float16",
+                          regime=Regime("large", 0.0, 1e5), seed=5))
+    return out
+
+
+@prop("output_within_error_bound",
+      asserts="|O - exact| <= running_forward_bound per element (and LSE), and the FlashAttention criterion "
+              "(max error per head <= 2x the naive same-precision baseline's + eps), on every regime, mask, "
+              "shape and tile config the target declares",
+      classes=(2, 3, 5, 9, 18, 19, 20), strategy=lambda ctx: case_strategy(ctx), corners=_corners_bound,
+      bound="running_forward_bound (+ reference radius); FA criterion eps from oracle.fa_eps")
+def output_within_error_bound(ctx, case):
+    inp = build(case.problem, device=ctx.device)
+    o, lse = ctx.call(inp, tile=case.tile_dict)
+    ctx.judge(inp, o, lse, tile=case.tile_dict)
+
+
+# ============================================================================ tail tiles
+def _tail_lengths(t, cap):
+    if 2 * t <= cap:
+        return list(range(1, 2 * t + 1))
+    edge = {1, t - 1, t, t + 1, 2 * t - 1, 2 * t}
+    step = max(1, (2 * t) // (cap - len(edge)))
+    return sorted(edge | set(range(1, 2 * t + 1, step)))
+
+
+def _tail_strategy(ctx):
+    t = ctx.target
+    offs = st.sampled_from((-1e4, -1e6, -1e30))
+    return st.builds(lambda tile, axis, off, dt, seed: Case(problem=Problem(dtype=dt, seed=seed), tile=tile,
+                                                            extra=(("axis", axis), ("offset", off))),
+                     tile=st.sampled_from([tuple(sorted(c.items())) for c in t.tile_configs] or [None]),
+                     axis=st.sampled_from(("lk", "lq")), off=offs, dt=st.sampled_from(t.dtypes),
+                     seed=st.integers(0, 1000))
+
+
+def _tail_corners(ctx):
+    cfgs = small_tiles(ctx)
+    tile = tuple(sorted(cfgs[0].items())) if cfgs else None
+    dt = first_dtype(ctx)
+    return [Case(problem=Problem(dtype=dt), tile=tile, extra=(("axis", "lk"), ("offset", -1e4))),
+            Case(problem=Problem(dtype=dt), tile=tile, extra=(("axis", "lq"), ("offset", -1e4)))]
+
+
+@prop("tail_tiles_every_residue",
+      asserts="with every logit of the row far below 0, O and LSE stay within the bound for every length "
+              "L = 1 .. 2*tile (every residue modulo the tile size, on keys and on queries)",
+      classes=(5, 2), strategy=_tail_strategy, corners=_tail_corners,
+      bound="running_forward_bound")
+def tail_tiles_every_residue(ctx, case):
+    tile = case.tile_dict
+    axis, off = case.get("axis"), case.get("offset")
+    key = "block_n" if axis == "lk" else "block_m"
+    t = int(tile.get(key, 32))
+    dt = case.problem.dtype
+    e = head_dim_at_least(ctx, 16) or 16
+    cap = 64 if ctx.profile.endswith("ci") else 4 * t
+    for n in _tail_lengths(t, cap):
+        lq, lk = (2, n) if axis == "lk" else (n, 3)
+        reg = Regime("very_negative", off, 1.0)
+        if -off > max_abs_logit(dt, 1 / math.sqrt(e), accumulator=ctx.target.accumulator) / 4:
+            reg = Regime("very_negative", -1e4, 1.0)
+        pr = Problem(shape=Shape(1, 1, 1, lq, lk, e, e), dtype=dt, regime=reg, seed=case.problem.seed + n)
+        inp = build(pr, device=ctx.device)
+        o, lse = ctx.call(inp, tile=tile)
+        ctx.judge(inp, o, lse, tile=tile, label=f"{axis}={n}, tile {key}={t}", fa=False)
+
+
+# ============================================================================ tilings
+def _tilings_strategy(ctx):
+    n = len(ctx.target.tile_configs)
+    if n < 2:
+        skip("the target declares fewer than 2 tile configs")
+    k = min(ctx.limits.max_tiles_per_prop, n)
+    idx = st.lists(st.integers(0, n - 1), min_size=2, max_size=k, unique=True)
+    return st.builds(lambda c, ii: Case(problem=c.problem, tile=None, extra=(("tiles", tuple(ii)),)),
+                     case_strategy(ctx, tile=False), idx)
+
+
+def _tilings_corners(ctx):
+    cfgs = ctx.target.tile_configs
+    if len(cfgs) < 2:
+        return []
+    order = sorted(range(len(cfgs)), key=lambda i: cfgs[i].get("block_m", 0) * cfgs[i].get("block_n", 0))
+    ts = tile_sizes(ctx, keys=("block_n",)) or (16,)
+    c = corner(ctx, shape=Shape(1, 2, 1 if ctx.target.gqa else 2, 19, 2 * ts[0] + 5, 40, 40),
+               regime=Regime("rising", 0.0, 1e3), tile=None, seed=11)
+    return [Case(problem=c.problem, extra=(("tiles", (order[0], order[-1])),))]
+
+
+@prop("tilings_agree",
+      asserts="every declared tile config gives O and LSE within the bound of the same exact values "
+              "(so any two tilings agree within the sum of their bounds)",
+      classes=(19,), strategy=_tilings_strategy, corners=_tilings_corners,
+      needs=lambda t: None if len(t.tile_configs) >= 2 else "the target declares fewer than 2 tile configs",
+      bound="running_forward_bound with each config's n_tiles")
+def tilings_agree(ctx, case):
+    inp = build(case.problem, device=ctx.device)
+    cfgs = ctx.target.tile_configs
+    ex = None
+    outs = []
+    for i in case.get("tiles"):
+        tile = cfgs[i]
+        o, lse = ctx.call(inp, tile=tile)
+        o_b, l_b = ctx.bound(inp, tile=tile)
+        if ex is None:
+            ex = oracle.exact(inp, need_o=o_b, need_lse=l_b if lse is not None else None)
+        ctx.judge(inp, o, lse, tile=tile, label=f"tile {tile}", fa=False, ex=ex, bounds=(o_b, l_b))
+        outs.append((tile, o))
+
+
+# ============================================================================ tiled reference
+def _tiled_ref_strategy(ctx):
+    shp = st.builds(lambda lq, lk, e: Shape(1, 1, 1, lq, lk, e, e), st.integers(1, 6), st.integers(1, 12),
+                    st.sampled_from((1, 3, 8)))
+    pr = st.builds(Problem, shape=shp, dtype=st.sampled_from(("float16", "bfloat16", "float32")),
+                   regime=st.sampled_from((Regime(), Regime("spread", 0.0, 1e3), Regime("ties"))),
+                   mask=st.sampled_from((MaskSpec(), MaskSpec(causal="top_left"), MaskSpec(causal="bottom_right"))),
+                   seed=st.integers(0, 1000))
+    return pr.flatmap(lambda p: key_partitions(lk=p.shape.lk).map(
+        lambda part: Case(problem=p, extra=(("cuts", part[0]), ("tree", part[1]), ("tree_seed", part[2])))))
+
+
+@prop("tiled_reference_equals_monolithic",
+      asserts="at 160-bit precision, spec.merge over irregular key blocks (empty ones included) along any "
+              "merge tree equals the monolithic softmax, to within one float64 ulp of the rounded results",
+      classes=(13, 19), strategy=_tiled_ref_strategy, calls_target=False,
+      corners=lambda ctx: [Case(problem=Problem(shape=Shape(1, 1, 1, 3, 7, 3, 3), dtype="float32"),
+                                extra=(("cuts", (0, 2, 2, 7)), ("tree", "balanced"), ("tree_seed", 0)))],
+      bound="1 ulp of float64 (both are correctly rounded from 160-bit values)")
+def tiled_reference_equals_monolithic(ctx, case):
+    from flashproof import reference
+
+    inp = build(case.problem)
+    kw = inp.opts()
+    o_t, l_t = reference.forward_tiled(inp.q, inp.k, inp.v, boundaries=list(case.get("cuts")),
+                                       tree=case.get("tree"), seed=case.get("tree_seed"), arithmetic="mp",
+                                       prec=160, **kw)
+    o_m, l_m = reference.forward_mp(inp.q, inp.k, inp.v, prec=160, **kw)
+    ulp = lambda x: np.spacing(np.where(np.isfinite(x), np.abs(x), 0.0)) + 2.0 ** -1074  # noqa: E731
+    oracle.assert_within("O (tiled mp reference)", o_t, o_m, ulp(o_m), what="equality with the monolithic reference")
+    oracle.assert_within("LSE (tiled mp reference)", l_t, l_m, ulp(l_m), what="equality with the monolithic reference",
+                         dims="(b, h, i)")
+
+
+# ============================================================================ row shift
+def _shift_strategy(ctx):
+    modes = ("qk", "mask") if ctx.target.attn_mask else ("qk",)
+    extra = st.tuples(st.sampled_from(modes), st.sampled_from((1e4, -1e4, 3e3, 1.0)), st.booleans(),
+                      st.integers(0, 1000)).map(
+        lambda x: (("mode", x[0]), ("shift", x[1]), ("uniform", x[2]), ("shift_seed", x[3])))
+    # no softcap: a shift of the raw logits is not a shift after c*tanh(s/c)
+    return case_strategy(ctx, extra=extra, regimes=("standard", "spread", "ties", "rising"), softcap=st.none())
+
+
+def _shift_corners(ctx):
+    out = [corner(ctx, seed=21, extra=(("mode", "qk"), ("shift", -1e4), ("uniform", True), ("shift_seed", 0))),
+           corner(ctx, shape=Shape(1, 1, 1, 3, 40, 16, 16), regime=Regime("spread", 0.0, 30.0), seed=22,
+                  extra=(("mode", "qk"), ("shift", 1e4), ("uniform", False), ("shift_seed", 1)))]
+    if ctx.target.attn_mask:
+        out.append(corner(ctx, seed=23, extra=(("mode", "mask"), ("shift", -1e4), ("uniform", True),
+                                               ("shift_seed", 2))))
+    return out
+
+
+def _row_shifts(inp, c, uniform, seed):
+    b, h, lq = inp.q.shape[0], inp.q.shape[1], inp.q.shape[2]
+    if uniform:
+        return np.full((b, h, lq), float(c))
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-abs(c), abs(c), (b, h, lq))
+
+
+@prop("row_shift_leaves_output_and_moves_lse",
+      asserts="adding c in [-1e4, 1e4] to every logit of a row (exactly, through an extra q.k component or an "
+              "additive attn_mask constant) leaves O unchanged and moves the LSE by exactly c (within the bounds)",
+      classes=(2, 3, 14), strategy=_shift_strategy, corners=_shift_corners,
+      bound="running_forward_bound of the shifted problem against the exact unshifted O, LSE + c")
+def row_shift_leaves_output_and_moves_lse(ctx, case):
+    torch = _torch()
+    inp = build(case.problem, device=ctx.device)
+    dt = case.problem.dtype
+    c = _row_shifts(inp, case.get("shift"), case.get("uniform"), case.get("shift_seed"))
+    if case.get("mode") == "mask":
+        cq = to_np(_with_tensor(inp.q, c))  # shifts rounded to the dtype: exact from here on
+        b, h, lq, lk = inp.q.shape[0], inp.q.shape[1], inp.q.shape[2], inp.k.shape[2]
+        base = np.zeros((b, h, lq, lk))
+        if inp.attn_mask is not None:
+            am = inp.attn_mask.detach().cpu()
+            if am.dtype == torch.bool:
+                base = np.where(np.broadcast_to(am.numpy(), base.shape), 0.0, -np.inf)
+            else:
+                base = np.broadcast_to(am.to(torch.float64).numpy(), base.shape)
+        inp0 = inp.with_(attn_mask=_with_tensor(inp.q, base))
+        inp1 = inp.with_(attn_mask=_with_tensor(inp.q, base + cq[..., None]))
+        shift = cq
+    else:
+        e = inp.q.shape[-1]
+        scv = spec.resolve_scale(inp.scale, e)
+        cmax = float(np.abs(c).max()) if c.size else 0.0
+        beta = 2.0 ** max(0, math.ceil(math.log2(max(cmax / (scv * _emax(dt) / 2), 1.0))))
+        q0, k0 = to_np(inp.q).copy(), to_np(inp.k).copy()
+        q0[..., 0] = 0.0
+        k0[..., 0] = beta
+        a = to_np(_with_tensor(inp.q, c / (scv * beta)))  # q_i0 of the shifted problem, in the dtype
+        q1 = q0.copy()
+        q1[..., 0] = a
+        inp0 = inp.with_(q=_with_tensor(inp.q, q0), k=_with_tensor(inp.k, k0))
+        inp1 = inp0.with_(q=_with_tensor(inp.q, q1))
+        shift = scv * beta * a  # exact real shift, to float64 rounding (4 ulps slack below)
+    o0, l0 = ctx.call(inp0, tile=case.tile_dict)
+    ex, _ = ctx.judge(inp0, o0, l0, tile=case.tile_dict, label="unshifted", fa=False)
+    o1, l1 = ctx.call(inp1, tile=case.tile_dict)
+    ob1, lb1 = ctx.bound(inp1, tile=case.tile_dict)
+    oracle.assert_within("O (shifted rows)", to_np(o1), ex.o, ob1 + ex.o_rad,
+                         what="invariance under a row shift (bound of the shifted problem)")
+    if l1 is not None:
+        want = ex.lse + shift
+        tol = lb1 + ex.lse_rad + 4 * 2.0 ** -53 * np.abs(shift) + 2.0 ** -52 * np.abs(np.where(np.isfinite(want), want, 0))
+        oracle.assert_within("LSE (shifted rows)", to_np(l1), want, tol, what="LSE moving by exactly the shift c",
+                             dims="(b, h, i)")
+
+
+# ============================================================================ key permutation
+@prop("kv_permutation_invariant",
+      asserts="permuting keys and values together (with the attn_mask columns) leaves O and LSE unchanged "
+              "within the bounds",
+      classes=(19, 4),
+      strategy=lambda ctx: case_strategy(ctx, mask=_plain_mask(ctx),
+                                         extra=st.integers(0, 10 ** 6).map(lambda s: (("perm_seed", s),))),
+      corners=lambda ctx: [corner(ctx, regime=Regime("rising", 0.0, 1e3), seed=31, extra=(("perm_seed", 0),))],
+      bound="running_forward_bound of the permuted problem against the exact unpermuted values")
+def kv_permutation_invariant(ctx, case):
+    inp = build(case.problem, device=ctx.device)
+    lk = inp.k.shape[2]
+    perm = np.random.default_rng(case.get("perm_seed")).permutation(lk)
+    pt = _torch().from_numpy(perm).to(inp.k.device)
+    am = inp.attn_mask
+    if am is not None:
+        am = am.index_select(-1, pt)
+    inp1 = inp.with_(k=inp.k.index_select(2, pt), v=inp.v.index_select(2, pt), attn_mask=am)
+    o0, l0 = ctx.call(inp, tile=case.tile_dict)
+    ex, _ = ctx.judge(inp, o0, l0, tile=case.tile_dict, label="original order", fa=False)
+    o1, l1 = ctx.call(inp1, tile=case.tile_dict)
+    ob1, lb1 = ctx.bound(inp1, tile=case.tile_dict)
+    oracle.assert_within("O (permuted keys)", to_np(o1), ex.o, ob1 + ex.o_rad, what="invariance under key permutation")
+    if l1 is not None:
+        oracle.assert_within("LSE (permuted keys)", to_np(l1), ex.lse, lb1 + ex.lse_rad,
+                             what="invariance under key permutation", dims="(b, h, i)")
+
+
+# ============================================================================ duplicate key
+@prop("duplicate_key_adds_ln2",
+      asserts="duplicating key j (k_j and v_j appended) gives the exact attention of the original problem with "
+              "ln 2 added to logit j",
+      classes=(14, 19),
+      strategy=lambda ctx: case_strategy(ctx, mask=_plain_mask(ctx),
+                                         extra=st.integers(0, 10 ** 6).map(lambda s: (("dup_seed", s),))),
+      corners=lambda ctx: [corner(ctx, shape=Shape(1, 1, 1, 4, 6, 16, 16), seed=41, extra=(("dup_seed", 0),))],
+      bound="running_forward_bound of the duplicated problem against the exact original + ln 2 bias")
+def duplicate_key_adds_ln2(ctx, case):
+    torch = _torch()
+    from flashproof import reference
+
+    inp = build(case.problem, device=ctx.device)
+    b, h, lq, lk = inp.q.shape[0], inp.q.shape[1], inp.q.shape[2], inp.k.shape[2]
+    if lk == 0:
+        return
+    rng = np.random.default_rng(case.get("dup_seed"))
+    j = int(rng.integers(0, lk))
+    pos = int(rng.integers(0, lk + 1))
+    idx = list(range(lk))
+    idx.insert(pos, j)
+    it = torch.tensor(idx, device=inp.k.device)
+    base = np.zeros((b, h, lq, lk))
+    am_dup = None
+    if inp.attn_mask is not None:
+        am = inp.attn_mask.detach()
+        full = am.expand(b, h, lq, lk)
+        am_dup = full.index_select(-1, it)
+        if am.dtype == torch.bool:
+            base = np.where(full.cpu().numpy(), 0.0, -np.inf)
+        else:
+            base = full.cpu().to(torch.float64).numpy().copy()
+    bias = base.copy()
+    bias[..., j] += math.log(2.0)  # the exact logit + ln 2, as a float64 additive bias (ln 2 to 2^-53)
+    inp1 = inp.with_(k=inp.k.index_select(2, it), v=inp.v.index_select(2, it), attn_mask=am_dup)
+    o1, l1 = ctx.call(inp1, tile=case.tile_dict)
+    ob1, lb1 = ctx.bound(inp1, tile=case.tile_dict)
+    opts = inp.opts()
+    opts["attn_mask"] = bias
+    c = reference.forward_certified(inp.q, inp.k, inp.v, **opts)
+    # ln 2 as a float64 is off by <= 2^-53 ln 2: a logit perturbation of that size moves O by <= 2^-52 max|v|.
+    slack = 2.0 ** -52 * np.abs(to_np(inp.v)).max(initial=0.0)
+    oracle.assert_within("O (key duplicated)", to_np(o1), c.o_mid, ob1 + c.o_rad + slack,
+                         what="the exact attention with ln 2 added to the duplicated key's logit")
+    if l1 is not None:
+        oracle.assert_within("LSE (key duplicated)", to_np(l1), c.lse_mid, lb1 + c.lse_rad + 2.0 ** -52,
+                             what="the exact LSE with ln 2 added to the duplicated key's logit", dims="(b, h, i)")
+
+
+# ============================================================================ scale equivariance
+@prop("scale_equivariant",
+      asserts="attention(2^a q, k, v, scale=s 2^-a) and attention(q, k, 2^b v, scale=s) / 2^b equal attention(q, k, "
+              "v, scale=s) within the bounds (an ignored, doubled or padded-dim scale fails)",
+      classes=(18, 8),
+      strategy=lambda ctx: case_strategy(ctx, regimes=("standard", "spread", "rising", "large"),
+                                         extra=st.tuples(st.sampled_from((1, 2, 3)), st.sampled_from((1, 2, 4))).map(
+                                             lambda ab: (("qpow", ab[0]), ("vpow", ab[1])))),
+      corners=lambda ctx: [corner(ctx, shape=Shape(1, 2, 2 if not ctx.target.gqa else 1, 9, 13, 72, 72),
+                                  seed=51, extra=(("qpow", 1), ("vpow", 1)))],
+      bound="running_forward_bound of each rescaled problem against the same exact values")
+def scale_equivariant(ctx, case):
+    inp = build(case.problem, device=ctx.device)
+    dt = case.problem.dtype
+    s = float(case.problem.scale_value)
+    a, bpow = case.get("qpow"), case.get("vpow")
+    qmax = float(np.abs(to_np(inp.q)).max(initial=0.0))
+    vmax = float(np.abs(to_np(inp.v)).max(initial=0.0))
+    while a > 0 and qmax * 2.0 ** a > _emax(dt):
+        a -= 1
+    while bpow > 0 and vmax * 2.0 ** bpow > _emax(dt):
+        bpow -= 1
+    base = inp.with_(scale=s)
+    o0, l0 = ctx.call(base, tile=case.tile_dict)
+    ex, _ = ctx.judge(base, o0, l0, tile=case.tile_dict, label=f"scale={s!r}", fa=False)
+    inp_q = base.with_(q=inp.q * 2.0 ** a, scale=s * 2.0 ** -a)
+    o1, l1 = ctx.call(inp_q, tile=case.tile_dict)
+    ob1, lb1 = ctx.bound(inp_q, tile=case.tile_dict)
+    oracle.assert_within(f"O (q * 2^{a}, scale / 2^{a})", to_np(o1), ex.o, ob1 + ex.o_rad,
+                         what="scale equivariance")
+    if l1 is not None:
+        oracle.assert_within(f"LSE (q * 2^{a}, scale / 2^{a})", to_np(l1), ex.lse, lb1 + ex.lse_rad,
+                             what="scale equivariance", dims="(b, h, i)")
+    inp_v = base.with_(v=inp.v * 2.0 ** bpow)
+    o2, _ = ctx.call(inp_v, tile=case.tile_dict, return_lse=False)
+    ob2, _ = ctx.bound(inp_v, tile=case.tile_dict)
+    oracle.assert_within(f"O (v * 2^{bpow})", to_np(o2), ex.o * 2.0 ** bpow, ob2 + ex.o_rad * 2.0 ** bpow,
+                         what="equivariance in v")
+
+
+# ============================================================================ GQA
+def _gqa_shapes(ctx):
+    lim = ctx.limits
+    from .strategies import lengths
+
+    def mk(hkv, ratio, lq, lk, e):
+        while hkv * ratio > lim.max_heads and hkv > 1:
+            hkv -= 1
+        while hkv * ratio > lim.max_heads:
+            ratio -= 1
+        return Shape(1, hkv * ratio, hkv, lq, lk, e, e)
+    return st.builds(mk, st.sampled_from((1, 2, 3)), st.sampled_from((3, 5, 6, 7, 2, 4, 8)),
+                     lengths(max_len=lim.max_len, tile_sizes=tile_sizes(ctx)),
+                     lengths(max_len=lim.max_len, tile_sizes=tile_sizes(ctx)),
+                     st.sampled_from(lim.head_dims))
+
+
+@prop("gqa_equals_repeated_mha",
+      asserts="GQA/MQA (H/Hkv in 2..8 incl. 3, 5, 6, 7; Hkv in {1, 2, 3}) equals the exact attention with query "
+              "head h reading KV head h // (H/Hkv), and the target's MHA run on repeat_interleaved K/V",
+      classes=(15,),
+      strategy=lambda ctx: case_strategy(ctx, problem_strategy(ctx, shape=_gqa_shapes(ctx))),
+      corners=lambda ctx: [corner(ctx, shape=Shape(1, 6, 2, 7, 11, 16, 16), seed=61),
+                           corner(ctx, shape=Shape(1, 7, 1, 3, 5, 16, 16), seed=62),
+                           corner(ctx, shape=Shape(1, 6, 3, 4, 9, 16, 16), seed=63)],
+      needs=lambda t: None if t.gqa else "the target declares no GQA",
+      bound="running_forward_bound of each run")
+def gqa_equals_repeated_mha(ctx, case):
+    inp = build(case.problem, device=ctx.device)
+    o, lse = ctx.call(inp, tile=case.tile_dict)
+    ex, _ = ctx.judge(inp, o, lse, tile=case.tile_dict, label="GQA", fa=False)
+    rep = inp.q.shape[1] // inp.k.shape[1]
+    mha = inp.with_(k=inp.k.repeat_interleave(rep, dim=1), v=inp.v.repeat_interleave(rep, dim=1))
+    o1, l1 = ctx.call(mha, tile=case.tile_dict)
+    ctx.judge(mha, o1, l1, tile=case.tile_dict, label="MHA with repeated K/V", fa=False, ex=ex)
+
+
+# ============================================================================ V = ones, convex hull
+@prop("ones_values_give_ones",
+      asserts="with V = ones every row that has an allowed key outputs 1 (and empty rows 0), within the bound",
+      classes=(10, 1),
+      strategy=lambda ctx: case_strategy(ctx, values=("ones",)),
+      corners=lambda ctx: [corner(ctx, values="ones", regime=Regime("spread", 0.0, 30.0), seed=71),
+                           corner(ctx, values="ones", regime=Regime("very_negative", -1e4, 1.0), seed=72)],
+      bound="running_forward_bound (exact O is exactly 1)")
+def ones_values_give_ones(ctx, case):
+    inp = build(case.problem, device=ctx.device)
+    o, lse = ctx.call(inp, tile=case.tile_dict)
+    ctx.judge(inp, o, lse, tile=case.tile_dict, fa=False)
+
+
+@prop("output_in_convex_hull",
+      asserts="each output column lies within [min_j v_jc, max_j v_jc] over the row's allowed keys, up to the bound",
+      classes=(10, 4, 20),
+      strategy=lambda ctx: case_strategy(ctx, values=("normal", "offset", "large")),
+      corners=lambda ctx: [corner(ctx, values="offset", regime=Regime("spread", 0.0, 1e3), seed=81)],
+      bound="running_forward_bound around the hull")
+def output_in_convex_hull(ctx, case):
+    inp = build(case.problem, device=ctx.device)
+    o, _ = ctx.call(inp, tile=case.tile_dict, return_lse=False)
+    o_b, _ = ctx.bound(inp, tile=case.tile_dict)
+    _, allowed = logits_exact(inp)
+    v = to_np(inp.v)
+    rep = inp.q.shape[1] // inp.k.shape[1]
+    v = np.repeat(v, rep, axis=1)  # (B, H, Lk, Ev)
+    big = np.where(allowed[..., None], v[:, :, None, :, :], np.inf)
+    lo = big.min(axis=3)
+    hi = np.where(allowed[..., None], v[:, :, None, :, :], -np.inf).max(axis=3)
+    empty = ~allowed.any(axis=-1)
+    lo = np.where(empty[..., None], 0.0, lo)
+    hi = np.where(empty[..., None], 0.0, hi)
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    oracle.assert_within("O", to_np(o), mid, half + o_b, what="the convex hull of the allowed V rows (+ bound)")
+
+
+# ============================================================================ precision
+def _fp16_large_strategy(ctx):
+    # logit std M with M / scale > 65504 / 2: the unscaled dot products pass 65504
+    es = tuple(e for e in ctx.limits.head_dims if e >= 16) or ctx.limits.head_dims
+    pr = problem_strategy(ctx, dtype=st.just("float16"), regimes=("large",), values=("normal",),
+                          e=st.sampled_from(es), softcap=st.none(), scale=st.just(None))
+    reg = st.sampled_from((3e4, 1e5))
+    pr = st.tuples(pr, reg).map(lambda x: Problem(**{**x[0].__dict__, "regime": Regime("large", 0.0, x[1])}))
+    return case_strategy(ctx, pr)
+
+
+@prop("fp16_large_dot_products_finite",
+      asserts="fp16 inputs whose unscaled q.k exceeds 65504 give finite O (and LSE) within the bound",
+      classes=(9,), strategy=_fp16_large_strategy,
+      corners=lambda ctx: [corner(ctx, shape=Shape(1, 1, 1, 5, 17, 64, 64), dtype="float16",
+                                  regime=Regime("large", 0.0, 1e5), seed=91)],
+      needs=lambda t: None if "float16" in t.dtypes else "the target declares no float16",
+      bound="running_forward_bound (fp32 accumulators hold the dot products)")
+def fp16_large_dot_products_finite(ctx, case):
+    inp = build(case.problem, device=ctx.device)
+    s, allowed = logits_exact(inp)
+    scv = spec.resolve_scale(inp.scale, inp.q.shape[-1])
+    big = np.abs(np.where(allowed, s, 0.0)).max(initial=0.0) / scv
+    if big <= 65504:
+        raise AssertionError(f"flashproof: the fp16 overflow regime reached only |q.k| = {big:g}")
+    o, lse = ctx.call(inp, tile=case.tile_dict)
+    rows = allowed.any(axis=-1)
+    oracle.assert_finite("O", to_np(o), where=np.broadcast_to(rows[..., None], o.shape),
+                         context=f" (unscaled |q.k| up to {big:.3g} > 65504)")
+    if lse is not None:
+        oracle.assert_finite("LSE", to_np(lse), where=rows, context=f" (unscaled |q.k| up to {big:.3g})")
+    ctx.judge(inp, o, lse, tile=case.tile_dict, fa=False)
+
+
+def _fp32_strategy(ctx):
+    regs = st.sampled_from((Regime("standard", 0.0, 3.0), Regime("large", 0.0, 30.0), Regime("rising", 0.0, 30.0),
+                            Regime("spread", 0.0, 30.0)))
+    pr = problem_strategy(ctx, dtype=st.just("float32"), values=("normal",),
+                          e=st.sampled_from(tuple(e for e in ctx.limits.head_dims if e >= 40) or ctx.limits.head_dims))
+    pr = st.tuples(pr, regs).map(lambda x: Problem(**{**x[0].__dict__, "regime": x[1]}))
+    return case_strategy(ctx, pr)
+
+
+@prop("fp32_stays_within_fp32_bound",
+      asserts="fp32 inputs stay within the fp32-accumulator bound (TF32 or bf16 accumulation exceeds it)",
+      classes=(9,), strategy=_fp32_strategy,
+      corners=lambda ctx: [corner(ctx, shape=Shape(1, 2, 2, 16, 32, 64, 64), dtype="float32",
+                                  regime=Regime("standard", 0.0, 3.0), seed=101)],
+      needs=lambda t: None if "float32" in t.dtypes else "the target declares no float32",
+      bound="running_forward_bound at fp32 (u = 2^-24)")
+def fp32_stays_within_fp32_bound(ctx, case):
+    inp = build(case.problem, device=ctx.device)
+    o, lse = ctx.call(inp, tile=case.tile_dict)
+    ctx.judge(inp, o, lse, tile=case.tile_dict, fa=False)
+
+
+# ============================================================================ head-dim padding
+@prop("head_dim_zero_padding_invariant",
+      asserts="zero-padding q, k (and v) along the head dim with the scale fixed at 1/sqrt(E_real) leaves O "
+              "unchanged within the bound, and the padded value columns are 0",
+      classes=(18,),
+      strategy=lambda ctx: case_strategy(ctx, extra=st.sampled_from((1, 8, 24)).map(lambda p: (("pad", p),))),
+      corners=lambda ctx: [corner(ctx, shape=Shape(1, 1, 1, 6, 9, 40, 40), seed=111, extra=(("pad", 24),))],
+      bound="running_forward_bound of the padded problem against the exact unpadded O")
+def head_dim_zero_padding_invariant(ctx, case):
+    torch = _torch()
+    inp = build(case.problem, device=ctx.device)
+    e, ev = inp.q.shape[-1], inp.v.shape[-1]
+    e2 = head_dim_at_least(ctx, e + case.get("pad"))
+    ev2 = head_dim_at_least(ctx, ev + case.get("pad")) if ctx.target.value_dim else e2
+    if e2 is None or ev2 is None or (not ctx.target.value_dim and e2 != ev2):
+        skip("no larger head dim declared")
+    s = float(case.problem.scale_value)
+    base = inp.with_(scale=s)
+    o0, l0 = ctx.call(base, tile=case.tile_dict)
+    ex, _ = ctx.judge(base, o0, l0, tile=case.tile_dict, label="unpadded", fa=False)
+    pad = lambda x, n: torch.nn.functional.pad(x, (0, n - x.shape[-1]))  # noqa: E731
+    padded = base.with_(q=pad(inp.q, e2), k=pad(inp.k, e2), v=pad(inp.v, ev2))
+    o1, l1 = ctx.call(padded, tile=case.tile_dict)
+    ob1, lb1 = ctx.bound(padded, tile=case.tile_dict)
+    want = np.concatenate([ex.o, np.zeros(ex.o.shape[:-1] + (ev2 - ev,))], axis=-1)
+    rad = np.concatenate([ex.o_rad, np.zeros(ex.o.shape[:-1] + (ev2 - ev,))], axis=-1)
+    oracle.assert_within(f"O (E {e}->{e2}, Ev {ev}->{ev2}, explicit scale)", to_np(o1), want, ob1 + rad,
+                         what="invariance under zero-padding the head dim")
+    if l1 is not None:
+        oracle.assert_within("LSE (padded head dim)", to_np(l1), ex.lse, lb1 + ex.lse_rad,
+                             what="invariance under zero-padding the head dim", dims="(b, h, i)")
+
+
+# ============================================================================ determinism
+@prop("reruns_bitwise_equal",
+      asserts="running the same problem twice (fresh input copies) gives bitwise equal O and LSE",
+      classes=(12,),
+      strategy=lambda ctx: case_strategy(ctx),
+      corners=lambda ctx: [corner(ctx, seed=121)],
+      bound="bitwise")
+def reruns_bitwise_equal(ctx, case):
+    inp = build(case.problem, device=ctx.device)
+    o0, l0 = ctx.call(inp, tile=case.tile_dict)
+    inp2 = inp.with_(q=inp.q.clone(), k=inp.k.clone(), v=inp.v.clone())
+    o1, l1 = ctx.call(inp2, tile=case.tile_dict)
+    oracle.assert_bitwise("O (second run)", o1, o0)
+    if l0 is not None:
+        oracle.assert_bitwise("LSE (second run)", l1, l0, dims="(b, h, i)")
+
+
+def _batch_strategy(ctx):
+    lim = ctx.limits
+    pr = problem_strategy(ctx, batch=st.integers(2, max(2, lim.max_batch + 1)))
+    return case_strategy(ctx, pr)
+
+
+@prop("batch_invariant",
+      asserts="each batch element's O and LSE are bitwise equal whether it runs alone or with batch-mates",
+      classes=(12, 13),
+      strategy=_batch_strategy,
+      corners=lambda ctx: [corner(ctx, shape=Shape(3, 2, 1 if ctx.target.gqa else 2, 9, 17, 16, 16), seed=131)],
+      bound="bitwise")
+def batch_invariant(ctx, case):
+    inp = build(case.problem, device=ctx.device)
+    o, lse = ctx.call(inp, tile=case.tile_dict)
+    for b in range(inp.q.shape[0]):
+        am = inp.attn_mask
+        if am is not None and am.dim() == 4:
+            am = am[b:b + 1]
+        one = inp.with_(q=inp.q[b:b + 1].clone(), k=inp.k[b:b + 1].clone(), v=inp.v[b:b + 1].clone(), attn_mask=am)
+        o1, l1 = ctx.call(one, tile=case.tile_dict)
+        oracle.assert_bitwise(f"O (batch element {b} run alone)", o1, o[b:b + 1])
+        if lse is not None:
+            oracle.assert_bitwise(f"LSE (batch element {b} run alone)", l1, lse[b:b + 1], dims="(b, h, i)")
+
+
+# ============================================================================ LSE merge of parts
+def _merge_strategy(ctx):
+    def mk(c, cuts):
+        return Case(problem=c.problem, tile=c.tile, extra=(("cuts", cuts),))
+    base = case_strategy(ctx, mask=_plain_mask(ctx), regimes=("standard", "spread", "rising", "very_negative"))
+    return base.flatmap(lambda c: key_partitions(lk=c.problem.shape.lk, max_parts=4).map(lambda p: mk(c, p[0])))
+
+
+@prop("lse_merge_of_parts_equals_whole",
+      asserts="merging (spec.merge, float64) the target's (O, LSE) over a split of the keys into parts -- empty "
+              "and all-masked parts included -- equals the exact attention over all keys; an empty part gives "
+              "O = 0 and LSE = -inf (or is rejected with an error), never NaN or +inf",
+      classes=(13, 14, 1),
+      strategy=_merge_strategy,
+      corners=lambda ctx: [corner(ctx, shape=Shape(2, 2, 2, 5, 24, 16, 16), seed=141, extra=(("cuts", (0, 7, 7, 24)),))],
+      needs=lambda t: None if t.lse else "the target declares no LSE output",
+      bound="sum_p w_p B_p + sum_p |dw_p| |o_p - o| with B_p, Lambda_p the parts' running bounds (derived in the code)")
+def lse_merge_of_parts_equals_whole(ctx, case):
+    torch = _torch()
+    from flashproof import reference
+
+    inp = build(case.problem, device=ctx.device)
+    lk = inp.k.shape[2]
+    cuts = [0] + [c for c in case.get("cuts") if 0 <= c <= lk] + [lk]
+    b, h, lq, ev = inp.q.shape[0], inp.q.shape[1], inp.q.shape[2], inp.v.shape[-1]
+    ex = oracle.exact(inp)
+    parts = []
+    for a, z in zip(cuts[:-1], cuts[1:]):
+        am = None if inp.attn_mask is None else inp.attn_mask[..., a:z]
+        pin = inp.with_(k=inp.k[:, :, a:z], v=inp.v[:, :, a:z], attn_mask=am)
+        if z == a:
+            try:
+                o_p, l_p = ctx.target(pin.q, pin.k, pin.v, return_lse=True, tile=case.tile_dict, **_opts_no_qkv(pin))
+            except Exception:
+                continue  # rejecting an empty key set is allowed; producing garbage is not
+            oracle.assert_within("O (empty key part)", to_np(o_p), np.zeros((b, h, lq, ev)), 0.0,
+                                 what="O = 0 for a part with no keys")
+            oracle.assert_within("LSE (empty key part)", to_np(l_p), np.full((b, h, lq), -np.inf), 0.0,
+                                 what="LSE = -inf for a part with no keys", dims="(b, h, i)")
+            continue
+        o_p, l_p = ctx.call(pin, tile=case.tile_dict)
+        ob, lb = ctx.bound(pin, tile=case.tile_dict)
+        c = reference.forward_certified(pin.q, pin.k, pin.v, **pin.opts())
+        parts.append((to_np(o_p), to_np(l_p), ob + c.o_rad, lb + c.lse_rad, c.o_mid, c.lse_mid))
+    if not parts:
+        return
+    ops = spec.NUMPY
+    st_ = spec.State(np.full((b, h, lq), -np.inf), np.zeros((b, h, lq)), np.zeros((b, h, lq, ev)))
+    for o_p, l_p, *_ in parts:
+        with np.errstate(all="ignore"):
+            part = spec.State(l_p, np.where(np.isneginf(l_p), 0.0, 1.0), np.where(np.isneginf(l_p)[..., None], 0.0, o_p))
+            st_ = spec.merge(st_, part, ops)
+    with np.errstate(all="ignore"):
+        o_m, l_m = spec.finalize(st_, ops)
+    # Derived bound: merged - exact = sum_p w'_p (o_p - o*_p) + sum_p (w'_p - w*_p)(o*_p - o*); the weights
+    # w = softmax over parts of the LSEs, perturbed in log space by at most Lambda_p (the parts' LSE bounds).
+    L_true = np.stack([p[5] for p in parts])      # (P, b, h, i)
+    lam = np.stack([p[3] for p in parts])
+    B = np.stack([p[2] for p in parts])           # (P, b, h, i, c)
+    O_true = np.stack([p[4] for p in parts])
+    with np.errstate(all="ignore"):
+        M = np.max(L_true, axis=0)
+        M = np.where(np.isfinite(M), M, 0.0)
+        lw = L_true - M
+        w = np.exp(lw)
+        wsum = w.sum(axis=0)
+        w = np.where(wsum > 0, w / np.where(wsum > 0, wsum, 1.0), 0.0)
+        up, dn = w * np.exp(lam), w * np.exp(-lam)
+        zhi, zlo = up.sum(axis=0), dn.sum(axis=0)
+        dw = np.maximum(up / np.where(zlo > 0, zlo, 1.0) - w, w - dn / np.where(zhi > 0, zhi, 1.0))
+        dw = np.where(np.isfinite(dw), dw, 0.0)
+        wb = np.where(np.isfinite(B), B, np.inf).max(axis=0)
+        tol = wb + np.sum(dw[..., None] * np.abs(O_true - ex.o[None]), axis=0)
+        tol = tol + ex.o_rad + 2.0 ** -40 * (np.abs(ex.o) + np.abs(O_true).max(axis=0))
+        ltol = lam.max(axis=0) + ex.lse_rad + 2.0 ** -40 * np.abs(np.where(np.isfinite(ex.lse), ex.lse, 0.0))
+    oracle.assert_within("O (merge of parts)", o_m, ex.o, tol, what=f"the merge of parts at cuts {cuts}")
+    oracle.assert_within("LSE (merge of parts)", l_m, ex.lse, ltol, what=f"the merge of parts at cuts {cuts}",
+                         dims="(b, h, i)")
+
+
+def _opts_no_qkv(inp):
+    o = inp.opts()
+    return o
