@@ -22,6 +22,16 @@ from .mp import MP, MpProblem, to_float_array
 __all__ = ["forward_tiled", "Fp32Ops", "FP32", "make_boundaries", "make_tree", "reduce_tree", "ARITHMETICS"]
 
 ARITHMETICS = ("fp64", "fp32", "mp")
+#: numpy dtypes accepted for ``arithmetic``; float16 is not: numpy sums and matmuls of float16
+#: accumulate in float32, so they would not round in float16 at every step.
+_ALIASES = {"float64": "fp64", "float32": "fp32"}
+
+
+def _dtype_name(a):
+    try:
+        return np.dtype(a).name if not isinstance(a, str) or a in _ALIASES else a
+    except TypeError:
+        return a
 _F32 = np.float32
 
 
@@ -180,12 +190,13 @@ def forward_tiled(q, k, v, *, boundaries=None, tree=None, seed=None, arithmetic=
 
     ``boundaries``: None, a block size, or cut points in [0, Lk] (irregular, repeats allowed).
     ``tree``: None/"left" (spec.fold), "right", "balanced", "random" (with ``seed``) or a nested
-    tuple of block indices. ``arithmetic``: "fp64", "fp32" (every step in float32; inputs and the
-    scale are rounded to float32 first) or "mp" (mpmath at ``prec`` bits; ``as_mpf`` returns the
+    tuple of block indices. ``arithmetic``: "fp64" (or numpy.float64), "fp32" (or numpy.float32:
+    every step in float32; inputs and the scale are rounded to float32 first) or "mp" (mpmath at ``prec`` bits; ``as_mpf`` returns the
     raw mpf object arrays).
     """
+    arithmetic = _ALIASES.get(_dtype_name(arithmetic), arithmetic)
     if arithmetic not in ARITHMETICS:
-        raise ValueError(f"arithmetic must be one of {ARITHMETICS}, got {arithmetic!r}")
+        raise ValueError(f"arithmetic must be one of {ARITHMETICS} (or numpy.float32/float64), got {arithmetic!r}")
     if arithmetic == "mp" and (isinstance(prec, bool) or not isinstance(prec, int) or prec < 2):
         raise ValueError(f"prec must be an int >= 2 (bits), got {prec!r}")
     pb = prepare(q, k, v, attn_mask=attn_mask, causal=causal, alignment=alignment, window=window,

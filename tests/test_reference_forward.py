@@ -176,6 +176,8 @@ def test_bad_option_values_of_each_path_raise():
         ref.forward_certified(_Q, _K, _V, prec=1)
     with pytest.raises(ValueError, match="arithmetic"):
         ref.forward_tiled(_Q, _K, _V, arithmetic="fp16")
+    with pytest.raises(ValueError, match="arithmetic"):  # numpy float16 sums accumulate in float32
+        ref.forward_tiled(_Q, _K, _V, arithmetic=np.float16)
     with pytest.raises(ValueError, match="boundaries"):
         ref.forward_tiled(_Q, _K, _V, boundaries=[3, 1])
     with pytest.raises(ValueError, match="boundaries"):
@@ -379,6 +381,14 @@ def test_attn_mask_broadcasts_like_torch(name):
     a = ref.forward_mp(q, k, v, attn_mask=np.where(keep, 0.0, -np.inf), prec=96)
     b = ref.forward_mp(q, k, v, attn_mask=keep, prec=96)
     np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_tiled_accepts_numpy_dtypes_as_arithmetic():
+    for dt, name in ((np.float32, "fp32"), (np.float64, "fp64")):
+        a = ref.forward_tiled(_Q, _K, _V, boundaries=2, arithmetic=dt)
+        b = ref.forward_tiled(_Q, _K, _V, boundaries=2, arithmetic=name)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
 
 
 def test_naive_runs_in_the_input_dtype():
