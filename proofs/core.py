@@ -134,8 +134,30 @@ def is_zero(expr) -> bool:
     c = canonical(expr)
     if c == 0:
         return True
+    if _numerically_nonzero(c):
+        return False  # a refutation only: True is never returned on numeric evidence
     s = sp.simplify(c)
     return s == 0
+
+
+def _numerically_nonzero(expr) -> bool:
+    """Cheap refutation: the expression is clearly non-zero at a random admissible point."""
+    if expr.has(sp.Sum, sp.Indexed) or not expr.free_symbols:
+        return False
+    syms = sorted(expr.free_symbols, key=lambda s: s.name)
+    rng = random.Random(12345)
+    try:
+        f = sp.lambdify(syms, expr, modules="mpmath")
+        with mpmath.workdps(40):
+            for _ in range(2):
+                pt = random_point(syms, rng)
+                val = f(*[pt[s] for s in syms])
+                if isinstance(val, (mpmath.mpf, mpmath.mpc)) and mpmath.isfinite(val) and abs(val) > mpmath.mpf(10) ** -25:
+                    continue
+                return False
+        return True
+    except Exception:  # noqa: BLE001 -- the probe is optional; fall back to simplify
+        return False
 
 
 def sym_states_equal(a: State, b: State) -> bool:
@@ -193,3 +215,93 @@ def _flat(v):
     if hasattr(v, "tolist") and not isinstance(v, mpmath.mpf):
         return _flat(v.tolist())
     return [mpmath.mpf(v) if not isinstance(v, mpmath.mpc) else v]
+
+
+def push_into_sums(expr):
+    """Move constant factors of ``c * Sum(f)`` inside the Sum and combine exponentials; this is
+    linearity of finite sums, the only rule the symbolic-length proofs use besides range joins."""
+    def is_scaled_sum(x):
+        return isinstance(x, sp.Mul) and sum(isinstance(f, sp.Sum) for f in x.args) == 1
+
+    def push(x):
+        sums = [f for f in x.args if isinstance(f, sp.Sum)]
+        rest = sp.Mul(*[f for f in x.args if not isinstance(f, sp.Sum)])
+        return sp.Sum(sp.powsimp(sp.expand(rest * sums[0].function), combine="exp"), *sums[0].limits)
+
+    return sp.sympify(expr).replace(is_scaled_sum, push)
+
+
+def peel_last_terms(expr):
+    """Sum_{j=lo}^{X+k} f = Sum_{j=lo}^{X} f + f(X+1) + ... + f(X+k) for a positive integer k
+    (the induction step's range rule)."""
+    def is_peelable(x):
+        if not isinstance(x, sp.Sum) or len(x.limits) != 1:
+            return False
+        _, _, hi = x.limits[0]
+        return isinstance(hi, sp.Add) and any(isinstance(t, sp.Integer) and t > 0 for t in hi.args)
+
+    def peel(x):
+        j, lo, hi = x.limits[0]
+        k = sum(t for t in hi.args if isinstance(t, sp.Integer))
+        top = hi - k
+        return sp.Sum(x.function, (j, lo, top)) + sum(x.function.subs(j, top + i) for i in range(1, int(k) + 1))
+
+    return sp.sympify(expr).replace(is_peelable, peel)
+
+
+def _sums_refuted(expr, tries: int = 2) -> bool:
+    """Cheap refutation of ``expr == 0`` for symbolic-length sums: fix the lengths to small
+    integers, expand the sums, put random numbers on every remaining symbol and element."""
+    rng = random.Random(4321)
+    ints = sorted((x for x in expr.free_symbols if isinstance(x, sp.Symbol) and x.is_integer),
+                  key=lambda x: x.name)
+    try:
+        for _ in range(tries):
+            sub = {x: rng.randint(1, 3) for x in ints}
+            e = sp.sympify(expr).subs(sub).doit()
+            vals = {}
+            for atom in e.atoms(sp.Indexed):
+                vals[atom] = sp.Float(rng.uniform(-2, 2), 30)
+            for x in e.free_symbols:
+                if isinstance(x, sp.Symbol):
+                    vals[x] = sp.Float(rng.uniform(0.1, 2) if (x.is_positive or x.is_nonnegative) else rng.uniform(-2, 2), 30)
+            val = sp.N(e.xreplace(vals), 30)
+            if not (val.is_number and val.is_finite) or abs(val) <= sp.Float(1e-20):
+                return False
+        return True
+    except Exception:  # noqa: BLE001 -- optional probe
+        return False
+
+
+def sums_equal(lhs, rhs) -> bool:
+    """Symbolic equality of expressions built from finite Sums of symbolic length: push constants
+    inside, join adjacent ranges (SymPy's sum simplification), peel explicit last terms, and
+    require the difference to be 0."""
+    if _sums_refuted(sp.sympify(lhs) - sp.sympify(rhs)):
+        return False  # a refutation only: equality is never concluded from numbers
+    d = push_into_sums(sp.expand(peel_last_terms(sp.sympify(lhs) - sp.sympify(rhs))))
+    d = sp.simplify(d)
+    if d == 0:
+        return True
+    d = sp.simplify(push_into_sums(sp.expand(d)))
+    return d == 0
+
+
+__all__ += ["push_into_sums", "sums_equal", "peel_last_terms"]
+
+
+class MpmathOps(ScalarOps):
+    """spec's arithmetic on mpmath numbers (for the numeric spot checks of the algebra)."""
+
+    neg_inf = -mpmath.inf
+    zero = mpmath.mpf(0)
+
+    def exp(self, x):
+        return mpmath.exp(x)
+
+    def log(self, x):
+        return mpmath.log(x)
+
+
+MP = MpmathOps()
+__all__ += ["MpmathOps", "MP"]
