@@ -104,7 +104,17 @@ def case_strategy(ctx, problem=None, *, tile=True, extra=None, **kw):
     pr = problem if problem is not None else problem_strategy(ctx, **kw)
     tl = tile_configs(configs=ctx.target.tile_configs) if tile else st.just(None)
     ex = extra if extra is not None else st.just(())
-    return st.builds(Case, problem=pr, tile=tl, extra=ex)
+    out = st.builds(Case, problem=pr, tile=tl, extra=ex)
+    acc = ctx.target.accepts_tile
+    if acc is not None and tile:
+        from .strategies import torch_dtype
+
+        def fits(c):
+            sh = c.problem.shape
+            return c.tile is None or acc(dict(c.tile), head_dim=sh.e, head_dim_v=sh.ev,
+                                         dtype=torch_dtype(c.problem.dtype))
+        out = out.filter(fits)
+    return out
 
 
 def corner(ctx, *, shape=None, dtype=None, regime=None, mask=None, values="normal", scale=None, softcap=None,

@@ -63,13 +63,17 @@ def bound_source() -> str:
     return _bounds_module()[1]
 
 
-def precision(dtype: str, *, accumulator="fp32", c_exp=None):
+def precision(dtype: str, *, accumulator="fp32", c_exp=None, toward_zero=False):
+    """The error model's Precision; ``toward_zero``: storage roundings truncate (error <= 2 u_in)."""
+    import dataclasses
+
     mod, _ = _bounds_module()
     kw = {} if c_exp is None else {"c_exp": c_exp}
-    return mod.precision_for(dtype, accumulator=accumulator, **kw)
+    p = mod.precision_for(dtype, accumulator=accumulator, **kw)
+    return dataclasses.replace(p, u_in=2 * p.u_in) if toward_zero else p
 
 
-def bound(inputs, *, accumulator="fp32", c_exp=None, n_tiles=None, dtype=None):
+def bound(inputs, *, accumulator="fp32", c_exp=None, n_tiles=None, dtype=None, toward_zero=False):
     """(o_bound, lse_bound) for a correct kernel of the target's precision on ``inputs``.
 
     Where the proofs bound is unbounded (inf: its fp32 self-evaluation cannot resolve logits
@@ -78,7 +82,7 @@ def bound(inputs, *, accumulator="fp32", c_exp=None, n_tiles=None, dtype=None):
     """
     mod, src = _bounds_module()
     name = dtype or inputs.dtype_name
-    prec = precision(name, accumulator=accumulator, c_exp=c_exp)
+    prec = precision(name, accumulator=accumulator, c_exp=c_exp, toward_zero=toward_zero)
     with np.errstate(all="ignore"):
         o_b, l_b = mod.running_forward_bound(inputs.q, inputs.k, inputs.v, precision=prec, n_tiles=n_tiles,
                                              **inputs.opts())
@@ -88,6 +92,10 @@ def bound(inputs, *, accumulator="fp32", c_exp=None, n_tiles=None, dtype=None):
 
         acc = "same" if accumulator == "same" else "fp32"
         pp = pb.precision_for(name, accumulator=acc, c_exp=2.0 if c_exp is None else c_exp)
+        if toward_zero:
+            import dataclasses
+
+            pp = dataclasses.replace(pp, u_in=2 * pp.u_in)
         with np.errstate(all="ignore"):
             o2, l2 = pb.running_forward_bound(inputs.q, inputs.k, inputs.v, precision=pp, n_tiles=n_tiles,
                                               **inputs.opts())
@@ -270,11 +278,11 @@ def assert_fa_criterion(name, got, ex: Exact, naive_err, eps, *, context=""):
     raise Violation("\n".join(lines))
 
 
-def fa_eps(inputs, ex: Exact, *, u_acc, c_exp, n_tiles):
+def fa_eps(inputs, ex: Exact, *, u_acc, c_exp, n_tiles, u_in=None):
     """The FA criterion's epsilon per (b, h), derived: a correct kernel rounds P to the storage
     dtype before P@V (<= u_in max|v|) and rounds its output (<= u_in max|o|), which a lucky naive
     baseline may not; each of its n_tiles online rescales adds (c_exp + 2) u_acc max|v|."""
-    u_in = U_IN[inputs.dtype_name]
+    u_in = U_IN[inputs.dtype_name] if u_in is None else u_in
     v = np.abs(to_np(inputs.v))
     b, h = inputs.q.shape[0], inputs.q.shape[1]
     rep = h // inputs.k.shape[1]

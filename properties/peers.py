@@ -227,7 +227,7 @@ def _split_state(qf, kf, vf, *, allowed, sc32, cap32, ops, block_n, t0, t1, ev):
 
 
 def tiled_decode(q, k_cache, v_cache, *, seqlens=None, block_table=None, page_size=None, num_splits=None,
-                 causal=True, window=None, scale=None, softcap=None, return_lse=False, block_n=16):
+                 causal="bottom_right", window=None, scale=None, softcap=None, return_lse=False, block_n=16):
     """Split-KV decode over a contiguous or paged KV cache (see Target.decode for the layout).
 
     Each sequence's keys are cut into ``num_splits`` contiguous parts (some may be empty); each
@@ -255,8 +255,8 @@ def tiled_decode(q, k_cache, v_cache, *, seqlens=None, block_table=None, page_si
     cap = spec.normalize_softcap(softcap)
     sc32 = torch.tensor(sc, dtype=torch.float32)
     cap32 = None if cap is None else torch.tensor(cap, dtype=torch.float32)
-    mask = spec.make_mask(causal="bottom_right" if causal else False, window=window,
-                          alignment="bottom_right")
+    # causal follows spec (True = top_left); a window without causal aligns bottom-right, as decode does
+    mask = spec.make_mask(causal=causal, window=window, alignment=None if causal else "bottom_right")
     rep = h_ // hkv
     outs_o, outs_l = [], []
     for b in range(b_):

@@ -116,7 +116,7 @@ def gradients_match_reference(ctx, case):
     ref = reference.backward_fp64(inp.q, inp.k, inp.v, do, **inp.opts())
     naive = _naive_grads(inp, do)
     mags = _magnitudes(inp, do)
-    u_in = U_IN[inp.dtype_name]
+    u_in = ctx.u_in(inp)
     u_acc = oracle.precision(inp.dtype_name, accumulator=ctx.target.accumulator).u_acc
     n = inp.q.shape[2] + inp.k.shape[2] + 4
     gam = n * u_acc / (1 - n * u_acc)
@@ -154,7 +154,7 @@ def _sum_bounds(ctx, inp, do, mags, dk, dv):
     b, h, lq, e = q.shape
     hkv = inp.k.shape[1]
     rep = h // hkv
-    u_in = U_IN[inp.dtype_name]
+    u_in = ctx.u_in(inp)
     prec = oracle.precision(inp.dtype_name, accumulator=ctx.target.accumulator)
     u = prec.u_acc
     n = lq + inp.k.shape[2] + 4

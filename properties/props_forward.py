@@ -77,11 +77,13 @@ def output_within_error_bound(ctx, case):
 
 # ============================================================================ tail tiles
 def _tail_lengths(t, cap):
-    if 2 * t <= cap:
-        return list(range(1, 2 * t + 1))
-    edge = {1, t - 1, t, t + 1, 2 * t - 1, 2 * t}
-    step = max(1, (2 * t) // (cap - len(edge)))
-    return sorted(edge | set(range(1, 2 * t + 1, step)))
+    """L = t .. 2t - 1 (every residue modulo t once, the first tile full), or ``cap`` of them
+    (edges and evenly spaced residues) when t is larger than the cap."""
+    if t <= cap:
+        return list(range(t, 2 * t))
+    edge = {t, t + 1, 2 * t - 1, t + t // 2}
+    step = max(1, t // (cap - len(edge)))
+    return sorted(edge | set(range(t, 2 * t, step)))
 
 
 def _tail_strategy(ctx):
@@ -105,7 +107,7 @@ def _tail_corners(ctx):
 @prop("tail_tiles_every_residue",
       asserts="with every logit of the row far below 0, O and LSE stay within the bound for every length "
               "L = 1 .. 2*tile (every residue modulo the tile size, on keys and on queries)",
-      classes=(5, 2), strategy=_tail_strategy, corners=_tail_corners,
+      classes=(5, 2), strategy=_tail_strategy, corners=_tail_corners, examples=0.34,
       bound="running_forward_bound")
 def tail_tiles_every_residue(ctx, case):
     tile = case.tile_dict
@@ -114,8 +116,9 @@ def tail_tiles_every_residue(ctx, case):
     t = int(tile.get(key, 32))
     dt = case.problem.dtype
     e = head_dim_at_least(ctx, 16) or 16
-    cap = 64 if ctx.profile.endswith("ci") else 4 * t
-    for n in _tail_lengths(t, cap):
+    cap = 32 if ctx.profile.endswith("ci") else 4 * t
+    lens = _tail_lengths(t, cap) + [1, max(1, t - 1)]  # and a first tile that is itself partial
+    for n in lens:
         lq, lk = (2, n) if axis == "lk" else (n, 3)
         reg = Regime("very_negative", off, 1.0)
         if -off > max_abs_logit(dt, 1 / math.sqrt(e), accumulator=ctx.target.accumulator) / 4:

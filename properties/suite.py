@@ -45,6 +45,8 @@ class Property:
     needs: Callable | None = None
     bound: str = ""
     calls_target: bool = True
+    #: multiplier on the profile's max_examples (expensive properties generate fewer)
+    examples: float = 1.0
 
     def reason_not_declared(self, target: Target):
         return self.needs(target) if self.needs is not None else None
@@ -55,13 +57,14 @@ PROPERTIES: dict = {}
 PINNED: dict = {}
 
 
-def prop(name, *, asserts, classes=(), strategy, corners=None, needs=None, bound="", calls_target=True):
+def prop(name, *, asserts, classes=(), strategy, corners=None, needs=None, bound="", calls_target=True,
+         examples=1.0):
     """Register ``check`` as a property (decorator)."""
     def deco(check):
         if name in PROPERTIES:
             raise ValueError(f"property {name!r} registered twice")
         PROPERTIES[name] = Property(name, asserts, tuple(classes), check, strategy, corners, needs, bound,
-                                    calls_target)
+                                    calls_target, examples)
         return check
     return deco
 
@@ -91,6 +94,8 @@ class Context:
         opts.update(override)
         q, k, v = opts.pop("q", inp.q), opts.pop("k", inp.k), opts.pop("v", inp.v)
         want_lse = t.lse if return_lse is None else return_lse
+        if tile and not self.tile_fits(tile, q, v):
+            tile = None  # this config does not fit these dims (declared by the target): its default
         self.calls += 1
         try:
             o, lse = t(q, k, v, return_lse=want_lse, tile=tile, **opts)
@@ -108,14 +113,26 @@ class Context:
                                 f"{(b, h, lq)}")
         return o, lse
 
+    def tile_fits(self, tile, q, v) -> bool:
+        acc = self.target.accepts_tile
+        if acc is None or not tile:
+            return True
+        return bool(acc(dict(tile), head_dim=int(q.shape[-1]), head_dim_v=int(v.shape[-1]), dtype=q.dtype))
+
     def n_tiles(self, tile, lk):
         """Key tiles of a call (for the bound), or None when the target does not say."""
         bn = dict(tile or {}).get("block_n")
         return max(1, -(-lk // int(bn))) if bn else None
 
+    def toward_zero(self, inp) -> bool:
+        return inp.dtype_name in self.target.round_toward_zero
+
+    def u_in(self, inp) -> float:
+        return oracle.U_IN[inp.dtype_name] * (2 if self.toward_zero(inp) else 1)
+
     def bound(self, inp, *, tile=None):
         return oracle.bound(inp, accumulator=self.target.accumulator, c_exp=self.target.c_exp,
-                            n_tiles=self.n_tiles(tile, inp.k.shape[2]))
+                            n_tiles=self.n_tiles(tile, inp.k.shape[2]), toward_zero=self.toward_zero(inp))
 
     def judge(self, inp, o, lse, *, tile=None, label="", fa=True, ex=None, bounds=None):
         """Assert O (and LSE) within the running bound of the exact values, and the FA criterion."""
@@ -135,7 +152,8 @@ class Context:
         if fa:
             nerr = oracle.naive_error(inp, ex)
             eps = oracle.fa_eps(inp, ex, u_acc=oracle.precision(inp.dtype_name, accumulator=self.target.accumulator).u_acc,
-                                c_exp=self.target.c_exp or 4.0, n_tiles=self.n_tiles(tile, inp.k.shape[2]))
+                                c_exp=self.target.c_exp or 4.0, n_tiles=self.n_tiles(tile, inp.k.shape[2]),
+                                u_in=self.u_in(inp))
             oracle.assert_fa_criterion(f"O{ctx}", oracle.to_np(o), ex, nerr, eps)
         return ex, (o_b, l_b)
 
@@ -310,7 +328,8 @@ def run_property(p: Property, target: Target, *, profile="ci", ctx: Context | No
     fn = given(strategy)(test)
     for c in reversed(corners):
         fn = example(c)(fn)
-    fn = settings(settings_for(profile))(fn)
+    base_settings = settings_for(profile)
+    fn = settings(base_settings, max_examples=max(1, round(base_settings.max_examples * p.examples)))(fn)
     base = profile.replace("flashproof-", "")
     known = target.known_deviations.get(p.name)
     try:

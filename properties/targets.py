@@ -55,7 +55,8 @@ class Target:
       window, scale, softcap, return_lse)``: q (B, H, Lq, E); without ``block_table`` the caches
       are (B, Hkv, Lmax, Ev) and row b holds ``seqlens[b]`` valid keys; with it they are
       (num_pages, Hkv, page_size, E) and logical page p of sequence b is physical page
-      ``block_table[b, p]``. Causal is bottom-right against ``seqlens[b]``.
+      ``block_table[b, p]``. The suite passes ``causal="bottom_right"`` (aligned to each
+      sequence's own length ``seqlens[b]``).
 
     Capability flags say what the suite may exercise; ``known_deviations`` maps a property
     name to a documented reason (the property still runs; a failure is reported as XFAIL with
@@ -76,12 +77,18 @@ class Target:
     decode: Callable | None = None
     split_range: tuple | None = None
     paged: bool = False
+    #: accepts_tile(config, *, head_dim, head_dim_v, dtype) -> bool: whether a tile config fits
+    #: these dims (None: every declared config fits every problem).
+    accepts_tile: Callable | None = None
     #: page sizes decode accepts (None: any positive size).
     page_sizes: tuple | None = None
     dtypes: tuple = DTYPES
     devices: tuple = ("cpu",)
     #: accumulator precision the kernel claims: "fp32" (FlashAttention) or "same" (input dtype).
     accumulator: str = "fp32"
+    #: storage dtypes whose conversions (P before P@V, the output store) round toward zero
+    #: instead of to nearest: their unit roundoff doubles in the bound (the Triton interpreter's bf16).
+    round_toward_zero: tuple = ()
     #: exp error in ulps of the accumulator (None: the error model's default).
     c_exp: float | None = None
     #: head dims the kernel accepts (None: any); the suite draws only from these.
@@ -100,7 +107,7 @@ class Target:
             raise TypeError(f"Target.name must be a non-empty str, got {self.name!r}")
         if self.sdpa is None and self.forward is None:
             raise ValueError(f"Target {self.name!r}: give `sdpa` or `forward` (a callable)")
-        for fname in ("sdpa", "forward", "decode"):
+        for fname in ("sdpa", "forward", "decode", "accepts_tile"):
             fn = getattr(self, fname)
             if fn is not None and not callable(fn):
                 raise TypeError(f"Target.{fname} must be callable, got {type(fn).__name__}")

@@ -1,0 +1,75 @@
+"""flashproof's own Triton kernel as a Target (the suite's default target).
+
+Used when flashproof.kernels does not provide its own ``target()`` factory. ``attention()``
+carries every option but attn_mask; with an attn_mask the same kernel runs through the additive
+bias path that ``sdpa()`` uses, so masks combine with bottom-right causal, windows and softcap.
+"""
+from __future__ import annotations
+
+__all__ = ["kernel_target"]
+
+
+def kernel_target(kernels):
+    from flashproof import spec
+
+    from .targets import Target
+
+    attention_mod = __import__("flashproof.kernels.attention", fromlist=["_plan", "_run"])
+    sdpa_mod = __import__("flashproof.kernels.sdpa", fromlist=["_bias_from_mask"])
+    tiles_mod = __import__("flashproof.kernels.tiles", fromlist=["accepts_tile_config"])
+    interp = kernels.runtime.interpreting() if hasattr(kernels, "runtime") else True
+
+    def forward(q, k, v, *, causal=False, alignment=None, window=None, scale=None, softcap=None, attn_mask=None,
+                return_lse=False, block_m=None, block_n=None, num_warps=None, num_stages=None):
+        if attn_mask is None:
+            return kernels.attention(q, k, v, causal=causal, alignment=alignment, window=window, scale=scale,
+                                     softcap=softcap, return_lse=return_lse, block_m=block_m, block_n=block_n,
+                                     num_warps=num_warps, num_stages=num_stages)
+        b, h, lq, _ = q.shape
+        lk = k.shape[2]
+        bias = sdpa_mod._bias_from_mask(attn_mask, b, h, lq, lk, q.device)
+        mask = spec.make_mask(causal=causal, window=window, alignment=alignment)
+        plan = attention_mod._plan(q, k, v, mask=mask, scale=scale, softcap=softcap, block_m=block_m,
+                                   block_n=block_n, num_warps=num_warps, num_stages=num_stages, allow_tf32=False)
+        return attention_mod._run(q, k, v, bias, plan, return_lse)
+
+    def accepts(cfg, *, head_dim, head_dim_v, dtype):
+        c = dict(cfg)
+        tc = tiles_mod.TileConfig(c["block_m"], c["block_n"], c.get("num_warps", 4), c.get("num_stages", 1))
+        return tiles_mod.accepts_tile_config(tc, head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype)
+
+    configs = [dict(c._asdict()) for c in kernels.TILE_CONFIGS]
+    if interp:
+        # Under the interpreter num_warps/num_stages change nothing: one config per (block_m, block_n),
+        # blocks up to 64 (bigger ones equal a single tile at the ci profile's lengths).
+        seen, uniq = set(), []
+        for c in configs:
+            key = (c["block_m"], c["block_n"])
+            if key not in seen and max(key) <= 64:
+                seen.add(key)
+                uniq.append(c)
+        configs = uniq
+    split = kernels.SPLIT_RANGE
+    return Target(
+        name="flashproof.kernels",
+        forward=forward,
+        tile_configs=configs,
+        lse=True,
+        alignments=("top_left", "bottom_right"),
+        window=True,
+        softcap=True,
+        attn_mask=True,
+        gqa=True,
+        backward=True,
+        decode=kernels.decode,
+        split_range=(int(split[0]), int(split[-1])),
+        paged=True,
+        accumulator="fp32",
+        accepts_tile=accepts,
+        # the interpreter converts fp32 -> bf16 by truncation (triton/runtime/interpreter.py cast_impl)
+        round_toward_zero=("bfloat16",) if interp else (),
+        head_dims=tuple(range(1, 257)),
+        spec="flashproof.properties.targets:default_target",
+        description="flashproof's Triton FlashAttention (interpreted on CPU)" if interp else
+                    "flashproof's Triton FlashAttention",
+    )
