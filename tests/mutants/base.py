@@ -22,6 +22,7 @@ Inputs are torch CPU tensors; outputs are torch tensors in the input dtype (LSE 
 """
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from dataclasses import dataclass
 
@@ -371,6 +372,18 @@ class TiledAttention:
             return 0, 0
         return int(lo[live].min()), int(hi[live].max())
 
+    def tile_logits(self, qf, kf, call: Call, m0: int, m1: int, n0: int) -> np.ndarray:
+        """Logits (bias added, unmasked) of query rows m0:m1 against the zero-padded key tile at n0.
+
+        The forward and the backward both build S from these calls on the same tile shapes, so
+        the backward's recomputed S is bitwise the forward's (as one tl.dot shape gives on a GPU).
+        """
+        bn = call.block_n
+        s = self.scores(qf[:, :, m0:m1], _load_tile(kf, n0, bn), call)
+        if call.bias is not None:
+            s = self.add_bias(s, _pad_cols(call.bias, m0, m1, n0, min(n0 + bn, kf.shape[2]), bn, 0.0), call)
+        return s
+
     def attend(self, qf, kf, vf, call: Call, ops, *, span=None) -> State:
         """The final state of every row over the keys in ``span`` (all keys when None).
 
@@ -382,8 +395,6 @@ class TiledAttention:
         m_out = np.full((bsz, h, lq), NEG_INF)
         l_out = np.zeros((bsz, h, lq), F32)
         acc_out = np.zeros((bsz, h, lq, ev), F32)
-        kpad = np.zeros(kf.shape[:2] + (bn,) + kf.shape[3:], F32)
-        vpad = np.zeros(vf.shape[:2] + (bn,) + vf.shape[3:], F32)
         for m0 in self.query_tiles(lq, bm):
             m1 = min(m0 + bm, lq)
             rows = np.arange(m0, m1)
@@ -394,17 +405,12 @@ class TiledAttention:
             for n0 in self.tile_order(starts):
                 n1 = min(n0 + bn, lk)
                 cols = np.arange(n0, n0 + bn)
-                kt, vt = kpad.copy(), vpad.copy()  # zero-filled padding, as tl.load(other=0)
-                kt[:, :, : n1 - n0] = kf[:, :, n0:n1]
-                vt[:, :, : n1 - n0] = vf[:, :, n0:n1]
-                s = self.scores(qf[:, :, m0:m1], kt, call)
+                s = self.tile_logits(qf, kf, call, m0, m1, n0)
                 allowed = call.mask.allowed(rows[:, None], cols[None, :], lq, lk)
-                if call.keep is not None or call.bias is not None:
+                if call.keep is not None:
                     allowed = allowed & _pad_cols(call.keep, m0, m1, n0, n1, bn, False)
-                if call.bias is not None:
-                    s = self.add_bias(s, _pad_cols(call.bias, m0, m1, n0, n1, bn, 0.0), call)
                 s = self.mask_scores(s, allowed, cols < lk, rows, cols, call)
-                st = self.merge(st, self.block(s, vt, ops), ops)
+                st = self.merge(st, self.block(s, _load_tile(vf, n0, bn), ops), ops)
             m_out[:, :, m0:m1] = st.m
             l_out[:, :, m0:m1] = st.l
             acc_out[:, :, m0:m1] = st.acc
@@ -436,13 +442,16 @@ class TiledAttention:
         kvmap = self.kv_map(d.heads, d.kv_heads)
         qf, kf, vf = self.load(q), self.load(k)[:, kvmap], self.load(v)[:, kvmap]
         of, dof, lsef = self.load(o), self.load(do), lse.numpy()
-        x = self.scores(qf, kf, Call(call.mask, call.scale, None, None, None, 1, 1, call.dtype, d))
-        s = self.scores(qf, kf, call)
+        x = self.scores(qf, kf, dataclasses.replace(call, softcap=None))  # for the softcap derivative only
+        s = np.empty(x.shape, F32)
+        for m0 in range(0, d.lq, call.block_m):
+            m1 = min(m0 + call.block_m, d.lq)
+            for n0 in range(0, d.lk, call.block_n):
+                n1 = min(n0 + call.block_n, d.lk)
+                s[:, :, m0:m1, n0:n1] = self.tile_logits(qf, kf, call, m0, m1, n0)[..., : n1 - n0]
         allowed = self.backward_mask(call).matrix(d.lq, d.lk)[None, None]
         if call.keep is not None:
             allowed = allowed & call.keep
-        if call.bias is not None:
-            s = self.add_bias(s, call.bias, call)
         allowed = np.broadcast_to(allowed, s.shape)
         p = self.backward_probs(s, allowed, lsef)
         ops = F32Ops()
@@ -460,6 +469,16 @@ class TiledAttention:
         dk = self.reduce_heads(dk, d.kv_heads, kvmap)
         dv = self.reduce_heads(dv, d.kv_heads, kvmap)
         return tuple(torch.from_numpy(np.ascontiguousarray(g, F32)).to(call.dtype) for g in (dq, dk, dv))
+
+
+def _load_tile(x, n0, bn):
+    """Keys n0:n0+bn of x (B, H, L, E), zero-filled past the end (as tl.load(..., other=0))."""
+    t = x[:, :, n0:n0 + bn]
+    if t.shape[2] == bn:
+        return t
+    out = np.zeros(x.shape[:2] + (bn,) + x.shape[3:], F32)
+    out[:, :, : t.shape[2]] = t
+    return out
 
 
 def _pad_cols(a, m0, m1, n0, n1, bn, fill):

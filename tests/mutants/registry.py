@@ -66,3 +66,15 @@ def peer_targets() -> list[Target]:
         from_sdpa(peers.sdpa_math_fp32, name="zoo.sdpa_math_fp32", backward=True),
         from_sdpa(peers.sdpa_math_fp64, name="zoo.sdpa_math_fp64", backward=True),
     ]
+
+
+def markdown_rows(killers=None) -> list[str]:
+    """One markdown table row per mutant: name | class | bug | trigger | killer (from ``killers``)."""
+    killers = killers or {}
+    rows = []
+    for cls in MUTANTS:
+        doc = (cls.__doc__ or "").strip().splitlines()
+        trig = next((ln.strip()[len("Trigger:"):].strip() for ln in doc if ln.strip().startswith("Trigger:")), "")
+        kill = killers.get(cls.__name__, "")
+        rows.append(f"| `{cls.__name__}` | {cls.bug_class} | {describe(cls)} | {trig} | {kill} |")
+    return rows

@@ -658,19 +658,29 @@ class NondeterministicOrder(Mutant):
     """
 
     bug_class = "12"
+    _rotation = 0
+
+    def attend(self, qf, kf, vf, call, ops, *, span=None):
+        self._rotation = next(_LAUNCHES)  # one ticket per launch
+        return super().attend(qf, kf, vf, call, ops, span=span)
 
     def tile_order(self, starts):
-        r = next(_LAUNCHES) % max(len(starts), 1)
+        r = self._rotation % max(len(starts), 1)
         return list(starts[r:]) + list(starts[:r])
 
     def trigger(self):
         return Trigger(kind="repeat", qkv=_qkv(1, 2, 2, 16, 64, 16))
 
 
-class BatchDependentSchedule(Mutant):
-    """Small grids (B*H*query tiles < 8) split the key loop in two halves merged at the end: a row's bits depend on its batch (class 12).
+#: FlashAttention-2's split heuristic leaves the key loop whole once the grid fills 80% of the
+#: GPU's SMs (132 on an H100); below that it splits the keys to occupy the machine.
+_FULL_GRID = int(0.8 * 132)
 
-    Trigger: fp32, one row alone (B=1, H=1) vs the same row in a batch of 8.
+
+class BatchDependentSchedule(Mutant):
+    """Grids below 80% of an H100's 132 SMs (B*H*query tiles < 105) split the key loop in two halves merged at the end: a row's bits depend on its batch-mates (class 12).
+
+    Trigger: fp32, B=128, H=1, Lq=16, Lk=64: batch element 0 alone (grid 1) vs in the batch (grid 128).
     """
 
     bug_class = "12"
@@ -678,7 +688,7 @@ class BatchDependentSchedule(Mutant):
     def attend(self, qf, kf, vf, call, ops, *, span=None):
         bsz, h, lq = qf.shape[:3]
         n_tiles = -(-kf.shape[2] // call.block_n)
-        if span is None and bsz * h * -(-lq // call.block_m) < 8 and n_tiles > 1:
+        if span is None and bsz * h * -(-lq // call.block_m) < _FULL_GRID and n_tiles > 1:
             half = (n_tiles // 2) * call.block_n
             a = super().attend(qf, kf, vf, call, ops, span=(0, half))
             b = super().attend(qf, kf, vf, call, ops, span=(half, kf.shape[2]))
@@ -686,7 +696,7 @@ class BatchDependentSchedule(Mutant):
         return super().attend(qf, kf, vf, call, ops, span=span)
 
     def trigger(self):
-        return Trigger(kind="batch", qkv=_qkv(8, 1, 1, 16, 64, 16))
+        return Trigger(kind="batch", qkv=_qkv(128, 1, 1, 16, 64, 16))
 
 
 # ------------------------------------------------------------------ 13. split-KV
