@@ -55,6 +55,8 @@ class ScalarOps:
         return math.log(x)
 
     def maximum(self, a, b):
+        if a != a:  # NaN policy: a NaN logit must reach the row's result, not be dropped by >=
+            return a
         return a if a >= b else b
 
     def is_neg_inf(self, x) -> bool:
@@ -149,7 +151,9 @@ class NumpyOps(ScalarOps):
         v = np.asarray(v)
         finite = np.isfinite(v)
         # Masked keys are dropped, not multiplied by 0: 0 * NaN would leak.
-        out = np.matmul(np.where(keep, p, 0.0)[..., None, :], np.where(finite, v, 0.0))[..., 0, :]
+        pk = np.where(keep, p, 0.0)
+        vf = np.where(finite, v, 0.0)
+        out = pk @ vf if v.ndim == 2 else np.matmul(pk[..., None, :], vf)[..., 0, :]
         if not finite.all():
             # Non-finite v in kept keys: recompute those columns with IEEE semantics on the kept set.
             vb = np.broadcast_to(v, np.shape(p) + (v.shape[-1],))

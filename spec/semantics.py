@@ -151,7 +151,7 @@ def default_scale(e: int) -> float:
 
 
 def resolve_scale(scale, e: int) -> float:
-    """The scale to use: ``scale`` if given (finite, non-zero real), else 1/sqrt(e)."""
+    """The scale to use: ``scale`` if given (any finite real; 0 gives uniform weights), else 1/sqrt(e)."""
     if scale is None:
         return default_scale(e)
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):

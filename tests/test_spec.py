@@ -149,3 +149,11 @@ def test_numpy_batched_rows_match_scalar_rows():
     o2, lse2 = _direct(s[2], v)
     np.testing.assert_allclose(o[2], o2, rtol=1e-12)
     assert lse[2] == pytest.approx(lse2, rel=1e-12)
+
+
+def test_scalar_max_keeps_nan_so_nan_logits_propagate():
+    st = spec.block_state([float("nan"), 1.0], [[1.0], [2.0]], 1)
+    o, lse = spec.finalize(st)
+    assert math.isnan(o[0]) and math.isnan(lse)
+    st = spec.block_state([1.0, float("nan")], [[1.0], [2.0]], 1)
+    assert math.isnan(spec.finalize(st)[0][0])
