@@ -652,7 +652,8 @@ def _qk(problem: Problem, rng: np.random.Generator):
                 target = abs(reg.offset) * rel / sc
                 beta = _pow2_below(min(math.sqrt(target), emax))
                 q[..., 1] = target / beta
-                k[..., 1] = beta * rng.uniform(-1, 1, (b, hkv, lk))
+                sign = np.where(np.arange(lk) % 2 == 0, 1.0, -1.0)  # both sides of the offset, always
+                k[..., 1] = beta * rng.uniform(0.05, 1, (b, hkv, lk)) * sign
     if name == "ties":
         groups = max(1, min(3, lk))
         idx = rng.integers(0, groups, lk)
@@ -773,7 +774,7 @@ def check_regime(inputs: Inputs) -> None:
         assert (smax <= hi + noise).all() and (smin >= lo - noise).all(), (
             f"{name}: logits [{smin.min():g}, {smax.max():g}] not around {c:g}")
         assert (smax < -1e3).all(), f"{name}: a row's max logit {smax.max():g} is not far below 0"
-        if name == "sentinel" and p.shape.e >= 2 and p.shape.lk >= 4:
+        if name == "sentinel" and p.shape.e >= 2 and p.shape.lk >= 2:
             # both sides of the sentinel occur somewhere
             vals = s[allowed]
             assert (vals < c).any() and (vals > c).any(), f"sentinel {c:g}: logits not on both sides"

@@ -69,9 +69,31 @@ def prop(name, *, asserts, classes=(), strategy, corners=None, needs=None, bound
     return deco
 
 
-def pin(name, *cases):
-    """Pin counterexamples (Cases) for property ``name``: they always run first."""
-    PINNED.setdefault(name, []).extend(cases)
+def pin(name, *cases, found=""):
+    """Pin counterexamples (Cases) for property ``name``: they always run first (as explicit
+    examples) on every target whose declared capabilities can express them."""
+    PINNED.setdefault(name, []).extend((c, found) for c in cases)
+
+
+def _applicable(case: Case, target: Target):
+    """The pinned case adapted to the target (undeclared tiles dropped), or None if it needs a
+    capability the target does not declare."""
+    p = case.problem
+    m = p.mask
+    if p.dtype not in target.dtypes:
+        return None
+    if m.causal and m.causal not in target.alignments:
+        return None
+    if (m.window is not None and not target.window) or (m.attn_mask and not target.attn_mask):
+        return None
+    if (p.softcap is not None and not target.softcap) or (p.shape.heads != p.shape.kv_heads and not target.gqa):
+        return None
+    if target.head_dims is not None and (p.shape.e not in target.head_dims or p.shape.ev not in target.head_dims):
+        return None
+    tile = case.tile
+    if tile is not None and dict(tile) not in [dict(c) for c in target.tile_configs]:
+        tile = None
+    return Case(problem=p, tile=tile, extra=case.extra)
 
 
 # ----------------------------------------------------------------------------- context
@@ -318,7 +340,10 @@ def run_property(p: Property, target: Target, *, profile="ci", ctx: Context | No
         corners = list(p.corners(ctx)) if p.corners else []
     except _Skip as s:
         return Outcome(p.name, SKIPPED, message=str(s), seconds=time.perf_counter() - t0)
-    corners += PINNED.get(p.name, [])
+    for c, _found in PINNED.get(p.name, []):
+        c = _applicable(c, target)
+        if c is not None and c not in corners:
+            corners.append(c)
 
     def test(case):
         state["n"] += 1
@@ -365,7 +390,7 @@ def skip(reason):
 
 
 def _load_properties():
-    from . import props_forward, props_masks, props_decode, props_backward  # noqa: F401  (register)
+    from . import props_forward, props_masks, props_decode, props_backward, pins  # noqa: F401  (register)
 
 
 def select_properties(select=None):

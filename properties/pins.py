@@ -1,0 +1,34 @@
+"""Counterexamples found against real targets, pinned as explicit examples of their property.
+
+Each runs first, on every target whose declared capabilities can express it (suite._applicable),
+so a regression is caught deterministically even at the ci profile's few generated examples.
+"""
+from .strategies import Case, MaskSpec, Problem, Regime, Shape
+from .suite import pin
+
+__all__ = []
+
+# flashproof.kernels (interpreter): bf16 conversions truncate; 2 ulps over a round-to-nearest bound.
+pin("output_within_error_bound",
+    Case(problem=Problem(shape=Shape(lq=2, lk=2), dtype="bfloat16", mask=MaskSpec(causal="top_left"))),
+    Case(problem=Problem(shape=Shape(lq=16, lk=15, e=8, ev=8), dtype="bfloat16", regime=Regime("large", 0.0, 30.0),
+                         softcap=5.0)),
+    found="flashproof.kernels under TRITON_INTERPRET=1 (bf16 truncation, now modelled)")
+pin("kv_permutation_invariant",
+    Case(problem=Problem(shape=Shape(batch=2, heads=2, lq=16, lk=13, ev=8), dtype="bfloat16", regime=Regime("ties"),
+                         mask=MaskSpec(attn_mask="bool", density=0.7, empty_rows=2, full=True), scale=1.0, seed=9363),
+         extra=(("perm_seed", 1432),)),
+    found="flashproof.kernels under TRITON_INTERPRET=1 (bf16 truncation)")
+
+# flashproof.kernels: NaN in keys/values masked only by attn_mask leaks through the bias path.
+pin("garbage_in_masked_keys_isolated",
+    Case(problem=Problem(shape=Shape(heads=2, lq=5, lk=37), mask=MaskSpec(attn_mask="bool", density=0.8), seed=602),
+         extra=(("via", "attn_mask_columns"), ("garbage", "nan"), ("where", "kv"))),
+    found="flashproof.kernels (attn_mask bias path) and torch CPU SDPA")
+
+# tiled_peer (fixed) and flashproof.kernels: NaN q in a row masked by an additive -inf row.
+pin("nan_propagates_only_to_attending_rows",
+    Case(problem=Problem(shape=Shape(e=8, ev=8), mask=MaskSpec(attn_mask="additive", empty_rows=1)),
+         extra=(("where", "q"), ("nan_seed", 0))),
+    Case(problem=Problem(shape=Shape(e=8, ev=8)), extra=(("where", "q"), ("nan_seed", 0))),
+    found="tiled_peer (additive -inf did not mask a NaN logit), flashproof.kernels, torch CPU SDPA")

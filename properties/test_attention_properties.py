@@ -1,0 +1,38 @@
+"""The property suite as pytest tests: ``pytest --pyargs flashproof.properties``.
+
+One test per property (``test_<property name>``), each running the property under the selected
+profile against ``--flashproof-target`` (fixtures from flashproof.properties.plugin). A violation
+fails with its minimal reproducer; an undeclared capability skips with the reason; a documented
+deviation of the target is an xfail that prints the reproducer.
+"""
+import pytest
+
+from flashproof.properties.suite import (ERROR, FAILED, NOT_DECLARED, PROPERTIES, SKIPPED, XFAIL, XPASS,
+                                         _load_properties, run_property)
+
+_load_properties()
+
+
+def _make(name):
+    def test(flashproof_target, flashproof_profile, flashproof_context):
+        out = run_property(PROPERTIES[name], flashproof_target, profile=flashproof_profile, ctx=flashproof_context)
+        head = f"[{out.examples} examples, {out.seconds:.1f}s]"
+        if out.status == FAILED:
+            pytest.fail(f"{out.message}\n\n{out.reproducer}", pytrace=False)
+        if out.status == ERROR:
+            pytest.fail(f"flashproof could not run {name!r}: {out.message}\n{out.reproducer}", pytrace=False)
+        if out.status in (NOT_DECLARED, SKIPPED):
+            pytest.skip(f"{out.status}: {out.message}")
+        if out.status == XFAIL:
+            pytest.xfail(f"{out.message}\n{out.reproducer}")
+        if out.status == XPASS:
+            print(f"{name}: {out.message} {head}")
+    test.__name__ = f"test_{name}"
+    test.__qualname__ = test.__name__
+    test.__doc__ = PROPERTIES[name].asserts
+    return test
+
+
+for _name in PROPERTIES:
+    globals()[f"test_{_name}"] = _make(_name)
+del _name
