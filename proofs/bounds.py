@@ -1,8 +1,8 @@
 """Executable error bounds of the attention forward, generated from the SymPy derivation.
 
 The expressions live in proofs/golden/fp_error.json, written by flashproof.proofs.fp_error
-(theorem 6) and re-derived and compared by the tests. This module lambdifies them (numpy) and
-evaluates them:
+(theorem 6) and re-derived and compared by the tests; SymPy's NumPyPrinter turns them into
+proofs/bounds_gen.py (also checked against a fresh generation), which this module evaluates:
 
 - :func:`apriori_forward_bound`: closed form per output element from a few scalars.
 - :func:`running_forward_bound`: per element of O and of the LSE, along the actual data.
@@ -18,7 +18,6 @@ use ``precision_for(torch.float32, tf32=True)`` for it.
 """
 from __future__ import annotations
 
-import json
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -156,6 +155,20 @@ def precision_for(dtype, *, accumulator="fp32", c_exp=2.0, tf32=False) -> Precis
 # The lambdified expressions (loaded once).
 
 def _load():
+    try:
+        from . import bounds_gen as g  # generated from the golden SymPy expressions (fp_error.py)
+    except ImportError:  # first generation (bootstrap): lambdify the golden file instead
+        return _lambdify_golden()
+    fns = dict(g.FUNCTIONS)
+    for key, (args, coefs) in g.LINEAR.items():
+        fns[key + ".lin"] = coefs
+        fns[key + ".args"] = list(args)
+    return fns, g.TANH_EXTRA
+
+
+def _lambdify_golden():
+    import json
+
     import sympy as sp
     from sympy.codegen.cfunctions import expm1, log1p
 
@@ -165,15 +178,13 @@ def _load():
     mods = [{"expm1": np.expm1, "log1p": np.log1p}, "numpy"]
     fns = {}
     for key, text in data["expressions"].items():
-        args = [names[a] for a in data["args"][key]]
-        fns[key] = sp.lambdify(args, sp.sympify(text, locals=local), modules=mods)
-    for key, parts in data["linear"].items():  # affine forms: one function per coefficient
-        args = [names[a] for a in data["args"][key] if a not in parts]
-        fns[key + ".lin"] = {v: sp.lambdify(args, sp.sympify(t, locals=local), modules=mods)
+        fns[key] = sp.lambdify([names[a] for a in data["args"][key]], sp.sympify(text, locals=local), modules=mods)
+    for key, parts in data["linear"].items():
+        args = [a for a in data["args"][key] if a not in parts]
+        fns[key + ".lin"] = {v: sp.lambdify([names[a] for a in args], sp.sympify(t, locals=local), modules=mods)
                              for v, t in parts.items()}
-        fns[key + ".args"] = [a.name for a in args]
-    extra = float(sp.sympify(data["counts"]["tanh_default"], locals={"c_exp": 0}))
-    return fns, extra
+        fns[key + ".args"] = args
+    return fns, float(sp.sympify(data["counts"]["tanh_default"], locals={"c_exp": 0}))
 
 
 def _affine(name, **row):
@@ -244,9 +255,15 @@ def _finite_or_inf(val) -> float:
 _U32 = 2.0 ** -24
 
 
-def _as_f64(name, x):
+def _as_f64(name, x, *, keep_f32=False):
+    """numpy float64 (exact for every float dtype); with ``keep_f32``, fp16/bf16/fp32 inputs come
+    back as float32 (also exact) to skip a conversion."""
     if type(x).__module__.split(".")[0] == "torch":
+        if keep_f32 and str(x.dtype) in ("torch.float16", "torch.bfloat16", "torch.float32"):
+            return x.detach().to("cpu").float().numpy()
         return x.detach().to("cpu").double().numpy()
+    if keep_f32 and isinstance(x, np.ndarray) and x.dtype in (np.float16, np.float32):
+        return x.astype(np.float32)
     try:
         a = np.asarray(x)
     except Exception as exc:  # noqa: BLE001 -- report which argument could not be read
@@ -296,7 +313,7 @@ def running_forward_bound(q, k, v, *, precision, n_tiles=None, attn_mask=None, c
     budget >= 1) get inf.
     """
     _check_precision(precision)
-    q, k, v = _as_f64("query", q), _as_f64("key", k), _as_f64("value", v)
+    q, k, v = _as_f64("query", q, keep_f32=True), _as_f64("key", k, keep_f32=True), _as_f64("value", v)
     dims = spec.check_dims(q.shape, k.shape, v.shape)
     b_, h_, hk, lq, lk, e, ev = dims.batch, dims.heads, dims.kv_heads, dims.lq, dims.lk, dims.e, dims.ev
     if n_tiles is None:
@@ -330,23 +347,32 @@ def running_forward_bound(q, k, v, *, precision, n_tiles=None, attn_mask=None, c
 
 
 def _weights(pi, y, delta, c, infl_pi, evmax):
-    """pi * infl_pi * (c0 + c_gap (gap + 2 evmax) + c_Delta Delta), with y = gap + Delta: the
-    per-key weights of an affine budget, at upper bounds of the exact weights and gaps."""
-    w = (c["gap"] * infl_pi)[:, None] * y
-    w += ((c["0"] + c["gap"] * 2 * evmax) * infl_pi)[:, None]
-    extra = (c["Delta"] - c["gap"]) * infl_pi
+    """pi * infl_pi * (c0 + c_gap (gap + 2 evmax) + c_Delta Delta), with y = gap + Delta, in fp32
+    (rounded up by _RND32): the per-key weights of an affine budget, at upper bounds."""
+    f32 = np.float32
+    w = y * ((c["gap"] * infl_pi * _RND32).astype(f32))[:, None]
+    w += (((c["0"] + c["gap"] * 2 * evmax) * infl_pi * _RND32).astype(f32))[:, None]
+    extra = (c["Delta"] - c["gap"]) * infl_pi * _RND32
     if np.any(extra != 0):
-        w += extra[:, None] * delta
+        w += extra.astype(f32)[:, None] * delta
     w *= pi
     return w
+
+
+# fp32 evaluation of non-negative per-key weights: each is a product/sum of <= 12 fp32 operations,
+# so the exact value is <= computed * (1 + 2^-24)^12 < computed * (1 + 2^-20) (gradual underflow
+# adds <= 2^-149 per operation, covered by _TINY below).
+_RND32 = 1.0 + 2.0 ** -20
+_TINY = 2.0 ** -120
 
 
 def _slice_bound(qs, ks, vs, allowed, bias, sigma, cap, p, n_tiles):
     """Bounds for the rows of one (batch, kv-head) slice: qs (R, E), ks (Lk, E), vs (Lk, Ev).
 
     The bound's own evaluation is rigorous: the logits come from an fp32 matmul whose error
-    (gamma_{E+2} sigma sum|q||k|, Higham) is carried as ``ev``: true weights are within a factor
-    exp(2 ev_max) of the computed ones and true gaps within 2 ev_max, which inflates the sums."""
+    (gamma_{E+2} sigma sum|q||k|, Higham) is carried as ``evmax``: the exact weights are within a
+    factor exp(2 evmax) of the computed ones and the exact gaps within 2 evmax, which inflates the
+    sums; fp32 rounding of the (non-negative) weights is covered by _RND32."""
     f32, f64 = np.float32, np.float64
     r, e = qs.shape
     lk, ev_dim = vs.shape
@@ -357,21 +383,22 @@ def _slice_bound(qs, ks, vs, allowed, bias, sigma, cap, p, n_tiles):
     gscale = sigma / (1 - g_e)  # exact sigma*sum|q||k| <= gscale * ga32 + tiny (gamma_{E+2})
     tiny = sigma * (e + 2) * 2.0 ** -147
     qa, ka = np.abs(qs), np.abs(ks)
-    if max(qa.max(initial=0.0), ka.max(initial=0.0)) >= 2.0 ** 60:
-        raise ValueError("query/key entries beyond 2^60 in magnitude: outside the bound's fp32 evaluation range")
+    if max(np.nanmax(qa, initial=0.0), np.nanmax(ka, initial=0.0)) >= 2.0 ** 56:
+        raise ValueError("query/key entries of magnitude >= 2^56: outside the bound's fp32 evaluation range")
     with np.errstate(all="ignore"):
-        x = (qs.astype(f32) @ ks.T.astype(f32)).astype(f64)
-        ga = (qa.astype(f32) @ ka.T.astype(f32)).astype(f64)
-    fin = np.isfinite(x) & np.isfinite(ga)
+        x = qs.astype(f32) @ ks.T.astype(f32)
+        ga = qa.astype(f32) @ ka.T.astype(f32)
+    inputs_finite = bool(np.isfinite(qs).all() and np.isfinite(ks).all())
+    fin = np.ones_like(allowed) if inputs_finite else (np.isfinite(x) & np.isfinite(ga))
     general = bool(cap) or bias is not None
-    if general:
+    if general:  # softcap / additive mask: per-pair logits in fp64
         with np.errstate(all="ignore"):
-            xs = sigma * x
+            xs = sigma * x.astype(f64)
             scap = cap * np.tanh(xs / cap) if cap else xs
             s = scap + bias if bias is not None else scap
         fin &= np.isfinite(s)
     else:
-        s = x  # unscaled: gaps are scaled below
+        s = x  # unscaled fp32 logits
     bad_row = (allowed & ~fin).any(axis=1)  # NaN/inf in an allowed q, k or bias: no claim
     ok = allowed & fin
     full = bool(ok.all())
@@ -380,60 +407,69 @@ def _slice_bound(qs, ks, vs, allowed, bias, sigma, cap, p, n_tiles):
     nn = np.maximum(n_i, 1).astype(f64)
     if not full:
         s = np.where(ok, s, -np.inf)
-        ga = np.where(ok, ga, 0.0)
+        ga = np.where(ok, ga, f32(0))
+        x = np.where(ok, x, f32(0))
     m = s.max(axis=1, initial=-np.inf)
-    m = np.where(np.isfinite(m), m, 0.0)
-    gap = m[:, None] - s  # +inf at masked keys: replaced by 0 below
-    if not general:
-        gap *= sigma
-    w = np.exp(-gap)
+    m = np.where(np.isfinite(m), m, 0).astype(s.dtype)
+    gap = m[:, None] - s  # unscaled fp32 (plain) or fp64 (general); +inf at masked keys
+    # weights exp(-gap) in fp64 (masked: exp(-inf) = 0)
+    w = np.multiply(gap, -sigma if not general else -1.0, dtype=f64)
+    np.exp(w, out=w)
     if not full:
-        gap[~ok] = 0.0
-    pi = w
-    pi *= (1.0 / np.maximum(w.sum(axis=1), 1.0))[:, None]
-    gamax = ga.max(axis=1, initial=0.0)
-    gapmax = gap.max(axis=1, initial=0.0)
+        gap[~ok] = 0
+    w *= (1.0 / np.maximum(w.sum(axis=1), 1.0))[:, None]
+    pi = w.astype(f32)
+    gscale_gap = sigma if not general else 1.0
+    gapmax = gap.max(axis=1, initial=0).astype(f64) * gscale_gap
+    gamax = ga.max(axis=1, initial=0).astype(f64)
     evmax = g_e * gscale * gamax + tiny
-    if general:
+    if not general:
+        evmax = evmax + _U32 * gapmax  # fp32 rounding of the gaps (relative u)
+        smax = sigma * np.abs(x).max(axis=1, initial=0).astype(f64) + evmax
+    else:
         s_fin = np.where(ok, s, 0.0)
         scap = np.where(ok, scap, 0.0)
-        evmax = evmax + 2.0 ** -51 * 2 * np.abs(s_fin).max(axis=1, initial=0.0) + 2.0 ** -51 * np.abs(scap).max(axis=1, initial=0.0)
-    evmax = evmax + 2.0 ** -50 * (gapmax + 16)  # fp64 scaling, subtraction and exp of the weights
+        smax = np.abs(s_fin).max(axis=1, initial=0.0) + evmax
+        evmax = evmax + 2.0 ** -51 * (2 * smax + np.abs(scap).max(axis=1, initial=0.0))
+    evmax = evmax + 2.0 ** -50 * (gapmax + 16)  # fp64 scaling and exp of the weights
     infl_pi = np.exp(2 * evmax)  # exact weights <= computed ones * infl_pi
-    smax = (np.abs(s_fin) if general else sigma * np.abs(np.where(ok, x, 0.0) if not full else x)).max(axis=1, initial=0.0) + evmax
-    # logit error budget Delta, affine in G, |X|, |Y|, |b|, |s| (evaluated at upper bounds)
+    # logit error budget Delta (affine in G, |X|, |Y|, |b|, |s|; at upper bounds), in fp32
     lc = _affine("logit_err", CAP=cap or 0.0, h=1.0 if cap else 0.0, hb=0.0 if bias is None else 1.0,
                  E=e, u_acc=p.u_acc, u_dot=p.u_dot, c_tanh=p.tanh_ulps)
     cx = lc["X"] + (lc["Y"] + lc["S"] if general else 0.0)
-    delta = np.abs(x if full else np.where(ok, x, 0.0))
-    delta *= sigma * lc["X"]
-    delta += (lc["G"] + cx * g_e) * gscale * ga + (lc["0"] + cx * tiny + lc["G"] * tiny)
+    delta = np.abs(x)
+    delta *= f32(sigma * lc["X"] * _RND32)
+    delta += ga * f32((lc["G"] + cx * g_e) * gscale * _RND32)
+    delta += f32((lc["0"] + cx * tiny + lc["G"] * tiny) * _RND32)
     if general:
-        delta += lc["Y"] * np.abs(scap) + lc["S"] * np.abs(s_fin) + 2.0 ** -51 * cx * (np.abs(scap) + np.abs(s_fin))
+        extra = lc["Y"] * np.abs(scap) + lc["S"] * np.abs(s_fin) + 2.0 ** -51 * cx * (np.abs(scap) + np.abs(s_fin))
         if bias is not None:
-            delta += lc["BIAS"] * np.where(ok, np.abs(bias), 0.0)
+            extra += lc["BIAS"] * np.where(ok, np.abs(bias), 0.0)
+        delta += (extra * _RND32).astype(f32)
     if not full:
-        delta[~ok] = 0.0
-    dmax = delta.max(axis=1, initial=0.0)
+        delta[~ok] = 0
+    dmax = delta.max(axis=1, initial=0).astype(f64) * _RND32
     logn = np.log(nn)
     rho = _FN["rho"](smax, dmax, logn, p.u_acc, p.c_exp)
     row = dict(Dmax=dmax, logn=logn, rho=rho, n=nn, N=n_tiles, u_in=p.u_in, u_acc=p.u_acc, c_exp=p.c_exp)
-    gmax_true = gapmax + 2 * evmax
+    gmax_true = gapmax / (1 - _U32) + 2 * evmax
     maxes = {}
     for name, key in (("common", "Kmax"), ("den", "Sdmax"), ("num", "Snmax")):
         c = _affine(name, **row)
         maxes[key] = c["0"] + c["gap"] * gmax_true + c["Delta"] * dmax
     row.update(maxes)
     cb, cd = _affine("wB", **row), _affine("wD", **row)
-    # exact gap <= computed gap + 2 evmax: folded into the constant coefficient; pi * infl_pi >= exact pi
-    y = gap
-    y += delta  # gap + Delta (gap is not used afterwards)
+    # y = exact-gap upper bound (scaled, fp32 rounding of the gap undone) + Delta
+    y = gap if not general else gap.astype(f32)
+    y *= f32(gscale_gap / (1 - _U32) * _RND32)
+    y += delta
     wd = _weights(pi, y, delta, cd, infl_pi, evmax)
     wb = _weights(pi, y, delta, cb, infl_pi, evmax)
     abs_key = _FN["abs_key"](maxes["Kmax"], maxes["Snmax"], p.eta, p.eta_in)
-    wd += abs_key[:, None] if full else np.where(ok, abs_key[:, None], 0.0)  # per-key underflow (P >= 1)
+    wd += (abs_key[:, None] if full else np.where(ok, abs_key[:, None], 0.0)).astype(f32)  # per-key underflow
     abs_num = _FN["abs_num"](maxes["Kmax"], maxes["Snmax"], nn, n_tiles, p.eta)
     abs_den = _FN["abs_den"](maxes["Kmax"], maxes["Sdmax"], nn, n_tiles, p.eta)
+    ga = gamax * gscale  # only the row max is used below (overflow check)
 
     # Values: masked keys never count (0 * NaN must not leak); NaN/inf in an allowed v -> no claim.
     vfin = np.isfinite(vs)
@@ -448,13 +484,15 @@ def _slice_bound(qs, ks, vs, allowed, bias, sigma, cap, p, n_tiles):
     else:
         center = np.zeros(ev_dim)
     vdev = np.where(used[:, None], np.abs(v0 - center[None, :]), 0.0)
-    both = (pi.astype(f32) @ np.concatenate([v0, vabs], axis=1).astype(f32)).astype(f64)
-    o = both[:, :ev_dim]
+    o = (pi @ v0.astype(f32)).astype(f64)
     g_l = (lk + 2) * _U32 / (1 - (lk + 2) * _U32)
-    o_err = _up32(both[:, ev_dim:], lk) * infl_pi[:, None] * (np.expm1(2 * evmax)[:, None] + g_l)
-    sd = _up32((wd.astype(f32) @ vabs.astype(f32)).astype(f64), lk)
-    sb = _up32((wb.astype(f32) @ vdev.astype(f32)).astype(f64), lk)
-    sbl = wb.sum(axis=1) * (1 + g_l)
+    # |o - o_fp32| <= (weights' evaluation error + fp32 rounding) * sum pi |v| <= ... * max|v|; it only
+    # ever multiplies first-order budgets below
+    vmax_col = vabs.max(axis=0, initial=0.0)
+    o_err = (infl_pi * (np.expm1(2 * evmax) + g_l + 2 * _U32))[:, None] * vmax_col[None, :] + _TINY
+    sd = _up32((wd @ vabs.astype(f32)).astype(f64), lk) + _TINY
+    sb = _up32((wb @ vdev.astype(f32)).astype(f64), lk) + _TINY
+    sbl = wb.sum(axis=1, dtype=f64) * (1 + g_l) + _TINY
     sb += (np.abs(o - center[None, :]) + o_err) * sbl[:, None]
     o_abs = np.abs(o) + o_err
     beta = _FN["b_max"](maxes["Kmax"], maxes["Sdmax"]) + abs_den
@@ -466,9 +504,7 @@ def _slice_bound(qs, ks, vs, allowed, bias, sigma, cap, p, n_tiles):
     ob = ob * (1 + 2.0 ** -40)
     lb = lb * (1 + 2.0 ** -40)
     # Assumptions: budgets below 1 (the remainder lemmas need x < 2; we ask < 1) and no overflow.
-    vmax_col = vabs.max(axis=0, initial=0.0)
-    gmax = ga.max(axis=1, initial=0.0)
-    overflow = (gmax * 1.5 >= p.max_acc) | (nn * vmax_col.max(initial=0.0) * 2 >= p.max_acc)
+    overflow = (ga * 1.5 >= p.max_acc) | (nn * vmax_col.max(initial=0.0) * 2 >= p.max_acc)
     invalid = (beta >= 1) | (maxes["Kmax"] + maxes["Sdmax"] >= 1) | (maxes["Snmax"] >= 1) | overflow
     invalid |= ~np.isfinite(lb)
     ob = np.where(invalid[:, None] | ~np.isfinite(ob), np.inf, ob)
