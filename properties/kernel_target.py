@@ -9,6 +9,23 @@ from __future__ import annotations
 __all__ = ["kernel_target"]
 
 
+def _bf16_store_truncates(kernels) -> bool:
+    """Whether the kernel's bf16 output store truncates (the Triton interpreter's fp32 -> bf16 cast,
+    docs/findings.md F1) instead of rounding to nearest even: two tied keys with v = 1 and
+    1 + 3 * 2^-7 give o = 1 + 1.5 * 2^-7 exactly in fp32, a bf16 midpoint."""
+    import torch
+
+    q = torch.zeros(1, 1, 1, 16, dtype=torch.bfloat16)
+    k = torch.zeros(1, 1, 2, 16, dtype=torch.bfloat16)
+    v = torch.ones(1, 1, 2, 16, dtype=torch.bfloat16)
+    v[0, 0, 1] = 1 + 3 * 2.0 ** -7
+    try:
+        o = kernels.attention(q, k, v)
+    except Exception:
+        return False
+    return float(o[0, 0, 0, 0]) == 1 + 2.0 ** -7
+
+
 def kernel_target(kernels):
     from flashproof import spec
 
@@ -66,8 +83,7 @@ def kernel_target(kernels):
         paged=True,
         accumulator="fp32",
         accepts_tile=accepts,
-        # the interpreter converts fp32 -> bf16 by truncation (triton/runtime/interpreter.py cast_impl)
-        round_toward_zero=("bfloat16",) if interp else (),
+        round_toward_zero=("bfloat16",) if _bf16_store_truncates(kernels) else (),
         head_dims=tuple(range(1, 257)),
         spec="flashproof.properties.targets:default_target",
         description="flashproof's Triton FlashAttention (interpreted on CPU)" if interp else

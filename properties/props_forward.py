@@ -105,8 +105,9 @@ def _tail_corners(ctx):
 
 
 @prop("tail_tiles_every_residue",
-      asserts="with every logit of the row far below 0, O and LSE stay within the bound for every length "
-              "L = 1 .. 2*tile (every residue modulo the tile size, on keys and on queries)",
+      asserts="with every logit of the row far below 0 (-1e4 .. -1e30), O and LSE stay within the bound for "
+              "every length L = t .. 2t-1 (every residue modulo the tile size t, after a full tile), and L = 1, "
+              "t - 1, on keys and on queries",
       classes=(5, 2), strategy=_tail_strategy, corners=_tail_corners, examples=0.34,
       bound="running_forward_bound")
 def tail_tiles_every_residue(ctx, case):
