@@ -339,8 +339,9 @@ def running_forward_bound(q, k, v, *, precision, n_tiles=None, attn_mask=None, c
             bs = None
             if bias is not None:
                 bs = bias[bi, hs].reshape(grp * lq, lk)
-            ob, lb = _slice_bound(q[bi, hs].reshape(grp * lq, e), k[bi, kh], v[bi, kh],
-                                  allowed.reshape(grp * lq, lk), bs, sigma, cap, p, n_tiles)
+            with np.errstate(all="ignore"):  # inf/NaN are handled explicitly below
+                ob, lb = _slice_bound(q[bi, hs].reshape(grp * lq, e), k[bi, kh], v[bi, kh],
+                                      allowed.reshape(grp * lq, lk), bs, sigma, cap, p, n_tiles)
             o_bound[bi, hs] = ob.reshape(grp, lq, ev)
             lse_bound[bi, hs] = lb.reshape(grp, lq)
     return o_bound, lse_bound
@@ -379,15 +380,26 @@ def _slice_bound(qs, ks, vs, allowed, bias, sigma, cap, p, n_tiles):
     allowed = np.array(allowed, dtype=bool)
     if bias is not None:
         allowed &= ~np.isneginf(bias)  # an additive -inf masks the key
-    g_e = (e + 2) * _U32 / (1 - (e + 2) * _U32)
-    gscale = sigma / (1 - g_e)  # exact sigma*sum|q||k| <= gscale * ga32 + tiny (gamma_{E+2})
-    tiny = sigma * (e + 2) * 2.0 ** -147
     qa, ka = np.abs(qs), np.abs(ks)
-    if max(np.nanmax(qa, initial=0.0), np.nanmax(ka, initial=0.0)) >= 2.0 ** 56:
-        raise ValueError("query/key entries of magnitude >= 2^56: outside the bound's fp32 evaluation range")
-    with np.errstate(all="ignore"):
-        x = qs.astype(f32) @ ks.T.astype(f32)
-        ga = qa.astype(f32) @ ka.T.astype(f32)
+    # Logits in fp32 (fast) unless the kernel is fp64-class or the fp32 evaluation error
+    # gamma_{E+2} sigma sum|q||k| would be felt (> 2^-16); then in fp64.
+    big = max(np.nanmax(qa, initial=0.0), np.nanmax(ka, initial=0.0)) >= 2.0 ** 56
+    x = ga = None
+    if p.u_acc >= 2.0 ** -30 and not big:
+        with np.errstate(all="ignore"):
+            x = qs.astype(f32) @ ks.T.astype(f32)
+            ga = qa.astype(f32) @ ka.T.astype(f32)
+        u_ev = _U32
+        if (e + 2) * _U32 * sigma * float(np.nanmax(ga, initial=0.0)) > 2.0 ** -16:
+            x = ga = None
+    if x is None:
+        with np.errstate(all="ignore"):
+            x = qs.astype(f64) @ ks.T.astype(f64)
+            ga = qa.astype(f64) @ ka.T.astype(f64)
+        u_ev = 2.0 ** -53
+    g_e = (e + 2) * u_ev / (1 - (e + 2) * u_ev)
+    gscale = sigma / (1 - g_e)  # exact sigma*sum|q||k| <= gscale * ga + tiny (gamma_{E+2})
+    tiny = sigma * (e + 2) * (2.0 ** -147 if u_ev == _U32 else 2.0 ** -1070)
     inputs_finite = bool(np.isfinite(qs).all() and np.isfinite(ks).all())
     fin = np.ones_like(allowed) if inputs_finite else (np.isfinite(x) & np.isfinite(ga))
     general = bool(cap) or bias is not None
@@ -424,7 +436,7 @@ def _slice_bound(qs, ks, vs, allowed, bias, sigma, cap, p, n_tiles):
     gamax = ga.max(axis=1, initial=0).astype(f64)
     evmax = g_e * gscale * gamax + tiny
     if not general:
-        evmax = evmax + _U32 * gapmax  # fp32 rounding of the gaps (relative u)
+        evmax = evmax + u_ev * gapmax  # rounding of the gaps (relative u)
         smax = sigma * np.abs(x).max(axis=1, initial=0).astype(f64) + evmax
     else:
         s_fin = np.where(ok, s, 0.0)
@@ -452,7 +464,7 @@ def _slice_bound(qs, ks, vs, allowed, bias, sigma, cap, p, n_tiles):
     logn = np.log(nn)
     rho = _FN["rho"](smax, dmax, logn, p.u_acc, p.c_exp)
     row = dict(Dmax=dmax, logn=logn, rho=rho, n=nn, N=n_tiles, u_in=p.u_in, u_acc=p.u_acc, c_exp=p.c_exp)
-    gmax_true = gapmax / (1 - _U32) + 2 * evmax
+    gmax_true = gapmax / (1 - u_ev) + 2 * evmax
     maxes = {}
     for name, key in (("common", "Kmax"), ("den", "Sdmax"), ("num", "Snmax")):
         c = _affine(name, **row)
@@ -461,7 +473,7 @@ def _slice_bound(qs, ks, vs, allowed, bias, sigma, cap, p, n_tiles):
     cb, cd = _affine("wB", **row), _affine("wD", **row)
     # y = exact-gap upper bound (scaled, fp32 rounding of the gap undone) + Delta
     y = gap if not general else gap.astype(f32)
-    y *= f32(gscale_gap / (1 - _U32) * _RND32)
+    y *= f32(gscale_gap / (1 - u_ev) * _RND32)
     y += delta
     wd = _weights(pi, y, delta, cd, infl_pi, evmax)
     wb = _weights(pi, y, delta, cb, infl_pi, evmax)

@@ -84,10 +84,38 @@ def _gam(k, u):
     return k * u / (1 - k * u)
 
 
+_RECORDED: list = []  # every linearisation of this derivation, spot-checked with mpmath at the end
+
+
 def _lin(expr, deltas):
     """First-order propagation: d expr / d delta at delta = 0, for every rounding variable."""
     zero = {d: 0 for d in deltas}
-    return {d: sp.simplify(sp.diff(expr, d).subs(zero)) for d in deltas}
+    out = {d: sp.simplify(sp.diff(expr, d).subs(zero)) for d in deltas}
+    _RECORDED.append((expr, list(deltas), out))
+    return out
+
+
+def _spot_check_linearisations(proof: Proof, seed: int = 17) -> None:
+    """mpmath check of every recorded linearisation: (f(x, t r) - f(x, 0)) / t -> sum_k c_k(x) r_k
+    at random points x, random directions r and t = 1e-30 (80 digits)."""
+    rng = random.Random(seed)
+    worst = mpmath.mpf(0)
+    with mpmath.workdps(80):
+        for expr, deltas, lin in _RECORDED:
+            others = sorted(expr.free_symbols - set(deltas), key=lambda x: x.name)
+            f = sp.lambdify(others + deltas, expr, modules="mpmath")
+            cs = [sp.lambdify(others, lin[d], modules="mpmath") for d in deltas]
+            for _ in range(2):
+                pt = [mpmath.mpf(rng.uniform(0.2, 2.0)) if (x.is_positive or x.is_nonnegative)
+                      else mpmath.mpf(rng.uniform(-2.0, 2.0)) for x in others]
+                r = [mpmath.mpf(rng.uniform(-1, 1)) for _ in deltas]
+                t = mpmath.mpf(10) ** -30
+                fd = (f(*pt, *[t * x for x in r]) - f(*pt, *[0] * len(deltas))) / t
+                pred = mpmath.fsum(c(*pt) * x for c, x in zip(cs, r))
+                worst = max(worst, abs(fd - pred) / (1 + abs(pred)))
+    proof.check(f"every step's linearisation ({len(_RECORDED)} of them) matches mpmath finite differences "
+                "at random points", worst < mpmath.mpf(10) ** -20, kind="numeric",
+                detail=f"max relative deviation {mpmath.nstr(worst, 3)}")
 
 
 def _term_counts(lin, terms):
@@ -373,6 +401,16 @@ def step_division(proof: Proof):
     return 2
 
 
+def step_store(proof: Proof):
+    """Final store of O in the storage dtype: one u_in rounding (and eta_in when subnormal)."""
+    o_, d = sp.symbols("o delta_in", real=True)
+    lin = _lin(o_ * (1 + d), [d])
+    proof.check("store: fl_in(o) = o(1 + delta_in), coefficient o (count 1 on u_in |o|)", is_zero(lin[d] - o_))
+    proof.step("Final store of O in the storage dtype (round to nearest; subnormal: absolute eta_in).",
+               r"\hat o_{stored} = \hat o(1+\delta_{in}) + e_{in}")
+    return 1
+
+
 def step_lse(proof: Proof):
     """lse = fl(fl(m2 + fl(log2 l)) * fl(ln 2)): 3 roundings on |lse| + log error."""
     m2, ll = sp.symbols("m2 l", positive=True)
@@ -558,7 +596,7 @@ def expressions(counts: dict) -> dict:
     den = ((counts["acc_l"] + counts["split_den"]) * _w(ua) + _w(eps) + g3 * comb_arg)
     num = (counts["round_p"] * _w(u_in) + (counts["acc_pv"] + counts["split_num"]) * _w(ua)
            + _w(eps) + g3 * comb_arg)
-    out = counts["div"] * _w(ua) + _w(u_in) + rho
+    out = counts["div"] * _w(ua) + counts["store"] * _w(u_in) + rho
     # Per-key weights, linear in (gap, Delta) once the row maxima are known: by R4/R3,
     # expm1(x_j) <= x_j expm1(xmax)/xmax <= x_j / (1 - xmax/2) for 0 <= x_j <= xmax < 2.
     b_weight = (K + Sd) / (1 - (Kmax + Sdmax) / 2)
@@ -684,6 +722,7 @@ ARGS = {
 def derive(proof: Proof | None = None):
     """Run every step (SymPy), assemble the expressions. Returns (proof, counts, expressions)."""
     proof = proof or Proof("fp_error", "Floating-point error bound of the tiled forward (theorem 6)", "")
+    _RECORDED.clear()
     dot_acc, dot_op = step_dot(proof)
     scale = step_scale(proof)
     cap_in, cap_out = step_softcap(proof)
@@ -700,9 +739,11 @@ def derive(proof: Proof | None = None):
     step_assembly(proof)
     step_remainder(proof)
     step_entropy(proof)
+    store = step_store(proof)
+    _spot_check_linearisations(proof)
     counts = dict(dot_acc=dot_acc, dot_op=dot_op, scale=scale, cap_in=cap_in, cap_out=cap_out,
                   bias=bias, bias_sum=bias_sum, arg=arg, exp=exp_count, acc_pv=acc_pv, acc_l=acc_l,
-                  round_p=round_p, div=div, lse=lse, split_num=split_num, split_den=split_den,
+                  round_p=round_p, div=div, lse=lse, store=store, split_num=split_num, split_den=split_den,
                   tanh_default=tanh_default)
     exprs = expressions(counts)
     try:

@@ -127,7 +127,11 @@ def _latex(expr_str: str) -> str:
     from sympy.codegen.cfunctions import expm1, log1p
 
     from .fp_error import SYMBOLS
-    return sp.latex(sp.sympify(expr_str, locals=dict(SYMBOLS, expm1=expm1, log1p=log1p)))
+    names = {"CAP": "c", "BIAS": "|b_j|", "S": "|s_j|", "X": "X_j", "G": "G_j", "Y": "Y_j", "hb": "h_b",
+             "gap": "(M-s_j)", "logn": r"\ln n", "Smax": "S_{max}", "Dmax": r"\Delta_{max}", "Gm": "G_{max}",
+             "V": "V_{max}", "Delta": r"\Delta_j", "rho": r"\rho", "eta_in": r"\eta_{in}"}
+    expr = sp.sympify(expr_str, locals=dict(SYMBOLS, expm1=expm1, log1p=log1p))
+    return sp.latex(expr, symbol_names={SYMBOLS[k]: v for k, v in names.items()})
 
 
 def _fp_section(p) -> list:
