@@ -82,6 +82,7 @@ def kernel_target(kernels):
         split_range=(int(split[0]), int(split[-1])),
         paged=True,
         accumulator="fp32",
+        devices=("cpu",) if interp else ("cuda",),
         accepts_tile=accepts,
         round_toward_zero=("bfloat16",) if _bf16_store_truncates(kernels) else (),
         head_dims=tuple(range(1, 257)),

@@ -293,6 +293,7 @@ def from_sdpa(fn, *, name=None, spec=None, backward=None, known_deviations=None)
         gqa=_accepts(fn, "enable_gqa"),
         backward=bool(backward),
         accumulator="fp32",
+        devices=("cuda", "cpu"),  # the GPU when there is one
         known_deviations=deviations,
         spec=spec,
         description="plain SDPA callable",
