@@ -701,3 +701,54 @@ def lse_merge_of_parts_equals_whole(ctx, case):
 def _opts_no_qkv(inp):
     o = inp.opts()
     return o
+
+
+# ============================================================================ long context (GPU)
+#: B, H, L, E with B*H*L*E > 2^31 (4 GiB per fp16 tensor): 32-bit offsets overflow (bug class 17).
+LONG_SIZE = (8, 16, 131136, 128)
+
+
+def _long_strategy(ctx):
+    if not str(ctx.device).startswith("cuda"):
+        skip("needs a CUDA GPU: B*H*L*E > 2^31 elements (32-bit index overflow) do not fit the CPU interpreter")
+    if ctx.profile.replace("flashproof-", "") == "ci":
+        skip("gpu and deep profiles only (seconds of GPU time per example)")
+    dts = [d for d in ("float16", "bfloat16") if d in ctx.target.dtypes] or list(ctx.target.dtypes)
+    return st.builds(lambda seed, dt, causal: Case(problem=Problem(dtype=dt, seed=seed),
+                                                   extra=(("size", LONG_SIZE), ("causal", causal))),
+                     st.integers(0, 10 ** 6), st.sampled_from(dts),
+                     st.sampled_from((False,) + (("top_left",) if "top_left" in ctx.target.alignments else ())))
+
+
+@prop("long_context_sampled_rows",
+      asserts="at B*H*L*E > 2^31 elements, with q/k/v as BLHE strided views, sampled rows (first, last and "
+              "random) are within the bound of their exact values (32-bit index * stride overflow fails)",
+      classes=(17,), strategy=_long_strategy, examples=0.34,
+      bound="running_forward_bound of each sampled row over its keys")
+def long_context_sampled_rows(ctx, case):
+    torch = _torch()
+    b, h, n, e = case.get("size")
+    causal = case.get("causal")
+    dt = torch_dtype(case.problem.dtype)
+    g = torch.Generator(device=ctx.device).manual_seed(case.problem.seed)
+
+    def blhe():  # (B, L, H, E) storage seen as (B, H, L, E): the layout of most model code
+        return torch.randn(b, n, h, e, generator=g, device=ctx.device, dtype=torch.float32).to(dt).transpose(1, 2)
+    from .strategies import Inputs
+
+    inp = Inputs(q=blhe(), k=blhe(), v=blhe(), causal=causal, problem=case.problem)
+    o, lse = ctx.call(inp)
+    rng = np.random.default_rng(case.problem.seed)
+    rows = {(0, 0, 0), (b - 1, h - 1, n - 1)} | {(int(rng.integers(b)), int(rng.integers(h)), int(rng.integers(n)))
+                                                  for _ in range(6)}
+    for bi, hi, i in sorted(rows):
+        hi_k = n if not causal else i + 1  # top-left causal: row i attends keys 0..i
+        row = Inputs(q=inp.q[bi:bi + 1, hi:hi + 1, i:i + 1].cpu(), k=inp.k[bi:bi + 1, hi:hi + 1, :hi_k].cpu(),
+                     v=inp.v[bi:bi + 1, hi:hi + 1, :hi_k].cpu(), problem=case.problem)
+        o_b, l_b = ctx.bound(row)
+        ex = oracle.exact(row, need_o=o_b, need_lse=l_b)
+        oracle.assert_within(f"O row (b={bi}, h={hi}, i={i}) of B*H*L*E = {b * h * n * e}",
+                             to_np(o[bi:bi + 1, hi:hi + 1, i:i + 1]), ex.o, o_b + ex.o_rad, what="the running bound")
+        if lse is not None:
+            oracle.assert_within(f"LSE row (b={bi}, h={hi}, i={i})", to_np(lse[bi:bi + 1, hi:hi + 1, i:i + 1]), ex.lse,
+                                 l_b + ex.lse_rad, what="the running LSE bound", dims="(b, h, i)")

@@ -128,3 +128,26 @@ def test_whole_ci_suite_against_the_default_target():
     bad = [o for o in res.outcomes if not o.ok]
     assert not bad, "\n\n".join(f"{o.name}: {o.message}\n{o.reproducer}" for o in bad)
     assert not [o for o in res.outcomes if o.status == NOT_DECLARED], "the kernel declares every capability"
+
+
+def test_long_context_check_logic_on_a_small_size():
+    """The GPU-only class-17 property, run at a tiny size on CPU to check its own logic."""
+    from flashproof.properties.strategies import Case, Problem
+    from flashproof.properties.suite import _context
+
+    t = load_target("torch.nn.functional:scaled_dot_product_attention")
+    ctx = _context(t, "ci")
+    for causal in (False, "top_left"):
+        case = Case(problem=Problem(dtype="float16", seed=3), extra=(("size", (2, 3, 37, 16)), ("causal", causal)))
+        PROPERTIES["long_context_sampled_rows"].check(ctx, case)
+    bad = _context(load_target(f"{__name__}:wrong_scale_sdpa"), "ci")
+    with pytest.raises(Violation):
+        PROPERTIES["long_context_sampled_rows"].check(bad, Case(problem=Problem(dtype="float16", seed=3),
+                                                                extra=(("size", (1, 2, 19, 40)), ("causal", False))))
+
+
+def test_long_context_is_skipped_with_its_reason_on_cpu():
+    res = run_suite("torch.nn.functional:scaled_dot_product_attention", select=["long_context_sampled_rows"])
+    (o,) = res.outcomes
+    if not torch.cuda.is_available():
+        assert o.status == "skipped" and "CUDA" in o.message
