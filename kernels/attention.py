@@ -15,7 +15,8 @@ from triton.runtime.errors import OutOfResources
 
 from flashproof import spec
 
-from .blocks import LN2, LOG2E, key_range, load2d, logits, masked_mma, mma, query_range, span
+from .blocks import (LN2, LOG2E, key_range, load2d, logits, masked_mma, mma, query_range, round_to,
+                     span)
 from .runtime import interpreting
 from .tiles import (TileConfig, backward_config, check_tile_config, default_forward_config,
                     head_block)
@@ -62,7 +63,7 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n, k_rows, v_row
     # [BLOCK_N, BLOCK_DV]
     v = load2d(v_base + v_rows[:, None] + offs_dv[None, :].to(tl.int64) * svd,
                offs_n, LK, offs_dv, EV, MASKED, EV != BLOCK_DV)
-    pv = p.to(v.dtype)
+    pv = round_to(p, v.dtype, UPCAST)
     if MASKED:
         upd = masked_mma(pv, v, s != -float("inf"), PRECISION, UPCAST)
     else:
@@ -130,7 +131,7 @@ def _fwd_kernel(Q, K, V, BIAS, O, LSE2,
     lse2 = tl.where(empty, -float("inf"), m_i + tl.log2(l_safe))
     o_ptrs = O + b64 * sob + h.to(tl.int64) * soh + offs_m[:, None].to(tl.int64) * som \
         + offs_dv[None, :].to(tl.int64) * sod
-    tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=(offs_m[:, None] < LQ) & (offs_dv[None, :] < EV))
+    tl.store(o_ptrs, round_to(o, O.dtype.element_ty, UPCAST), mask=(offs_m[:, None] < LQ) & (offs_dv[None, :] < EV))
     row = (b64 * H + h) * LQ
     tl.store(LSE2 + row + offs_m, lse2, mask=offs_m < LQ)
 
@@ -196,9 +197,9 @@ def _dkdv_tile(dk, dv, k, v, q_base, do_base, bias_base, lse_base, delta_base, m
                 offs_m, LQ, offs_dv, EV, MASKED, EV != BLOCK_DV)
     if MASKED:
         keep = st != -float("inf")
-        dv += masked_mma(pt.to(do.dtype), do, keep, PRECISION, UPCAST)
+        dv += masked_mma(round_to(pt, do.dtype, UPCAST), do, keep, PRECISION, UPCAST)
     else:
-        dv += mma(pt.to(do.dtype), do, PRECISION, UPCAST)
+        dv += mma(round_to(pt, do.dtype, UPCAST), do, PRECISION, UPCAST)
     # [BLOCK_N, BLOCK_M]
     dpt = mma(v, tl.trans(do), PRECISION, UPCAST)
     dst = pt * (dpt - delta[None, :])
@@ -207,9 +208,9 @@ def _dkdv_tile(dk, dv, k, v, q_base, do_base, bias_base, lse_base, delta_base, m
     q = tl.trans(qt)
     if MASKED:
         dst = tl.where(keep, dst, 0.0)
-        dk += masked_mma(dst.to(q.dtype), q, keep, PRECISION, UPCAST)
+        dk += masked_mma(round_to(dst, q.dtype, UPCAST), q, keep, PRECISION, UPCAST)
     else:
-        dk += mma(dst.to(q.dtype), q, PRECISION, UPCAST)
+        dk += mma(round_to(dst, q.dtype, UPCAST), q, PRECISION, UPCAST)
     return dk, dv
 
 
@@ -269,10 +270,10 @@ def _bwd_dkdv_kernel(Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
     dk = dk * DS_SCALE
     nmask = offs_n[:, None] < LK
     tl.store(DK + b64 * sdkb + hk.to(tl.int64) * sdkh + offs_n[:, None].to(tl.int64) * sdkn
-             + offs_dk[None, :].to(tl.int64) * sdkd, dk.to(DK.dtype.element_ty),
+             + offs_dk[None, :].to(tl.int64) * sdkd, round_to(dk, DK.dtype.element_ty, UPCAST),
              mask=nmask & (offs_dk[None, :] < E))
     tl.store(DV + b64 * sdvb + hk.to(tl.int64) * sdvh + offs_n[:, None].to(tl.int64) * sdvn
-             + offs_dv[None, :].to(tl.int64) * sdvd, dv.to(DV.dtype.element_ty),
+             + offs_dv[None, :].to(tl.int64) * sdvd, round_to(dv, DV.dtype.element_ty, UPCAST),
              mask=nmask & (offs_dv[None, :] < EV))
 
 
@@ -315,9 +316,9 @@ def _dq_tile(dq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, lo, h
     if MASKED:
         keep = s != -float("inf")
         ds = tl.where(keep, ds, 0.0)
-        dq += masked_mma(ds.to(k.dtype), k, keep, PRECISION, UPCAST)
+        dq += masked_mma(round_to(ds, k.dtype, UPCAST), k, keep, PRECISION, UPCAST)
     else:
-        dq += mma(ds.to(k.dtype), k, PRECISION, UPCAST)
+        dq += mma(round_to(ds, k.dtype, UPCAST), k, PRECISION, UPCAST)
     return dq
 
 
@@ -368,7 +369,7 @@ def _bwd_dq_kernel(Q, K, V, BIAS, DO, LSE2, DELTA, DQ,
                       BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS, PRECISION, UPCAST)
     dq = dq * DS_SCALE
     tl.store(DQ + b64 * sdqb + h.to(tl.int64) * sdqh + offs_m[:, None].to(tl.int64) * sdqm
-             + offs_dk[None, :].to(tl.int64) * sdqd, dq.to(DQ.dtype.element_ty),
+             + offs_dk[None, :].to(tl.int64) * sdqd, round_to(dq, DQ.dtype.element_ty, UPCAST),
              mask=(offs_m[:, None] < LQ) & (offs_dk[None, :] < E))
 
 

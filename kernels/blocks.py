@@ -18,6 +18,7 @@ __all__ = [
     "logits",
     "masked_mma",
     "load2d",
+    "round_to",
 ]
 
 LOG2E = 1.4426950408889634
@@ -181,3 +182,18 @@ def load2d(ptrs, r, R, c, C, CHECK_R: tl.constexpr, CHECK_C: tl.constexpr):
         else:
             x = tl.load(ptrs)
     return x
+
+
+@triton.jit
+def round_to(x, DTYPE: tl.constexpr, FIX_BF16: tl.constexpr):
+    """x.to(DTYPE) rounding to nearest even. FIX_BF16 (interpreter only): the interpreter's
+    fp32 -> bf16 cast truncates (docs/findings.md F1), so round the bit pattern here first;
+    the compiled path's cvt.rn.bf16.f32 already does this."""
+    if FIX_BF16 and DTYPE == tl.bfloat16:
+        xf = x.to(tl.float32)
+        bits = xf.to(tl.int32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+        out = tl.where(xf != xf, xf, bits.to(tl.float32, bitcast=True)).to(DTYPE)
+    else:
+        out = x.to(DTYPE)
+    return out

@@ -16,7 +16,7 @@ import triton.language as tl
 from flashproof import spec
 
 from .attention import _fwd_tile, _launch
-from .blocks import LN2, LOG2E, key_range, load2d, span
+from .blocks import LN2, LOG2E, key_range, load2d, round_to, span
 from .runtime import interpreting
 from .tiles import SPLIT_RANGE, default_decode_block, default_num_splits, head_block
 from .validate import check_qkv, check_tensor, mask_args
@@ -112,7 +112,7 @@ def _decode_kernel(Q, K, V, O, LSE2, MS, SEQLENS, BT,
         l_safe = tl.where(empty, 1.0, l_i)
         o = tl.where(empty[:, None], 0.0, acc / l_safe[:, None])
         lse2 = tl.where(empty, -float("inf"), m_i + tl.log2(l_safe))
-        tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=omask)
+        tl.store(o_ptrs, round_to(o, O.dtype.element_ty, UPCAST), mask=omask)
         tl.store(LSE2 + row_l, lse2, mask=valid)
     else:
         # An empty split stores the merge identity (-inf, 0, 0).
@@ -144,7 +144,7 @@ def _kv_rows(BT, b64, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE,
 
 @triton.jit
 def _merge_kernel(ACC, LS, MS, O, LSE2, H, LQ, NUM_SPLITS, sob, soh, som, sod,
-                  EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr):
+                  EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr):
     """Fold the splits' states (m_s, l_s, acc_s) with spec.online.merge, then finalize.
 
     Exact for any split by proofs/merge_algebra.py (the merge is an associative, commutative
@@ -180,7 +180,7 @@ def _merge_kernel(ACC, LS, MS, O, LSE2, H, LQ, NUM_SPLITS, sob, soh, som, sod,
     o = tl.where(empty[:, None], 0.0, acc / l_safe[:, None])
     lse2 = tl.where(empty, -float("inf"), m + tl.log2(l_safe))
     tl.store(O + b64 * sob + h.to(tl.int64) * soh + offs_m[:, None].to(tl.int64) * som
-             + offs_dv[None, :].to(tl.int64) * sod, o.to(O.dtype.element_ty),
+             + offs_dv[None, :].to(tl.int64) * sod, round_to(o, O.dtype.element_ty, UPCAST),
              mask=rmask[:, None] & (offs_dv[None, :] < EV))
     tl.store(LSE2 + (b64 * H + h) * LQ + offs_m, lse2, mask=rmask)
 
@@ -340,5 +340,6 @@ def decode(q, k_cache, v_cache, *, seqlens=None, block_table=None, page_size=Non
     if num_splits > 1:
         bm = 16
         _launch(_merge_kernel, (triton.cdiv(lq, bm), h, b), out, out_l, out_m, o, lse2, h, lq, num_splits,
-                *o.stride(), EV=ev, BLOCK_M=bm, BLOCK_DV=head_block(ev), num_warps=4, num_stages=1)
+                *o.stride(), EV=ev, BLOCK_M=bm, BLOCK_DV=head_block(ev),
+                UPCAST=interp and q.dtype == torch.bfloat16, num_warps=4, num_stages=1)
     return (o, lse2 * LN2) if return_lse else o

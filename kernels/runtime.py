@@ -24,13 +24,16 @@ def interpreting() -> bool:
 
 
 def set_interpret_mode_if_no_gpu() -> bool:
-    """Without a CUDA GPU, set ``TRITON_INTERPRET=1`` before triton is imported.
+    """Without a CUDA GPU, set ``TRITON_INTERPRET=1`` before triton is imported (unless the
+    variable is set explicitly, e.g. to 0 for compiling kernels for a GPU target on CPU).
 
     Returns whether the interpreter is in use. Raises RuntimeError when there is no GPU and
     triton was already imported in a way that cannot see the variable any more.
     """
     if has_cuda_gpu() or interpreting():
         return interpreting()
+    if os.environ.get("TRITON_INTERPRET", "").strip():
+        return False  # explicitly off (e.g. "0"): compile-only use, such as an sm_90 build check
     already = "triton" in sys.modules
     os.environ["TRITON_INTERPRET"] = "1"
     if already:
