@@ -83,6 +83,11 @@ def prove() -> Proof:
     p.check("d LSE_i / d S_ij = P_ij", all(is_zero(sp.diff(lse[i], S[i, j]) - P[i, j])
                                            for i in range(lq) for j in range(lk)))
     p.check("d LSE_i / d S_i'j = 0 for i' != i", all(sp.diff(lse[0], S[1, j]) == 0 for j in range(lk)))
+    s_syms = sorted(S.free_symbols, key=lambda x: x.name)
+    ok_l, det_l = spot_check([sp.exp(S[i, j] - lse[i]) for i in range(lq) for j in range(lk)]
+                             + [sp.diff(lse[i], S[i, j]) for i in range(lq) for j in range(lk)],
+                             [P[i, j] for i in range(lq) for j in range(lk)] * 2, s_syms, n=6, seed=14)
+    p.check("exp(S - LSE) = P and d LSE/dS = P at mpmath random points", ok_l, kind="numeric", detail=det_l)
     p.step("The kernel stores only the LSE; recomputing $P=\\exp(S-\\mathrm{LSE})$ is exact in exact "
            "arithmetic, and the LSE's gradient is the softmax.",
            r"e^{S_{ij}-\log\sum_k e^{S_{ik}}}=P_{ij},\qquad \frac{\partial\,\mathrm{LSE}_i}{\partial S_{ij}}=P_{ij}")
