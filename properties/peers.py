@@ -59,7 +59,10 @@ class TorchRowOps(ScalarOps):
 
     def exp_shifted(self, x, m):
         masked = torch.isneginf(x)
-        return torch.where(masked, torch.zeros_like(x), torch.exp(torch.where(masked, torch.zeros_like(x), x) - m[:, None]))
+        # masked entries see exp(m - m) = 1 in the discarded branch: exp(0 - m) could be inf, and
+        # where's backward would then form 0 * inf = NaN in the gradient
+        safe = torch.where(masked, m[:, None].expand_as(x), x)
+        return torch.where(masked, torch.zeros_like(x), torch.exp(safe - m[:, None]))
 
     def row_max(self, s):
         (blk,) = s

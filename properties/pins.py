@@ -32,3 +32,13 @@ pin("nan_propagates_only_to_attending_rows",
          extra=(("where", "q"), ("nan_seed", 0))),
     Case(problem=Problem(shape=Shape(e=8, ev=8)), extra=(("where", "q"), ("nan_seed", 0))),
     found="tiled_peer (additive -inf did not mask a NaN logit), flashproof.kernels, torch CPU SDPA")
+
+# tiled_peer (fixed): exp(0 - m) = inf in the discarded branch of a masked key, 0 * inf = NaN in dQ/dK.
+pin("gradients_match_reference",
+    Case(problem=Problem(shape=Shape(lk=2, e=8, ev=8), regime=Regime("spread", 0.0, 1000.0),
+                         mask=MaskSpec(causal="top_left")), extra=(("do_seed", 0),)),
+    found="tiled_peer (masked-key exp overflow in the discarded where branch)")
+pin("grad_dk_sums_to_zero",
+    Case(problem=Problem(shape=Shape(lk=2, e=8, ev=8), regime=Regime("spread", 0.0, 1000.0),
+                         mask=MaskSpec(causal="top_left")), extra=(("do_seed", 0),)),
+    found="tiled_peer (masked-key exp overflow in the discarded where branch)")

@@ -357,12 +357,19 @@ def run_property(p: Property, target: Target, *, profile="ci", ctx: Context | No
     fn = settings(base_settings, max_examples=max(1, round(base_settings.max_examples * p.examples)))(fn)
     base = profile.replace("flashproof-", "")
     known = target.known_deviations.get(p.name)
+    from hypothesis.reporting import with_reporter
+
+    reports = []
+    budget = SHRINK_SECONDS.get(base, 300)
     try:
-        with _shrink_budget(SHRINK_SECONDS.get(base, 300)):
+        # Hypothesis's own reports (its shrink-deadline warning) are collected: ours say it all.
+        with _shrink_budget(budget), with_reporter(reports.append):
             fn()
     except Violation as exc:
         status = XFAIL if known else FAILED
         msg = str(exc) + (f"\nKnown deviation of {target.name}: {known}" if known else "")
+        if any("shrink" in r for r in reports):
+            msg += f"\n(shrinking stopped at the {profile} profile's {budget} s budget: the example may not be minimal)"
         if isinstance(exc, TargetError) and exc.__cause__ is not None:
             msg += "\n" + "".join(traceback.format_exception_only(type(exc.__cause__), exc.__cause__)).rstrip()
         case = state["case"]
