@@ -201,9 +201,12 @@ def measure(o, ref_o, *, dtype, bound=None, lse=None, ref_lse=None, naive_max=No
         m["ratio_to_naive"] = m["max_abs"] / naive_max if naive_max > 0 else (0.0 if m["max_abs"] == 0 else math.inf)
     if bound is not None:
         bnd = np.asarray(bound, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = np.where(bnd > 0, err_f / bnd, np.where(err_f > 0, np.inf, 0.0))
-        m["tightness"] = float(t.max(initial=0.0))
+        # an infinite bound says nothing: count it apart so it never reads as "tight" or "0"
+        m["bound_vacuous"] = int(np.count_nonzero(~np.isfinite(bnd)))
+        if m["bound_vacuous"] < bnd.size:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t = np.where(bnd > 0, err_f / bnd, np.where(err_f > 0, np.inf, 0.0))
+            m["tightness"] = float(np.max(np.where(np.isfinite(bnd), t, 0.0), initial=0.0))
         m["violations"] = int(np.count_nonzero(err_f > bnd))
     if lse is not None and ref_lse is not None:
         lse = np.asarray(lse, dtype=np.float64)
@@ -368,13 +371,15 @@ def _assemble(impls, results, **config):
             continue
         s = summary.setdefault(f"{r['base']}|{r['dtype']}", {"impl": r["base"], "dtype": r["dtype"], "cells": 0,
                                                              "max_abs": 0.0, "max_ulp": 0.0, "ratios": [],
-                                                             "tightness": None, "violations": 0, "nonfinite": 0})
+                                                             "tightness": None, "violations": 0, "nonfinite": 0,
+                                                             "bound_vacuous": 0})
         m = r["metrics"]
         s["cells"] += 1
         s["max_abs"] = max(s["max_abs"], m["max_abs"])
         s["max_ulp"] = max(s["max_ulp"], m["max_ulp"])
         if "ratio_to_naive" in m and math.isfinite(m["ratio_to_naive"]):
             s["ratios"].append(m["ratio_to_naive"])
+        s["bound_vacuous"] += m.get("bound_vacuous", 0)
         if "tightness" in m:  # None when no cell of this impl has a declared bound
             s["tightness"] = max(s["tightness"] or 0.0, m["tightness"])
         s["violations"] += len(_violations(r))
@@ -424,12 +429,13 @@ def write_report(rep, out_dir):
     lines += ["", "## Per implementation and dtype", "",
               "Errors are against an fp64 reference on the same rounded inputs. *ratio to naive*: max error "
               "divided by the max error of the naive same-precision baseline in the same cell (median and max over "
-              "cells). *tightness*: max over elements of error / derived bound (proofs/; > 1 is a violation).", "",
+              "cells). *tightness*: max over elements of error / derived bound (proofs/; > 1 is a violation; "
+              "elements whose bound is infinite, i.e. says nothing, are counted apart).", "",
               "| impl | dtype | cells | max abs err | max ULP | ratio to naive (median / max) | tightness | violations |",
               "|---|---|---|---|---|---|---|---|"]
     for s in sorted(rep["summary"], key=lambda s: (s["dtype"], s["impl"])):
         lines.append(f"| {s['impl']} | {s['dtype']} | {s['cells']} | {_fmt(s['max_abs'])} | {_fmt(s['max_ulp'])} | "
-                     f"{_fmt(s['ratio_to_naive_median'])} / {_fmt(s['ratio_to_naive_max'])} | {_fmt(s['tightness'])} | "
+                     f"{_fmt(s['ratio_to_naive_median'])} / {_fmt(s['ratio_to_naive_max'])} | {_tight(s)} | "
                      f"{s['violations']} |")
     for sweep, col in (("L", "L"), ("E", "E"), ("temperature", "temperature"), ("regime", "regime"), ("tiling", "impl")):
         rows = [r for r in rep["cells"] if r["sweep"] == sweep and "metrics" in r]
@@ -471,6 +477,12 @@ def write_report(rep, out_dir):
     return os.path.join(out_dir, "report.md")
 
 
+def _tight(s):
+    """Tightness for the summary; says so when the bound was infinite (vacuous) somewhere."""
+    t = _fmt(s["tightness"])
+    return t if not s.get("bound_vacuous") else f"{t} ({s['bound_vacuous']} elements with an infinite bound)"
+
+
 def _executive(rep):
     out = []
     by = {(s["impl"], s["dtype"]): s for s in rep["summary"]}
@@ -481,7 +493,7 @@ def _executive(rep):
         word = "less" if med < 1 else "more"
         out.append(f"- **{s['impl']}** ({s['dtype']}): deviates from fp64 {word} than the naive baseline: "
                    f"median ratio {med:.3g} (max {s['ratio_to_naive_max']:.3g}); max abs error {s['max_abs']:.3g}, "
-                   f"{s['max_ulp']:.3g} ULP; bound tightness {_fmt(s['tightness'])}; "
+                   f"{s['max_ulp']:.3g} ULP; bound tightness {_tight(s)}; "
                    f"{s['violations']} violation(s).")
     for i in rep["impls"]:
         if not i["available"]:

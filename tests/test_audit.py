@@ -76,3 +76,11 @@ def test_audit_flags_a_target_that_returns_nan(tmp_path):
     data = json.load(open(tmp_path / "report.json"))
     assert data["schema"] == audit.SCHEMA and data["violations"]
     assert (tmp_path / "error_vs_L.png").stat().st_size > 1000
+
+
+def test_infinite_bound_is_reported_as_vacuous_not_tight():
+    ref = np.zeros((1, 1, 2, 2))
+    o = ref + 0.1
+    m = audit.measure(o, ref, dtype="float32", bound=np.full_like(ref, np.inf))
+    assert m["bound_vacuous"] == 4 and "tightness" not in m and m["violations"] == 0
+    assert "infinite bound" in audit._tight({"tightness": None, "bound_vacuous": 4})
