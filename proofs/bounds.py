@@ -226,9 +226,14 @@ def apriori_forward_bound(*, precision, e, lk, n_tiles, max_logit, max_v, softca
     gm, vm = _nonneg("max_logit", max_logit), _nonneg("max_v", max_v)
     cap = spec.normalize_softcap(softcap)
     p = precision
-    val = _FN["o_apriori"](p.u_in, p.u_acc, p.u_dot, p.c_exp, p.tanh_ulps, p.eta, p.eta_in, e, lk,
-                           n_tiles, gm, vm, cap or 0.0, 1.0 if cap else 0.0)
-    return _finite_or_inf(val)
+    args = (p.u_in, p.u_acc, p.u_dot, p.c_exp, p.tanh_ulps, p.eta, p.eta_in, e, lk, n_tiles, gm, vm,
+            cap or 0.0, 1.0 if cap else 0.0)
+    with np.errstate(all="ignore"):
+        budget = float(_FN["apriori_budget"](*(args[:11] + args[12:])))
+        # the first-order form (with its remainder lemmas) needs every budget below 1
+        first = _finite_or_inf(_FN["o_apriori"](*args)) if budget < 1 else math.inf
+        cap_b = _finite_or_inf(_FN["o_cap_apriori"](*args))  # convexity cap: any logit errors
+    return min(first, cap_b)
 
 
 def apriori_lse_bound(*, precision, e, lk, n_tiles, max_logit, softcap=None) -> float:
@@ -239,9 +244,12 @@ def apriori_lse_bound(*, precision, e, lk, n_tiles, max_logit, softcap=None) -> 
     gm = _nonneg("max_logit", max_logit)
     cap = spec.normalize_softcap(softcap)
     p = precision
-    val = _FN["lse_apriori"](p.u_in, p.u_acc, p.u_dot, p.c_exp, p.tanh_ulps, p.eta, p.eta_in, e, lk,
-                             n_tiles, gm, cap or 0.0, 1.0 if cap else 0.0)
-    return _finite_or_inf(val)
+    args = (p.u_in, p.u_acc, p.u_dot, p.c_exp, p.tanh_ulps, p.eta, p.eta_in, e, lk, n_tiles, gm,
+            cap or 0.0, 1.0 if cap else 0.0)
+    with np.errstate(all="ignore"):
+        if not float(_FN["apriori_budget"](*args)) < 1:
+            return math.inf  # budgets >= 1: no claim on the LSE
+        return _finite_or_inf(_FN["lse_apriori"](*args))
 
 
 def _finite_or_inf(val) -> float:
@@ -521,6 +529,16 @@ def _slice_bound(qs, ks, vs, allowed, bias, sigma, cap, p, n_tiles):
     invalid |= ~np.isfinite(lb)
     ob = np.where(invalid[:, None] | ~np.isfinite(ob), np.inf, ob)
     lb = np.where(invalid, np.inf, lb)
+    # Convexity cap (theorem 6, step_cap): the computed output is a near-convex combination of the
+    # allowed values whatever the logit errors, so the bound never exceeds spread + O(u) |v|.
+    if used.any():
+        w_col = (np.where(used[:, None], v0, -np.inf).max(axis=0) - np.where(used[:, None], v0, np.inf).min(axis=0))
+    else:
+        w_col = np.zeros(ev_dim)
+    cap_b = _FN["o_cap"](w_col[None, :], vmax_col[None, :], nn[:, None], n_tiles, rho[:, None], p.u_in,
+                         p.u_acc, p.c_exp, p.eta, p.eta_in) * (1 + 2.0 ** -40)
+    cap_b = np.where(np.isfinite(cap_b) & (cap_b >= 0), cap_b, np.inf)
+    ob = np.minimum(ob, np.where(overflow[:, None], np.inf, cap_b))
     ob = np.where(vmax_col[None, :] + ob >= p.max_in, np.inf, ob)  # the store could round to inf
     if not vfin.all():
         ob = np.where((ok.astype(np.float64) @ (~vfin).astype(np.float64)) > 0, np.nan, ob)

@@ -62,12 +62,12 @@ Dmax, Smax, logn, rho = sp.symbols("Dmax Smax logn rho", nonnegative=True)
 # budgets and aggregates
 K, Sd, Sn, Kmax, Sdmax, Snmax = sp.symbols("K Sd Sn Kmax Sdmax Snmax", nonnegative=True)
 SB, SD, EN, ED, absO, beta, SBl = sp.symbols("SB SD EN ED absO beta SBl", nonnegative=True)
-Gm, V = sp.symbols("Gm V", nonnegative=True)
+Gm, V, W = sp.symbols("Gm V W", nonnegative=True)
 _t = sp.Symbol("t", nonnegative=True)  # first-order scaling parameter
 
 SYMBOLS = {s.name: s for s in (u_in, u_acc, u_dot, eta, eta_in, c_exp, c_tanh, E, n, N, L, G, X, Y,
                                CAP, BIAS, S, gap, Delta, h, hb, Dmax, Smax, logn, rho, K, Sd, Sn,
-                               Kmax, Sdmax, Snmax, SB, SD, EN, ED, absO, beta, SBl, Gm, V)}
+                               Kmax, Sdmax, Snmax, SB, SD, EN, ED, absO, beta, SBl, Gm, V, W)}
 
 _UNITS = (u_in, u_acc, u_dot, eta, eta_in)
 # symbols that stand for quantities of first order in the units (budgets, logit errors)
@@ -542,6 +542,55 @@ def step_remainder(proof: Proof):
                r"e^x-1\le \frac{x}{1-x/2}")
 
 
+def step_cap(proof: Proof):
+    """Convexity cap: whatever the logit errors, the computed output is (1 + nu) times a convex
+    combination of the allowed values, plus underflow terms; so |o_hat - o| <= W + nu V + ..."""
+    x, r, rp = (sp.symbols(f"{c}1:4", positive=True) for c in ("x", "r", "q"))
+    # (C1) mediant: sum x r / sum x r' lies between min and max of r/r' (checked: the numerator of
+    # ratio - r1/r1' is a sum of non-negative terms when r1/r1' is the smallest ratio)
+    ratio = sum(a * b for a, b in zip(x, r)) / sum(a * b for a, b in zip(x, rp))
+    lo = r[0] / rp[0]
+    num = sp.together(ratio - lo)
+    expanded = sp.expand(sp.numer(num))
+    # with r_j = rho_j r'_j and rho_j >= rho_1: r_j r'_1 - r_1 r'_j = r'_1 r'_j (rho_j - rho_1) >= 0
+    rho_ = sp.symbols("rho1:4", positive=True)
+    sub = {r[i]: rho_[i] * rp[i] for i in range(3)}
+    d1, d2 = sp.symbols("delta2 delta3", nonnegative=True)
+    sub2 = {rho_[1]: rho_[0] + d1, rho_[2]: rho_[0] + d2}
+    c1 = sp.expand(expanded.subs(sub).subs(sub2))
+    c1_ok = all(t.could_extract_minus_sign() is False for t in sp.Add.make_args(c1)) if c1 != 0 else True
+    # (C2) e^{-t}(e^{t g} - 1) <= g t e^{-t(1-g)} <= g / (e (1 - g)) for t >= 0, 0 <= g < 1:
+    # e^y - 1 <= y e^y (derivative), and t e^{-a t} peaks at t = 1/a with value 1/(e a).
+    t_, g_, a_, y_ = sp.symbols("t gamma a y", positive=True)
+    h_ = y_ * sp.exp(y_) - (sp.exp(y_) - 1)  # h(0) = 0, h' = y e^y >= 0
+    c2a = h_.subs(y_, 0) == 0 and is_zero(sp.diff(h_, y_) - y_ * sp.exp(y_))
+    crit = sp.solve(sp.diff(t_ * sp.exp(-a_ * t_), t_), t_)
+    c2b = crit == [1 / a_] and is_zero((t_ * sp.exp(-a_ * t_)).subs(t_, 1 / a_) - 1 / (sp.E * a_))
+    proof.check("cap lemma C1 (mediant: a ratio of weighted sums lies within the extreme ratios), n = 3",
+                c1_ok)
+    proof.check("cap lemma C2 (e^{-t}(e^{t gamma} - 1) <= gamma / (e (1 - gamma)))", c2a and c2b)
+    rng = random.Random(9)
+    okn = True
+    with mpmath.workdps(30):
+        for _ in range(300):
+            tv, gv = mpmath.mpf(rng.uniform(0, 60)), mpmath.mpf(rng.uniform(0, 0.5))
+            okn &= mpmath.exp(-tv) * mpmath.expm1(tv * gv) <= gv / (mpmath.e * (1 - gv))
+            xs = [mpmath.mpf(rng.uniform(0, 3)) for _ in range(4)]
+            rs = [mpmath.mpf(rng.uniform(0.5, 2)) for _ in range(4)]
+            qs = [mpmath.mpf(rng.uniform(0.5, 2)) for _ in range(4)]
+            rat = mpmath.fsum(a * b for a, b in zip(xs, rs)) / mpmath.fsum(a * b for a, b in zip(xs, qs))
+            okn &= min(a / b for a, b in zip(rs, qs)) <= rat <= max(a / b for a, b in zip(rs, qs))
+    proof.check("cap lemmas C1, C2 at 300 mpmath points", okn, kind="numeric")
+    proof.step("Convexity cap (holds whatever the logit errors): the computed output is "
+               "$\\Lambda\\,\\bar c+A$ with $\\bar c$ a convex combination of the allowed $v_j$ (weights "
+               "$\\hat p_j\\ge0$ share the same rescales in numerator and denominator, lemma C1), "
+               "$|\\Lambda-1|\\le\\nu$ from the roundings of the sums, the division, the split store and the "
+               "LSE combine (lemma C2 bounds the combine's argument errors), $A$ the underflow terms. With "
+               "$W=\\max v-\\min v$ and $V=\\max|v|$ over allowed keys:",
+               r"|\hat o-o|\le W+\nu V+A+u_{in}\big((1+\nu)V+A\big)+\eta_{in}")
+    return True
+
+
 def step_entropy(proof: Proof):
     """sum_j pi_j (M - s_j) <= ln n: the weighted gap is at most the entropy."""
     j, nn = sp.symbols("j n_", integer=True, positive=True)
@@ -611,6 +660,19 @@ def expressions(counts: dict) -> dict:
     C_ = expm1(out)
     o_total = (SB + SD + EN + absO * ED) / (1 - beta) * (1 + C_) + C_ * absO + abs_out
     lse_total = -log1p(-(SBl + ED)) + rho
+    # convexity cap (step_cap): nu from the split sums, the LSE combine and the final division
+    g_n = _gam(n + N, ua)
+    kap = g3 / (sp.E * (1 - g3))
+    nu_split = expm1(_w(u_in) + (2 * n + 2 * N) * _w(ua))
+    den_c = (1 - eps) * (1 - _gam(N, ua)) * (1 - N * kap)
+    x_plus = -sp.log(den_c) + rho
+    nu_c = ((1 + eps) * sp.exp(rho) / den_c - 1
+            + N * (1 + eps) * (kap + sp.exp(x_plus) * expm1(x_plus * g3)))
+    nu_tot = (1 + nu_c) * (1 + _gam(N, ua)) * (1 + nu_split) * (1 + counts["div"] * _w(ua)) - 1
+    l_min = (1 - eps) ** N * (1 - g_n)
+    a_cap = ((n * (eta + eta_in) * V + (2 * n + N) * eta) / l_min * (1 + nu_c) * (1 + _gam(N, ua))
+             + (2 * N + 3) * eta)
+    o_cap = W + nu_tot * V + a_cap + u_in * ((1 + nu_tot) * V + a_cap) + eta_in
     # a-priori: worst case over data with n = L keys, G <= Gm, |v| <= V, P >= 1, sum pi gap <= ln L
     sub_w = {G: Gm, X: Gm, Y: sp.Min(Gm, CAP), S: Gm, BIAS: 0, hb: 0}
     Dm = logit_err.subs(sub_w)
@@ -649,6 +711,9 @@ def expressions(counts: dict) -> dict:
         "lse_total": lse_total,
         "o_apriori": o_apriori,
         "lse_apriori": lse_apriori,
+        "apriori_budget": sp.Max(k_max + sd_max, sn_max, beta_a),  # the a-priori forms need < 1
+        "o_cap": o_cap,
+        "o_cap_apriori": o_cap.subs({W: 2 * V, n: L, rho: rho_a}),
     }
 
 
@@ -714,6 +779,11 @@ ARGS = {
     "lse_total": ["SBl", "ED", "rho"],
     "o_apriori": ["u_in", "u_acc", "u_dot", "c_exp", "c_tanh", "eta", "eta_in", "E", "L", "N", "Gm",
                   "V", "CAP", "h"],
+    "o_cap": ["W", "V", "n", "N", "rho", "u_in", "u_acc", "c_exp", "eta", "eta_in"],
+    "apriori_budget": ["u_in", "u_acc", "u_dot", "c_exp", "c_tanh", "eta", "eta_in", "E", "L", "N", "Gm",
+                       "CAP", "h"],
+    "o_cap_apriori": ["u_in", "u_acc", "u_dot", "c_exp", "c_tanh", "eta", "eta_in", "E", "L", "N", "Gm",
+                      "V", "CAP", "h"],
     "lse_apriori": ["u_in", "u_acc", "u_dot", "c_exp", "c_tanh", "eta", "eta_in", "E", "L", "N",
                     "Gm", "CAP", "h"],
 }
@@ -740,6 +810,7 @@ def derive(proof: Proof | None = None):
     step_remainder(proof)
     step_entropy(proof)
     store = step_store(proof)
+    step_cap(proof)
     _spot_check_linearisations(proof)
     counts = dict(dot_acc=dot_acc, dot_op=dot_op, scale=scale, cap_in=cap_in, cap_out=cap_out,
                   bias=bias, bias_sum=bias_sum, arg=arg, exp=exp_count, acc_pv=acc_pv, acc_l=acc_l,
@@ -771,7 +842,7 @@ def golden_dict(counts: dict, exprs: dict) -> dict:
         "expressions": {k: str(v) for k, v in exprs.items()},
         "first_order": {k: str(first_order(exprs[k])) for k in ("logit_err", "rho", "common", "den",
                                                                    "num", "out", "o_apriori",
-                                                                   "lse_apriori")},
+                                                                   "lse_apriori", "o_cap")},
     }
 
 

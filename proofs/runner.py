@@ -146,6 +146,8 @@ def _fp_section(p) -> list:
         "out": "Whole-output budget $C$",
         "o_apriori": "A-priori bound per output element",
         "lse_apriori": "A-priori LSE bound",
+        "o_cap": "Convexity cap, valid whatever the logit errors ($W=\\max v-\\min v$ over allowed keys; "
+                 "shown: the cap minus $W$)",
     }
     lines = ["**Assumptions.** Model $fl(x\\circ y)=(x\\circ y)(1+\\delta)+e$, $|\\delta|\\le u$, $|e|\\le\\eta$; "
              "storage unit $u_{in}$ (q, k, v, P before $PV$, output store), accumulator unit $u_{acc}$; "

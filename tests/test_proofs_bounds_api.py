@@ -79,7 +79,8 @@ def test_apriori_monotone_and_linear_in_v():
                                                        max_logit=10.0, max_v=1.0), **kw))
     assert f(max_logit=20.0) > f() and f(lk=512) > f() and f(n_tiles=32) > f() and f(e=128) > f()
     assert math.isclose(f(max_v=4.0), 4 * f(), rel_tol=1e-4)  # linear in max|v| up to the eta_in (2^-25) terms
-    assert apriori_forward_bound(precision=F16, e=64, lk=128, n_tiles=4, max_logit=1e9, max_v=1.0) == math.inf
+    # logit errors beyond 1: the first-order bound is void and the convexity cap (>= spread 2 max|v|) stands
+    assert apriori_forward_bound(precision=F16, e=64, lk=128, n_tiles=4, max_logit=1e6, max_v=1.0) >= 2.0
     assert 0 < apriori_lse_bound(precision=F16, e=64, lk=128, n_tiles=4, max_logit=10.0) < 1e-3
 
 
@@ -180,6 +181,17 @@ def test_softcap_and_default_n_tiles(rng):
     b = running_forward_bound(q, k, v, precision=F16, softcap=5.0, n_tiles=9)[0]
     np.testing.assert_array_equal(a, b)  # None = any tiling = Lk tiles
     assert np.all(a > 0) and np.isfinite(a).all()
+
+
+def test_convexity_cap_bounds_huge_logit_errors():
+    """fp32 logits ~1e5: the first-order budget exceeds 1, the cap (spread + O(u)) still holds."""
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((1, 1, 3, 64)).astype(np.float32) * 300
+    k = rng.standard_normal((1, 1, 40, 64)).astype(np.float32) * 300
+    v = rng.standard_normal((1, 1, 40, 2)).astype(np.float32)
+    ob, _ = running_forward_bound(q, k, v, precision=precision_for("float32"), n_tiles=3)
+    spread = np.ptp(v.astype(np.float64), axis=2)[0, 0]
+    assert np.all(np.isfinite(ob)) and np.all(ob >= spread) and np.all(ob <= spread * 1.2 + 1)
 
 
 def test_overflow_gives_inf():
