@@ -279,18 +279,19 @@ def assert_fa_criterion(name, got, ex: Exact, naive_err, eps, *, context=""):
 
 
 def fa_eps(inputs, ex: Exact, *, u_acc, c_exp, n_tiles, u_in=None):
-    """The FA criterion's epsilon per (b, h), derived: a correct kernel rounds P to the storage
-    dtype before P@V (<= u_in max|v|) and rounds its output (<= u_in max|o|), which a lucky naive
-    baseline may not; each of its n_tiles online rescales adds (c_exp + 2) u_acc max|v|."""
+    """The FA criterion's epsilon per (b, h), derived: a correct kernel rounds its output to the
+    storage dtype (<= u_in max|o|) and P before P@V (<= u_in max|v|), which a lucky naive baseline
+    may escape; each of its t online rescales multiplies acc and l separately by the same alpha,
+    so only those two roundings remain (2 u_acc (max|v| + max|o|) per rescale, t + 1 with the final
+    division); a P rounded in the subnormal range loses up to eta each."""
     u_in = U_IN[inputs.dtype_name] if u_in is None else u_in
     v = np.abs(to_np(inputs.v))
-    b, h = inputs.q.shape[0], inputs.q.shape[1]
-    rep = h // inputs.k.shape[1]
+    rep = inputs.q.shape[1] // inputs.k.shape[1]
     vmax = np.repeat(v.max(axis=(-1, -2), initial=0.0), rep, axis=1)
     omax = np.where(np.isfinite(ex.o), np.abs(ex.o), 0.0).max(axis=(-1, -2), initial=0.0)
     t = n_tiles if n_tiles else inputs.k.shape[2]
-    eta = {"float16": 2.0 ** -25}.get(inputs.dtype_name, 2.0 ** -126)  # P rounded below the normal range
-    return u_in * (vmax + omax) + (t + 2) * (c_exp + 2) * u_acc * vmax + inputs.k.shape[2] * eta * vmax
+    eta = {"float16": 2.0 ** -25}.get(inputs.dtype_name, 2.0 ** -126)
+    return u_in * (vmax + omax) + 2 * (t + 1) * u_acc * (vmax + omax) + inputs.k.shape[2] * eta * vmax
 
 
 def describe_tightness(err, tol) -> str:
