@@ -15,8 +15,8 @@ from triton.runtime.errors import OutOfResources
 
 from flashproof import spec
 
-from .blocks import (LN2, LOG2E, key_range, load2d, logits, masked_mma, mma, query_range, round_to,
-                     span)
+from .blocks import (LN2, LOG2E, key_range, load2d, logits, masked_block, masked_mma, mma, query_range,
+                     round_to, span)
 from .runtime import interpreting
 from .tiles import (TileConfig, backward_config, check_tile_config, default_forward_config,
                     head_block)
@@ -97,14 +97,14 @@ def _fwd_kernel(Q, K, V, BIAS, O, LSE2,
     q = load2d(q_base + offs_m[:, None].to(tl.int64) * sqm + offs_dk[None, :].to(tl.int64) * sqd,
                offs_m, LQ, offs_dk, E, True, E != BLOCK_DK)
     lo, hi = key_range(offs_m, LQ, LK, DIAG, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT)
-    # Only key blocks meeting some row's range; masking only in the boundary blocks.
-    start, mid, fstart, fend, end = span(lo, hi, offs_m < LQ, BLOCK_N, HAS_BIAS)
+    # Only key blocks meeting some row's range; masking only in the boundary blocks (two loops).
+    start, n_lead, n_masked, fstart, fend = span(lo, hi, offs_m < LQ, BLOCK_N, HAS_BIAS)
     m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     # [BLOCK_M, BLOCK_DV]
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
-    for n in range(start, mid, BLOCK_N):
-        offs_n = n + tl.arange(0, BLOCK_N)
+    for t in range(0, n_masked):
+        offs_n = masked_block(t, start, n_lead, fend, BLOCK_N) + tl.arange(0, BLOCK_N)
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n,
                                   offs_n.to(tl.int64) * skn, offs_n.to(tl.int64) * svn, offs_m, lo, hi,
                                   skd, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
@@ -116,13 +116,6 @@ def _fwd_kernel(Q, K, V, BIAS, O, LSE2,
                                   offs_n.to(tl.int64) * skn, offs_n.to(tl.int64) * svn, offs_m, lo, hi,
                                   skd, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
                                   E, EV, BLOCK_DK, BLOCK_DV, False, SOFTCAP, HAS_BIAS,
-                                  PRECISION, UPCAST)
-    for n in range(fend, end, BLOCK_N):
-        offs_n = n + tl.arange(0, BLOCK_N)
-        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n,
-                                  offs_n.to(tl.int64) * skn, offs_n.to(tl.int64) * svn, offs_m, lo, hi,
-                                  skd, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
-                                  E, EV, BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS,
                                   PRECISION, UPCAST)
     # spec.online.finalize: an empty row (l = 0) gives O = 0 and LSE = -inf, never 0/0.
     empty = l_i == 0.0
@@ -240,7 +233,7 @@ def _bwd_dkdv_kernel(Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
     v = load2d(V + b64 * svb + hk.to(tl.int64) * svh + offs_n[:, None].to(tl.int64) * svn
                + offs_dv[None, :].to(tl.int64) * svd, offs_n, LK, offs_dv, EV, True, EV != BLOCK_DV)
     ilo, ihi = query_range(offs_n, LQ, LK, DIAG, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT)
-    start, mid, fstart, fend, end = span(ilo, ihi, offs_n < LK, BLOCK_M, HAS_BIAS)
+    start, n_lead, n_masked, fstart, fend = span(ilo, ihi, offs_n < LK, BLOCK_M, HAS_BIAS)
     # [BLOCK_N, BLOCK_DK]
     dk = tl.zeros([BLOCK_N, BLOCK_DK], tl.float32)
     # [BLOCK_N, BLOCK_DV]
@@ -252,7 +245,8 @@ def _bwd_dkdv_kernel(Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
         bias_base = BIAS + b64 * sbb + h.to(tl.int64) * sbh
         lse_base = LSE2 + (b64 * H + h) * LQ
         delta_base = DELTA + (b64 * H + h) * LQ
-        for m in range(start, mid, BLOCK_M):
+        for t in range(0, n_masked):
+            m = masked_block(t, start, n_lead, fend, BLOCK_M)
             dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, bias_base, lse_base, delta_base, m,
                                 offs_n, ilo, ihi, sqm, sqd, sdm, sdd, sbm, sbn, LQ, LK, QK_SCALE,
                                 OUT_SCALE, E, EV, BLOCK_M, BLOCK_DK, BLOCK_DV, True, SOFTCAP,
@@ -261,11 +255,6 @@ def _bwd_dkdv_kernel(Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
             dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, bias_base, lse_base, delta_base, m,
                                 offs_n, ilo, ihi, sqm, sqd, sdm, sdd, sbm, sbn, LQ, LK, QK_SCALE,
                                 OUT_SCALE, E, EV, BLOCK_M, BLOCK_DK, BLOCK_DV, False, SOFTCAP,
-                                HAS_BIAS, PRECISION, UPCAST)
-        for m in range(fend, end, BLOCK_M):
-            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, bias_base, lse_base, delta_base, m,
-                                offs_n, ilo, ihi, sqm, sqd, sdm, sdd, sbm, sbn, LQ, LK, QK_SCALE,
-                                OUT_SCALE, E, EV, BLOCK_M, BLOCK_DK, BLOCK_DV, True, SOFTCAP,
                                 HAS_BIAS, PRECISION, UPCAST)
     dk = dk * DS_SCALE
     nmask = offs_n[:, None] < LK
@@ -352,21 +341,18 @@ def _bwd_dq_kernel(Q, K, V, BIAS, DO, LSE2, DELTA, DQ,
     v_base = V + b64 * svb + hk.to(tl.int64) * svh
     bias_base = BIAS + b64 * sbb + h.to(tl.int64) * sbh
     lo, hi = key_range(offs_m, LQ, LK, DIAG, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT)
-    start, mid, fstart, fend, end = span(lo, hi, offs_m < LQ, BLOCK_N, HAS_BIAS)
+    start, n_lead, n_masked, fstart, fend = span(lo, hi, offs_m < LQ, BLOCK_N, HAS_BIAS)
     # [BLOCK_M, BLOCK_DK]
     dq = tl.zeros([BLOCK_M, BLOCK_DK], tl.float32)
-    for n in range(start, mid, BLOCK_N):
-        dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, lo, hi,
+    for t in range(0, n_masked):
+        dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, bias_base,
+                      masked_block(t, start, n_lead, fend, BLOCK_N), offs_m, lo, hi,
                       skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE, E, EV, BLOCK_N,
                       BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS, PRECISION, UPCAST)
     for n in range(fstart, fend, BLOCK_N):
         dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, lo, hi,
                       skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE, E, EV, BLOCK_N,
                       BLOCK_DK, BLOCK_DV, False, SOFTCAP, HAS_BIAS, PRECISION, UPCAST)
-    for n in range(fend, end, BLOCK_N):
-        dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, lo, hi,
-                      skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE, E, EV, BLOCK_N,
-                      BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS, PRECISION, UPCAST)
     dq = dq * DS_SCALE
     tl.store(DQ + b64 * sdqb + h.to(tl.int64) * sdqh + offs_m[:, None].to(tl.int64) * sdqm
              + offs_dk[None, :].to(tl.int64) * sdqd, round_to(dq, DQ.dtype.element_ty, UPCAST),

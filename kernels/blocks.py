@@ -13,6 +13,7 @@ __all__ = [
     "key_range",
     "query_range",
     "span",
+    "masked_block",
     "mma",
     "tanh",
     "logits",
@@ -24,7 +25,9 @@ __all__ = [
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 # Larger than any length the launchers accept (< 2**30); the empty-set sentinel of span's min.
-_BIG = 2**30
+_BIG = tl.constexpr(2**30)
+# Compiled kernels may read only constexpr globals.
+_TWO_LOG2E = tl.constexpr(2.0 * LOG2E)
 
 
 @triton.jit
@@ -62,14 +65,14 @@ def query_range(offs_n, LQ, LK, DIAG, LEFT, RIGHT, HAS_LEFT: tl.constexpr, HAS_R
 
 @triton.jit
 def span(lo, hi, valid, BLOCK: tl.constexpr, NO_FULL: tl.constexpr):
-    """Blocks of the other axis that a tile of rows visits, split into masked and full stages.
+    """Blocks of the other axis that a tile of rows visits: masked ones, then full ones.
 
     Rows have ranges [lo, hi) (all >= 0); only blocks meeting some non-empty range are visited.
     A block [n, n + BLOCK) is full when every valid row allows all of it: n >= max(lo) and
     n + BLOCK <= min(hi) (hi never exceeds the other axis' length, so full blocks have no
-    padding). Returns (start, mid, fstart, fend, end): masked stage [start, mid), full stage
-    [fstart, fend), masked stage [fend, end), all stepping by BLOCK. Operands of // are >= 0
-    (Triton's integer division truncates).
+    padding). The full blocks are [fstart, fend); the masked ones are the n_lead blocks from
+    start and then those from fend up to max(hi), n_masked in all (see masked_block).
+    Operands of // are >= 0 (Triton's integer division truncates).
     """
     nonempty = valid & (lo < hi)
     lo_min = tl.min(tl.where(nonempty, lo, _BIG), axis=0)
@@ -83,8 +86,16 @@ def span(lo, hi, valid, BLOCK: tl.constexpr, NO_FULL: tl.constexpr):
         fend = fstart
     else:
         fend = tl.maximum((hi_min // BLOCK) * BLOCK, fstart)
-    mid = tl.minimum(fstart, end)
-    return start, mid, fstart, fend, end
+    n_lead = (tl.maximum(tl.minimum(fstart, end) - start, 0) + BLOCK - 1) // BLOCK
+    n_tail = (tl.maximum(end - fend, 0) + BLOCK - 1) // BLOCK
+    return start, n_lead, n_lead + n_tail, fstart, fend
+
+
+@triton.jit
+def masked_block(t, start, n_lead, fend, BLOCK: tl.constexpr):
+    """Start of the t-th masked block: the leading ones from start, then the trailing ones from
+    fend (one loop for both keeps one copy of the masked tile code)."""
+    return start + t * BLOCK + tl.where(t >= n_lead, fend - start - n_lead * BLOCK, 0)
 
 
 @triton.jit
@@ -104,7 +115,7 @@ def tanh(x):
     (libdevice is not available to the interpreter). Error a few fp32 ulps."""
     a = tl.abs(x)
     # |x| >= 0.4: 1 - 2/(e^{2a}+1) has no cancellation (result >= 0.379); e^{2a} -> inf gives 1.
-    big = 1.0 - 2.0 / (tl.exp2(a * (2.0 * LOG2E)) + 1.0)
+    big = 1.0 - 2.0 / (tl.exp2(a * _TWO_LOG2E) + 1.0)
     # |x| < 0.4: Taylor to x^15; the next term is < 2e-9 relative there.
     z = a * a
     poly = -0.0014558343870513183 * z + 0.003592128036572481
@@ -150,21 +161,23 @@ def masked_mma(a, b, keep, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     out = mma(a, tl.where(fin, b, 0.0), PRECISION, UPCAST)
     n_bad = tl.sum(tl.sum(tl.where(fin, 0, 1), axis=1), axis=0)
     if n_bad > 0:
-        one = 1.0
-        kp = tl.where(keep & (a > 0), one, 0.0).to(tl.float16)
-        kn = tl.where(keep & (a < 0), one, 0.0).to(tl.float16)
-        kz = tl.where(keep & (a == 0), one, 0.0).to(tl.float16)
-        kk = tl.where(keep, one, 0.0).to(tl.float16)
-        bp = tl.where(b == float("inf"), one, 0.0).to(tl.float16)
-        bn = tl.where(b == -float("inf"), one, 0.0).to(tl.float16)
-        bnan = tl.where(b != b, one, 0.0).to(tl.float16)
-        pos = tl.dot(kp, bp) + tl.dot(kn, bn)
-        neg = tl.dot(kp, bn) + tl.dot(kn, bp)
-        nan = tl.dot(kk, bnan) + tl.dot(kz, bp + bn)
-        nan = nan + tl.where((pos > 0) & (neg > 0), 1.0, 0.0)
-        out = tl.where(pos > 0, float("inf"), out)
-        out = tl.where(neg > 0, -float("inf"), out)
-        out = tl.where(nan > 0, float("nan"), out)
+        # sa = sign(a) on kept pairs, sb = sign(b) on infinite b: dot(sa, sb) = pos - neg and
+        # dot(|sa|, |sb|) = pos + neg count the +inf and -inf products (exact small integers).
+        zero = 0.0
+        sa = tl.where(keep & (a > 0), 1.0, tl.where(keep & (a < 0), -1.0, zero)).to(tl.float16)
+        sz = tl.where(keep & (a == 0), 1.0, zero).to(tl.float16)
+        kk = tl.where(keep, 1.0, zero).to(tl.float16)
+        sb = tl.where(b == float("inf"), 1.0, tl.where(b == -float("inf"), -1.0, zero)).to(tl.float16)
+        bnan = tl.where(b != b, 1.0, zero).to(tl.float16)
+        diff = tl.dot(sa, sb)
+        both = tl.dot(tl.abs(sa), tl.abs(sb))
+        # NaN from a NaN b, or from 0 * inf
+        nan = tl.dot(kk, bnan) + tl.dot(sz, tl.abs(sb))
+        pos = both + diff > 0
+        neg = both - diff > 0
+        out = tl.where(pos, float("inf"), out)
+        out = tl.where(neg, -float("inf"), out)
+        out = tl.where((nan > 0) | (pos & neg), float("nan"), out)
     return out
 
 

@@ -16,7 +16,7 @@ import triton.language as tl
 from flashproof import spec
 
 from .attention import _fwd_tile, _launch
-from .blocks import LN2, LOG2E, key_range, load2d, round_to, span
+from .blocks import LN2, LOG2E, key_range, load2d, masked_block, round_to, span
 from .runtime import interpreting
 from .tiles import SPLIT_RANGE, default_decode_block, default_num_splits, head_block
 from .validate import check_qkv, check_tensor, mask_args
@@ -73,7 +73,7 @@ def _decode_kernel(Q, K, V, O, LSE2, MS, SEQLENS, BT,
     c_hi = tl.minimum(c_lo + chunk, lk)
     lo = tl.maximum(lo, c_lo)
     hi = tl.minimum(hi, c_hi)
-    start, mid, fstart, fend, end = span(lo, hi, valid, BLOCK_N, False)
+    start, n_lead, n_masked, fstart, fend = span(lo, hi, valid, BLOCK_N, False)
     if PAGED:
         k_base = K + hk.to(tl.int64) * skh
         v_base = V + hk.to(tl.int64) * svh
@@ -84,8 +84,8 @@ def _decode_kernel(Q, K, V, O, LSE2, MS, SEQLENS, BT,
     l_i = tl.zeros([BLOCK_M], tl.float32)
     # [BLOCK_M, BLOCK_DV]
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
-    for n in range(start, mid, BLOCK_N):
-        offs_n = n + tl.arange(0, BLOCK_N)
+    for t in range(0, n_masked):
+        offs_n = masked_block(t, start, n_lead, fend, BLOCK_N) + tl.arange(0, BLOCK_N)
         k_rows, v_rows = _kv_rows(BT, b64, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE, PAGED, True)
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, Q, offs_n, k_rows, v_rows, i, lo, hi,
                                   skd, svd, 0, 0, LQ, lk, QK_SCALE, OUT_SCALE, E, EV, BLOCK_DK, BLOCK_DV,
@@ -96,12 +96,6 @@ def _decode_kernel(Q, K, V, O, LSE2, MS, SEQLENS, BT,
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, Q, offs_n, k_rows, v_rows, i, lo, hi,
                                   skd, svd, 0, 0, LQ, lk, QK_SCALE, OUT_SCALE, E, EV, BLOCK_DK, BLOCK_DV,
                                   False, SOFTCAP, False, PRECISION, UPCAST)
-    for n in range(fend, end, BLOCK_N):
-        offs_n = n + tl.arange(0, BLOCK_N)
-        k_rows, v_rows = _kv_rows(BT, b64, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE, PAGED, True)
-        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, Q, offs_n, k_rows, v_rows, i, lo, hi,
-                                  skd, svd, 0, 0, LQ, lk, QK_SCALE, OUT_SCALE, E, EV, BLOCK_DK, BLOCK_DV,
-                                  True, SOFTCAP, False, PRECISION, UPCAST)
     row_o = b64 * sob + h.to(tl.int64) * soh + split.to(tl.int64) * sos + i.to(tl.int64) * som
     o_ptrs = O + row_o[:, None] + offs_dv[None, :].to(tl.int64) * sod
     row_l = b64 * slb + h.to(tl.int64) * slh + split.to(tl.int64) * sls + i.to(tl.int64) * slm
