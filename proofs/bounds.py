@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +78,6 @@ class Precision:
     c_tanh: float | None = None
     max_in: float = math.inf
     max_acc: float = math.inf
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         for f in ("u_in", "u_acc", "u_dot"):

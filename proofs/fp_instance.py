@@ -17,7 +17,6 @@ Checks:
 """
 from __future__ import annotations
 
-import itertools
 import math
 import random
 
