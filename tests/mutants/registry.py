@@ -69,12 +69,12 @@ def peer_targets() -> list[Target]:
 
 
 def markdown_rows(killers=None) -> list[str]:
-    """One markdown table row per mutant: name | class | bug | trigger | killer (from ``killers``)."""
+    """One markdown table row per mutant: name | class | bug | trigger | killers (from ``killers``)."""
     killers = killers or {}
     rows = []
     for cls in MUTANTS:
         doc = (cls.__doc__ or "").strip().splitlines()
         trig = next((ln.strip()[len("Trigger:"):].strip() for ln in doc if ln.strip().startswith("Trigger:")), "")
-        kill = killers.get(cls.__name__, "")
-        rows.append(f"| `{cls.__name__}` | {cls.bug_class} | {describe(cls)} | {trig} | {kill} |")
+        cells = (f"`{cls.__name__}`", cls.bug_class, describe(cls), trig, killers.get(cls.__name__, ""))
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return rows
