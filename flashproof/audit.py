@@ -310,8 +310,9 @@ def audit(impls, *, device="cpu", dtypes=("bfloat16", "float16", "float32"), qui
                     o, lse = imp.fn(q, k, v, causal=causal, **tile)
                     if device == "cuda":
                         torch.cuda.synchronize()
-                    outs[key] = (imp, tile, o.float().cpu().numpy() if o.dtype != torch.float64 else o.cpu().numpy(),
-                                 None if lse is None else lse.float().cpu().numpy(), None)
+                    _check_output(o, q, v)
+                    outs[key] = (imp, tile, o.double().cpu().numpy(),
+                                 None if lse is None else lse.double().cpu().numpy(), None)
                 except Exception as exc:  # an implementation that cannot run this cell is reported, not fatal
                     outs[key] = (imp, tile, None, None, f"{type(exc).__name__}: {str(exc)[:200]}")
         naive = next((x for kk, x in outs.items() if x[0].role == "baseline" and x[2] is not None), None)
@@ -337,10 +338,27 @@ def audit(impls, *, device="cpu", dtypes=("bfloat16", "float16", "float32"), qui
     return _assemble(impls, results, device=device, dtypes=dtypes, quick=quick, seed=seed)
 
 
+class ContractError(ValueError):
+    """The implementation returned something that is not the spec's output."""
+
+
+def _check_output(o, q, v):
+    import torch
+
+    if not isinstance(o, torch.Tensor):
+        raise ContractError(f"O must be a torch.Tensor, got {type(o).__name__}")
+    want = (*q.shape[:3], v.shape[-1])
+    if tuple(o.shape) != want:
+        raise ContractError(f"O has shape {tuple(o.shape)}, expected {want}")
+    if o.dtype != q.dtype:
+        raise ContractError(f"O has dtype {o.dtype}, expected the input dtype {q.dtype}")
+
+
 def _violations(row):
     m = row.get("metrics")
     if m is None:
-        return []
+        # our kernel and named targets must run every valid cell; a peer backend may lack a dtype
+        return [f"could not run: {row['error']}"] if row["role"] in ("kernel", "target") and "error" in row else []
     out = []
     if row["role"] in ("kernel", "target", "peer"):
         if m["nan"] or m["inf"]:
@@ -391,6 +409,10 @@ def _assemble(impls, results, **config):
     violations = [dict(impl=r["impl"], dtype=r["dtype"], sweep=r["sweep"], L=r["L"], E=r["E"], causal=r["causal"],
                        regime=r["regime"], temperature=r["temperature"], what=v)
                   for r in results for v in _violations(r)]
+    for v in violations:  # rows that could not run have no metrics: count them in their summary line
+        s = summary.get(f"{v['impl'].split(' ')[0]}|{v['dtype']}")
+        if s is not None and v["what"].startswith("could not run"):
+            s["violations"] += 1
     return {
         "schema": SCHEMA,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -491,10 +513,16 @@ def _executive(rep):
             continue
         med = s["ratio_to_naive_median"]
         word = "less" if med < 1 else "more"
+        nonfin = f"; {s['nonfinite']} NaN/inf outputs (not in the error figures)" if s["nonfinite"] else ""
         out.append(f"- **{s['impl']}** ({s['dtype']}): deviates from fp64 {word} than the naive baseline: "
                    f"median ratio {med:.3g} (max {s['ratio_to_naive_max']:.3g}); max abs error {s['max_abs']:.3g}, "
-                   f"{s['max_ulp']:.3g} ULP; bound tightness {_tight(s)}; "
+                   f"{s['max_ulp']:.3g} ULP; bound tightness {_tight(s)}{nonfin}; "
                    f"{s['violations']} violation(s).")
+    failed = {}
+    for e in rep["errors"]:
+        failed.setdefault(e["impl"].split(" ")[0], []).append(e["error"])
+    for name, errs in failed.items():
+        out.append(f"- {name}: could not run {len(errs)} cell(s), e.g. {errs[0][:150]}")
     for i in rep["impls"]:
         if not i["available"]:
             out.append(f"- {i['name']}: not available here ({i['reason'][:120]}).")

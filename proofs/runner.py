@@ -61,7 +61,25 @@ def run_all(only=None, *, echo=print):
     return results
 
 
+def _writable_file(path, flag: str):
+    """None if ``path`` can be written as a file, else a one-line reason naming ``flag``."""
+    p = Path(path)
+    if p.is_dir():
+        return f"{flag} {path} is a directory; give a file path"
+    for parent in (p.parent, *p.parent.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{flag} {path}: {parent} is not a directory"
+            return None
+    return None
+
+
 def run(args) -> int:
+    for flag, path in (("--out", args.out), ("--json", getattr(args, "json_out", None))):
+        why = path and _writable_file(path, flag)
+        if why:  # checked before proving: a bad path must not cost the whole run, nor read as a failed proof
+            print(f"flashproof prove: {why}", file=sys.stderr)
+            return 2
     t0 = time.perf_counter()
     try:
         results = run_all(args.only)

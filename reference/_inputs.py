@@ -41,6 +41,8 @@ def to_float64(x, name: str) -> np.ndarray:
         torch = _torch()
         if not (x.dtype.is_floating_point):
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+        if x.device.type == "meta":  # meta tensors have shapes but no values to compare against
+            raise ValueError(f"{name} is on the meta device: a reference needs real values")
         # Every real torch float dtype (fp8/fp16/bf16/fp32/fp64) is a subset of float64.
         return x.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
     if isinstance(x, np.ndarray):

@@ -101,6 +101,8 @@ def make_boundaries(boundaries, lk: int) -> list[int]:
             raise ValueError(f"boundaries as a block size must be >= 1, got {n}")
         return list(range(0, lk, n)) + [lk] if lk else [0, 0]
     try:
+        if isinstance(boundaries, (str, bytes)):
+            raise TypeError(f"boundaries must be None, an int block size or a sequence of ints, got {boundaries!r}")
         cuts = [int(x) for x in boundaries]
     except TypeError:
         raise TypeError(f"boundaries must be None, an int block size or a sequence of ints, got {boundaries!r}") from None
