@@ -471,26 +471,25 @@ class TiledAttention:
         return tuple(torch.from_numpy(np.ascontiguousarray(g, F32)).to(call.dtype) for g in (dq, dk, dv))
 
 
+def _pad_to(t, n, axis, fill):
+    """``t`` padded with ``fill`` to length ``n`` along ``axis``."""
+    if t.shape[axis] == n:
+        return t
+    shape = list(t.shape)
+    shape[axis] = n
+    out = np.full(shape, fill, dtype=t.dtype)
+    out[(slice(None),) * axis + (slice(0, t.shape[axis]),)] = t
+    return out
+
+
 def _load_tile(x, n0, bn):
     """Keys n0:n0+bn of x (B, H, L, E), zero-filled past the end (as tl.load(..., other=0))."""
-    t = x[:, :, n0:n0 + bn]
-    if t.shape[2] == bn:
-        return t
-    out = np.zeros(x.shape[:2] + (bn,) + x.shape[3:], F32)
-    out[:, :, : t.shape[2]] = t
-    return out
+    return _pad_to(x[:, :, n0:n0 + bn], bn, 2, F32(0))
 
 
 def _pad_cols(a, m0, m1, n0, n1, bn, fill):
     """Rows m0:m1, keys n0:n1 of a (B|1, H|1, Lq, Lk) array, padded with ``fill`` to bn keys."""
-    if a is None:
-        return True
-    t = a[:, :, m0:m1, n0:n1]
-    if n1 - n0 == bn:
-        return t
-    out = np.full(t.shape[:3] + (bn,), fill, dtype=t.dtype)
-    out[..., : n1 - n0] = t
-    return out
+    return True if a is None else _pad_to(a[:, :, m0:m1, n0:n1], bn, 3, fill)
 
 
 class _AttentionFn(torch.autograd.Function):

@@ -63,8 +63,7 @@ def _fix_nonfinite_rows(o, q, k, v, mask, is_causal, scale, enable_gqa):
     bad_key = ~(torch.isfinite(k).all(-1) & torch.isfinite(v).all(-1))  # (B, Hkv, Lk)
     bad_key = bad_key.repeat_interleave(rep, dim=1)[:, :, None, :]
     touched = (~torch.isfinite(q).all(-1)) | (allowed & bad_key).any(-1)  # (B, H, Lq)
-    rows = list(o.unbind(0))
-    rows = [list(r.unbind(0)) for r in rows]
+    o = o.clone()
     for bi, hi, i in touched.nonzero().tolist():
         keys = allowed[bi, hi, i].nonzero().flatten()
         if keys.numel() == 0:
@@ -73,8 +72,8 @@ def _fix_nonfinite_rows(o, q, k, v, mask, is_causal, scale, enable_gqa):
         m = None if bias is None else bias[bi, hi, i, keys][None, None, None]
         r = F.scaled_dot_product_attention(q[bi, hi, i][None, None, None], k[bi, kh, keys][None, None],
                                            v[bi, kh, keys][None, None], attn_mask=m, scale=scale)
-        rows[bi][hi] = torch.cat([rows[bi][hi][:i], r[0, 0], rows[bi][hi][i + 1:]])
-    return torch.stack([torch.stack(r) for r in rows]) if rows else o
+        o[bi, hi, i] = r[0, 0, 0]
+    return o
 
 
 def sdpa_math_fp32(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,

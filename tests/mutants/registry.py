@@ -3,9 +3,8 @@
 Mutants derived from base.TiledAttention declare everything the base does (forward with tiles,
 LSE, both alignments, window, softcap, attn_mask, GQA, backward, split-KV and paged decode,
 fp32/fp16/bf16, fp32 accumulator, exp within 1 ulp): the bug of each lives in one of those
-paths, so no declaration hides it, and the undeclared-by-default base passes with the same
-declaration. A mutant with ``capabilities = {"sdpa_only": True}`` is wrapped as a plain SDPA
-callable (its bug is in the SDPA signature's is_causal).
+paths, so no declaration hides it, and the correct base passes under the same declaration. A
+mutant with ``sdpa_only`` is wrapped as a plain SDPA callable (its bug is in is_causal).
 """
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ from . import peers
 from .base import SPLIT_RANGE, TILE_CONFIGS, TiledAttention
 from .zoo import MUTANTS
 
-__all__ = ["target_of", "mutant_targets", "peer_targets", "describe"]
+__all__ = ["target_of", "mutant_targets", "peer_targets", "describe", "markdown_rows"]
 
 
 def describe(cls) -> str:
@@ -26,7 +25,7 @@ def describe(cls) -> str:
 def target_of(impl: TiledAttention) -> Target:
     """A Target declaring every capability of the tiled implementation ``impl``."""
     name = f"zoo.{impl.name}"
-    if getattr(impl, "capabilities", {}).get("sdpa_only"):
+    if getattr(impl, "sdpa_only", False):
         return from_sdpa(impl.sdpa, name=name, backward=True)
     return Target(
         name=name,

@@ -30,8 +30,8 @@ def _vmax(v):
 def _cmp(name, got, want, tol, rows=None, *, relative=False):
     got = np.asarray(got, np.float64)
     want = np.asarray(want, np.float64)
-    if rows is not None:
-        got, want = got[..., rows, :] if got.ndim == 4 else got[..., rows], want[..., rows, :] if want.ndim == 4 else want[..., rows]
+    if rows is not None:  # query rows are axis 2 of O (B,H,Lq,Ev) and of LSE (B,H,Lq)
+        got, want = got[:, :, rows], want[:, :, rows]
     same_inf = (np.isinf(got) & np.isinf(want) & (np.sign(got) == np.sign(want))) | (np.isnan(got) & np.isnan(want))
     nan = int((np.isnan(got) & ~np.isnan(want)).sum())
     inf = int((np.isinf(got) & ~same_inf).sum())

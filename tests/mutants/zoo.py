@@ -5,7 +5,7 @@ Every class says in its first docstring line what the bug is and which class of
 the bug shows (tests/test_mutation_score.py checks, independently of the property suite, that
 the base agrees with flashproof.reference there and the mutant does not). ``MUTANTS`` lists
 them all. Capabilities: every mutant declares what the base does (the bug lives in one of those
-paths, so nothing is hidden), except where ``capabilities`` says otherwise.
+paths, so nothing is hidden), except a mutant with ``sdpa_only`` (a plain SDPA callable).
 """
 from __future__ import annotations
 
@@ -73,8 +73,8 @@ class Mutant(TiledAttention):
     """A planted-bug kernel; subclasses set ``bug_class`` and override one hook."""
 
     bug_class = ""
-    #: overrides of the declared capabilities (keys of targets.capabilities_of)
-    capabilities: dict = {}
+    #: declared as a plain SDPA callable instead of the rich Target (registry.target_of)
+    sdpa_only = False
 
     @property
     def name(self):
@@ -339,7 +339,7 @@ class SdpaCausalBottomRight(Mutant):
     """
 
     bug_class = "6"
-    capabilities = {"sdpa_only": True}
+    sdpa_only = True
 
     def sdpa(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
              enable_gqa=False):
