@@ -15,6 +15,7 @@ from .suite import TargetError, prop
 __all__ = []
 
 _REGIMES = ("standard", "spread", "very_negative", "rising", "ties")
+_DTYPE_MAX = {"float16": 65504.0, "bfloat16": 3.3895e38, "float32": 3.4028e38}
 
 
 def _torch():
@@ -120,9 +121,11 @@ def gradients_match_reference(ctx, case):
     u_acc = oracle.precision(inp.dtype_name, accumulator=ctx.target.accumulator).u_acc
     n = inp.q.shape[2] + inp.k.shape[2] + 4
     gam = n * u_acc / (1 - n * u_acc)
+    top = _DTYPE_MAX[inp.dtype_name] / 2
     for name, got, want, nv in zip(("dQ", "dK", "dV"), (dq, dk, dv), ref, naive):
         g, w, nn = to_np(got), np.asarray(want, dtype=np.float64), to_np(nv)
-        fin = np.isfinite(w)
+        # a gradient beyond the storage dtype's range legitimately overflows on store: no claim there
+        fin = np.isfinite(w) & (np.abs(w) < top)
         oracle.assert_finite(name, g, where=fin)
         err = np.where(fin, np.abs(g - w), 0.0).max(axis=(-1, -2), initial=0.0)
         nerr = np.where(fin, np.abs(nn - w), 0.0)
@@ -247,8 +250,11 @@ def grad_masked_rows_zero(ctx, case):
     do = _do(inp, case.get("do_seed"))
     dq, dk, dv, _ = _grads(ctx, inp, do, tile=case.tile_dict)
     _, allowed = logits_exact(inp)
+    mags = _magnitudes(inp, do)
+    top = _DTYPE_MAX[inp.dtype_name] / 2
     for name, g in (("dQ", dq), ("dK", dk), ("dV", dv)):
-        oracle.assert_finite(name, to_np(g), context=" (fully masked rows present)")
+        # |exact gradient| <= its condition magnitude M: below half the dtype's range it must be finite
+        oracle.assert_finite(name, to_np(g), where=mags[name.lower()] < top, context=" (fully masked rows present)")
     empty = ~allowed.any(axis=-1)
     gq = to_np(dq)
     bad = empty[..., None] & (gq != 0)
