@@ -411,9 +411,22 @@ def _forward(q, k, v, bias, plan: _Plan):
 
 
 def _backward(q, k, v, bias, o, lse2, do, dlse, plan: _Plan):
+    try:
+        return _backward_with(q, k, v, bias, o, lse2, do, dlse, plan, plan.bwd)
+    except ValueError:
+        # The GPU refused the backward tiles (shared memory beyond the estimate): the forward's
+        # config was accepted, so its gradient must still come; small tiles always fit.
+        if plan.bwd == _SAFE_BWD:
+            raise
+        return _backward_with(q, k, v, bias, o, lse2, do, dlse, plan, _SAFE_BWD)
+
+
+_SAFE_BWD = TileConfig(16, 16, 4, 1)
+
+
+def _backward_with(q, k, v, bias, o, lse2, do, dlse, plan: _Plan, cfg: TileConfig):
     b, h, lq, e = q.shape
     hkv, lk, ev = k.shape[1], k.shape[2], v.shape[3]
-    cfg = plan.bwd
     delta = torch.empty((b, h, lq), dtype=torch.float32, device=q.device)
     if dlse is not None:
         dlse = dlse.to(torch.float32).contiguous()
