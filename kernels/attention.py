@@ -15,8 +15,8 @@ from triton.runtime.errors import OutOfResources
 
 from flashproof import spec
 
-from .blocks import (LN2, LOG2E, key_range, load2d, logits, masked_block, masked_mma, mma, query_range,
-                     round_to, span)
+from .blocks import (LN2, LOG2E, acc_add, key_range, load2d, logits, masked_block, masked_mma, mma,
+                     query_range, round_to, span)
 from .runtime import interpreting
 from .tiles import (TileConfig, backward_config, check_tile_config, default_forward_config,
                     head_block)
@@ -154,12 +154,12 @@ def _bwd_delta_kernel(O, DO, DLSE, DELTA, sob, soh, som, sod, sdb, sdh, sdm, sdd
 
 
 @triton.jit
-def _dkdv_tile(dk, dv, k, v, q_base, do_base, bias_base, lse_base, delta_base, m, offs_n, ilo, ihi,
+def _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta_base, m, offs_n, ilo, ihi,
                sqm, sqd, sdm, sdd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
                E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr,
                BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
                SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-               UPCAST: tl.constexpr):
+               UPCAST: tl.constexpr, KAHAN: tl.constexpr):
     """dK, dV of one key block from one query block, with P^T recomputed from the saved LSE."""
     offs_m = m + tl.arange(0, BLOCK_M)
     offs_dk = tl.arange(0, BLOCK_DK)
@@ -190,9 +190,9 @@ def _dkdv_tile(dk, dv, k, v, q_base, do_base, bias_base, lse_base, delta_base, m
                 offs_m, LQ, offs_dv, EV, MASKED, EV != BLOCK_DV)
     if MASKED:
         keep = st != -float("inf")
-        dv += masked_mma(round_to(pt, do.dtype, UPCAST), do, keep, PRECISION, UPCAST)
+        dv, cv = acc_add(dv, cv, masked_mma(round_to(pt, do.dtype, UPCAST), do, keep, PRECISION, UPCAST), KAHAN)
     else:
-        dv += mma(round_to(pt, do.dtype, UPCAST), do, PRECISION, UPCAST)
+        dv, cv = acc_add(dv, cv, mma(round_to(pt, do.dtype, UPCAST), do, PRECISION, UPCAST), KAHAN)
     # [BLOCK_N, BLOCK_M]
     dpt = mma(v, tl.trans(do), PRECISION, UPCAST)
     dst = pt * (dpt - delta[None, :])
@@ -201,10 +201,10 @@ def _dkdv_tile(dk, dv, k, v, q_base, do_base, bias_base, lse_base, delta_base, m
     q = tl.trans(qt)
     if MASKED:
         dst = tl.where(keep, dst, 0.0)
-        dk += masked_mma(round_to(dst, q.dtype, UPCAST), q, keep, PRECISION, UPCAST)
+        dk, ck = acc_add(dk, ck, masked_mma(round_to(dst, q.dtype, UPCAST), q, keep, PRECISION, UPCAST), KAHAN)
     else:
-        dk += mma(round_to(dst, q.dtype, UPCAST), q, PRECISION, UPCAST)
-    return dk, dv
+        dk, ck = acc_add(dk, ck, mma(round_to(dst, q.dtype, UPCAST), q, PRECISION, UPCAST), KAHAN)
+    return dk, dv, ck, cv
 
 
 @triton.jit
@@ -216,7 +216,7 @@ def _bwd_dkdv_kernel(Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
                      E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LEFT: tl.constexpr,
                      HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                     PRECISION: tl.constexpr, UPCAST: tl.constexpr, KAHAN: tl.constexpr):
     """One key block of one KV head: loops over the GROUP query heads sharing it and over the
     query blocks that attend it; no atomics, so the result is bitwise deterministic."""
     pid_n = tl.program_id(0)
@@ -238,6 +238,12 @@ def _bwd_dkdv_kernel(Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
     dk = tl.zeros([BLOCK_N, BLOCK_DK], tl.float32)
     # [BLOCK_N, BLOCK_DV]
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    if KAHAN:
+        ck = tl.zeros([BLOCK_N, BLOCK_DK], tl.float32)
+        cv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    else:
+        ck = 0.0
+        cv = 0.0
     for g in range(0, GROUP):
         h = hk * GROUP + g
         q_base = Q + b64 * sqb + h.to(tl.int64) * sqh
@@ -247,15 +253,15 @@ def _bwd_dkdv_kernel(Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
         delta_base = DELTA + (b64 * H + h) * LQ
         for t in range(0, n_masked):
             m = masked_block(t, start, n_lead, fend, BLOCK_M)
-            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, bias_base, lse_base, delta_base, m,
+            dk, dv, ck, cv = _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta_base, m,
                                 offs_n, ilo, ihi, sqm, sqd, sdm, sdd, sbm, sbn, LQ, LK, QK_SCALE,
                                 OUT_SCALE, E, EV, BLOCK_M, BLOCK_DK, BLOCK_DV, True, SOFTCAP,
-                                HAS_BIAS, PRECISION, UPCAST)
+                                HAS_BIAS, PRECISION, UPCAST, KAHAN)
         for m in range(fstart, fend, BLOCK_M):
-            dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, bias_base, lse_base, delta_base, m,
+            dk, dv, ck, cv = _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta_base, m,
                                 offs_n, ilo, ihi, sqm, sqd, sdm, sdd, sbm, sbn, LQ, LK, QK_SCALE,
                                 OUT_SCALE, E, EV, BLOCK_M, BLOCK_DK, BLOCK_DV, False, SOFTCAP,
-                                HAS_BIAS, PRECISION, UPCAST)
+                                HAS_BIAS, PRECISION, UPCAST, KAHAN)
     dk = dk * DS_SCALE
     nmask = offs_n[:, None] < LK
     tl.store(DK + b64 * sdkb + hk.to(tl.int64) * sdkh + offs_n[:, None].to(tl.int64) * sdkn
@@ -267,12 +273,12 @@ def _bwd_dkdv_kernel(Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
 
 
 @triton.jit
-def _dq_tile(dq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, lo, hi,
+def _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, lo, hi,
              skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
              E: tl.constexpr, EV: tl.constexpr, BLOCK_N: tl.constexpr,
              BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
              SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-             UPCAST: tl.constexpr):
+             UPCAST: tl.constexpr, KAHAN: tl.constexpr):
     """dQ of one query block from one key block."""
     offs_n = n + tl.arange(0, BLOCK_N)
     offs_dk = tl.arange(0, BLOCK_DK)
@@ -305,10 +311,10 @@ def _dq_tile(dq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, lo, h
     if MASKED:
         keep = s != -float("inf")
         ds = tl.where(keep, ds, 0.0)
-        dq += masked_mma(round_to(ds, k.dtype, UPCAST), k, keep, PRECISION, UPCAST)
+        dq, cq = acc_add(dq, cq, masked_mma(round_to(ds, k.dtype, UPCAST), k, keep, PRECISION, UPCAST), KAHAN)
     else:
-        dq += mma(round_to(ds, k.dtype, UPCAST), k, PRECISION, UPCAST)
-    return dq
+        dq, cq = acc_add(dq, cq, mma(round_to(ds, k.dtype, UPCAST), k, PRECISION, UPCAST), KAHAN)
+    return dq, cq
 
 
 @triton.jit
@@ -319,7 +325,7 @@ def _bwd_dq_kernel(Q, K, V, BIAS, DO, LSE2, DELTA, DQ,
                    E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LEFT: tl.constexpr,
                    HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
-                   PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                   PRECISION: tl.constexpr, UPCAST: tl.constexpr, KAHAN: tl.constexpr):
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
@@ -344,15 +350,19 @@ def _bwd_dq_kernel(Q, K, V, BIAS, DO, LSE2, DELTA, DQ,
     start, n_lead, n_masked, fstart, fend = span(lo, hi, offs_m < LQ, BLOCK_N, HAS_BIAS)
     # [BLOCK_M, BLOCK_DK]
     dq = tl.zeros([BLOCK_M, BLOCK_DK], tl.float32)
+    if KAHAN:
+        cq = tl.zeros([BLOCK_M, BLOCK_DK], tl.float32)
+    else:
+        cq = 0.0
     for t in range(0, n_masked):
-        dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, bias_base,
+        dq, cq = _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base,
                       masked_block(t, start, n_lead, fend, BLOCK_N), offs_m, lo, hi,
                       skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE, E, EV, BLOCK_N,
-                      BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS, PRECISION, UPCAST)
+                      BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS, PRECISION, UPCAST, KAHAN)
     for n in range(fstart, fend, BLOCK_N):
-        dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, lo, hi,
+        dq, cq = _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, lo, hi,
                       skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE, E, EV, BLOCK_N,
-                      BLOCK_DK, BLOCK_DV, False, SOFTCAP, HAS_BIAS, PRECISION, UPCAST)
+                      BLOCK_DK, BLOCK_DV, False, SOFTCAP, HAS_BIAS, PRECISION, UPCAST, KAHAN)
     dq = dq * DS_SCALE
     tl.store(DQ + b64 * sdqb + h.to(tl.int64) * sdqh + offs_m[:, None].to(tl.int64) * sdqm
              + offs_dk[None, :].to(tl.int64) * sdqd, round_to(dq, DQ.dtype.element_ty, UPCAST),
@@ -383,7 +393,10 @@ def _launch(kernel, grid, *args, num_warps, num_stages, **meta):
     if min(grid) <= 0:
         return
     try:
-        kernel[grid](*args, num_warps=num_warps, num_stages=num_stages, **meta)
+        # No FMA contraction: exp2(s * c - m) fused into fma(qk, c, -m) in interior tiles but not in
+        # masked ones (the select breaks it) gives the same logit two different roundings; off, the
+        # compiled arithmetic is also the interpreter's.
+        kernel[grid](*args, num_warps=num_warps, num_stages=num_stages, enable_fp_fusion=False, **meta)
     except OutOfResources as e:  # compiled, not launched: report it as a refused config
         raise ValueError(f"tile config refused by the GPU ({kernel.fn.__name__ if hasattr(kernel, 'fn') else kernel}): "
                          f"{e}; use smaller block_m/block_n or fewer num_stages") from e
@@ -440,7 +453,8 @@ def _backward_with(q, k, v, bias, o, lse2, do, dlse, plan: _Plan, cfg: TileConfi
     common = dict(E=e, EV=ev, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_DK=head_block(e),
                   BLOCK_DV=head_block(ev), HAS_LEFT=plan.has_left, HAS_RIGHT=plan.has_right,
                   SOFTCAP=plan.softcap, HAS_BIAS=bias is not None, PRECISION=plan.precision,
-                  UPCAST=plan.upcast, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                  UPCAST=plan.upcast, KAHAN=q.dtype == torch.float32, num_warps=cfg.num_warps,
+                  num_stages=cfg.num_stages)
     scalars = (h, h // hkv, lq, lk, plan.diag, plan.left, plan.right, plan.qk_scale,
                plan.out_scale, plan.ds_scale)
     bias_t = q if bias is None else bias

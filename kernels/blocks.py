@@ -20,6 +20,7 @@ __all__ = [
     "masked_mma",
     "load2d",
     "round_to",
+    "acc_add",
 ]
 
 LOG2E = 1.4426950408889634
@@ -210,3 +211,18 @@ def round_to(x, DTYPE: tl.constexpr, FIX_BF16: tl.constexpr):
     else:
         out = x.to(DTYPE)
     return out
+
+
+@triton.jit
+def acc_add(acc, comp, x, KAHAN: tl.constexpr):
+    """acc + x. KAHAN (fp32 inputs): compensated summation, so a gradient summed over thousands
+    of blocks (GQA group x query blocks, fused into one FMA chain) keeps an O(u) error instead of
+    O(chain * u). A non-finite sum resets the compensation, keeping IEEE inf/NaN results."""
+    if KAHAN:
+        y = x - comp
+        t = acc + y
+        comp = tl.where(tl.abs(t) < float("inf"), (t - acc) - y, 0.0)
+        acc = t
+    else:
+        acc = acc + x
+    return acc, comp
