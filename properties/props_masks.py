@@ -71,7 +71,7 @@ def _empty_strategy(ctx):
         else:  # a non-causal top-left window (0, 0) leaves rows i >= Lk empty
             if sh.lq <= sh.lk:
                 sh = Shape(**{**sh.__dict__, "lq": sh.lk + 1 + sh.lq % 3})
-            mk = MaskSpec(window=(1, 0))
+            mk = MaskSpec(window=(0, 0))
         return Case(problem=Problem(**{**p.__dict__, "shape": sh, "mask": mk}), tile=c.tile, extra=(("via", m),))
     return st.tuples(case_strategy(ctx), st.sampled_from(mech)).map(lambda x: adapt(*x))
 
@@ -83,7 +83,7 @@ def _empty_corners(ctx):
             Shape(1, 2, 1 if ctx.target.gqa else 2, 6, 21, 16, 16)
         mk = {"attn_mask_bool": MaskSpec(attn_mask="bool", density=0.7, empty_rows=2),
               "attn_mask_additive": MaskSpec(attn_mask="additive", density=0.7, empty_rows=2),
-              "bottom_right": MaskSpec(causal="bottom_right"), "window": MaskSpec(window=(1, 0))}[m]
+              "bottom_right": MaskSpec(causal="bottom_right"), "window": MaskSpec(window=(0, 0))}[m]
         out.append(corner(ctx, shape=sh, mask=mk, regime=Regime("very_negative", -1e4, 1.0), seed=200 + i,
                           extra=(("via", m),)))
     return out

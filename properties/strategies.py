@@ -731,6 +731,9 @@ def logits_exact(inputs: Inputs):
     hkv, lk = k.shape[1], k.shape[2]
     kk = np.repeat(k, h // hkv, axis=1)
     s = spec.resolve_scale(inputs.scale, e) * np.einsum("bhie,bhje->bhij", q, kk)
+    if inputs.softcap is not None and spec.normalize_softcap(inputs.softcap) is not None:
+        c = float(inputs.softcap)
+        s = c * np.tanh(s / c)  # softcap on the scaled logits, before any bias or mask (spec)
     mask = spec.make_mask(causal=inputs.causal, window=inputs.window, alignment=inputs.alignment)
     allowed = np.broadcast_to(mask.matrix(lq, lk), s.shape).copy()
     if inputs.attn_mask is not None:
@@ -741,9 +744,6 @@ def logits_exact(inputs: Inputs):
             a = np.broadcast_to(am.to(torch.float64).numpy(), s.shape)
             allowed &= ~np.isneginf(a)
             s = s + np.where(np.isneginf(a), 0.0, a)
-    if inputs.softcap is not None and spec.normalize_softcap(inputs.softcap) is not None:
-        c = float(inputs.softcap)
-        s = c * np.tanh(s / c)
     return s, allowed
 
 
