@@ -82,14 +82,15 @@ def _elt(dtype: torch.dtype) -> int:
 
 
 def _smem_forward(bm, bn, ns, dk, dv, elt):
-    # Q tile resident, K and V tiles multi-buffered by the pipeliner.
-    return elt * (bm * dk + max(ns, 1) * bn * (dk + dv))
+    # Q tile resident, K and V tiles buffered num_stages + 1 deep: the H100 run of 2026-11-21
+    # refused 64x64, 3 stages at E=256 bf16 for 256 KiB (= Q + 4 K/V buffers less one Q).
+    return elt * (bm * dk + (max(ns, 1) + 1) * bn * (dk + dv))
 
 
 def _smem_backward(bm, bn, ns, dk, dv, elt):
-    # One side resident (K,V or Q,dO), the other multi-buffered, plus P/dS staged for the MMAs.
+    # One side resident (K,V or Q,dO), the other buffered num_stages + 1 deep, plus P/dS staged.
     big, small = max(bm, bn), min(bm, bn)
-    return elt * (big * (dk + dv) + max(ns, 1) * small * (dk + dv) + 2 * bm * bn)
+    return elt * (big * (dk + dv) + (max(ns, 1) + 1) * small * (dk + dv) + 2 * bm * bn)
 
 
 def check_tile_config(block_m, block_n, num_warps, num_stages, *, head_dim, head_dim_v, dtype,
