@@ -35,9 +35,10 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n, k_rows, v_row
               SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
               UPCAST: tl.constexpr):
     """One key block folded into the running state (m, l, acc): spec.online.merge of the
-    block's state, in log2 units; exact for any tiling by proofs/merge_algebra.py
-    (merge is a monoid homomorphism from key-block concatenation). Key j of the block lives at
-    k_base + k_rows[j] (v_base + v_rows[j]): strided rows here, paged rows in decode."""
+    block's state, in log2 units (proofs/rescaling.py, theorem 1: the rescaling identity); exact
+    for any tiling by proofs/merge_algebra.py, theorem 2 (merge is a commutative monoid and a
+    homomorphism from key-block concatenation). Key j of the block lives at k_base + k_rows[j]
+    (v_base + v_rows[j]): strided rows here, paged rows in decode."""
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
     # [BLOCK_DK, BLOCK_N]
@@ -133,7 +134,8 @@ def _fwd_kernel(Q, K, V, BIAS, O, LSE2,
 def _bwd_delta_kernel(O, DO, DLSE, DELTA, sob, soh, som, sod, sdb, sdh, sdm, sdd,
                       H, LQ, EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr,
                       HAS_DLSE: tl.constexpr):
-    """D_i = rowsum(dO_i * O_i) - dlse_i (dlse: gradient reaching the natural-log LSE)."""
+    """D_i = rowsum(dO_i * O_i) - dlse_i (dlse: gradient reaching the natural-log LSE), so that
+    dS = P * (dP - D) (proofs/backward.py, theorem 4)."""
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
@@ -160,7 +162,8 @@ def _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta
                BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
                SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
                UPCAST: tl.constexpr, KAHAN: tl.constexpr):
-    """dK, dV of one key block from one query block, with P^T recomputed from the saved LSE."""
+    """dK, dV of one key block from one query block, with P^T recomputed from the saved LSE
+    (dV = P^T dO, dK = scale dS^T Q: proofs/backward.py, theorem 4)."""
     offs_m = m + tl.arange(0, BLOCK_M)
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -279,7 +282,7 @@ def _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, l
              BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
              SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
              UPCAST: tl.constexpr, KAHAN: tl.constexpr):
-    """dQ of one query block from one key block."""
+    """dQ of one query block from one key block (dQ = scale dS K: proofs/backward.py, theorem 4)."""
     offs_n = n + tl.arange(0, BLOCK_N)
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -471,27 +474,6 @@ def _backward_with(q, k, v, bias, o, lse2, do, dlse, plan: _Plan, cfg: TileConfi
     return dq, dk, dv
 
 
-# ----------------------------------------------------------------------------- autograd
-
-class _AttentionFunction(torch.autograd.Function):
-    """o, lse = attention(q, k, v); lse is natural-log and differentiable too."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, bias, plan):
-        o, lse2 = _forward(q, k, v, bias, plan)
-        ctx.save_for_backward(q, k, v, bias, o, lse2)
-        ctx.plan = plan
-        return o, lse2 * LN2
-
-    @staticmethod
-    def backward(ctx, do, dlse):
-        q, k, v, bias, o, lse2 = ctx.saved_tensors
-        if do is None:
-            do = torch.zeros_like(o)
-        dq, dk, dv = _backward(q, k, v, bias, o, lse2, do, dlse, ctx.plan)
-        return dq, dk, dv, None, None
-
-
 def _plan(q, k, v, *, mask, scale, softcap, block_m, block_n, num_warps, num_stages, allow_tf32):
     """Validate the options (spec for semantics, tiles for the config) and build a _Plan."""
     b, h, lq, e = q.shape
@@ -516,6 +498,27 @@ def _plan(q, k, v, *, mask, scale, softcap, block_m, block_n, num_warps, num_sta
         qk_scale, out_scale = scale / cap, cap * LOG2E
     return _Plan(diag, left, right, has_left, has_right, qk_scale, out_scale, scale, cap is not None,
                  fwd, bwd, precision, interp and q.dtype == torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------- autograd
+
+class _AttentionFunction(torch.autograd.Function):
+    """o, lse = attention(q, k, v); lse is natural-log and differentiable too."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, plan):
+        o, lse2 = _forward(q, k, v, bias, plan)
+        ctx.save_for_backward(q, k, v, bias, o, lse2)
+        ctx.plan = plan
+        return o, lse2 * LN2
+
+    @staticmethod
+    def backward(ctx, do, dlse):
+        q, k, v, bias, o, lse2 = ctx.saved_tensors
+        if do is None:
+            do = torch.zeros_like(o)
+        dq, dk, dv = _backward(q, k, v, bias, o, lse2, do, dlse, ctx.plan)
+        return dq, dk, dv, None, None
 
 
 def _run(q, k, v, bias, plan, return_lse):
@@ -555,12 +558,11 @@ def attention(q, k, v, *, causal=False, alignment=None, window=None, scale=None,
     NaN/inf in an allowed q, k or v reach only the rows that attend them; values in masked or
     padded positions are never used (spec/README.md, "NaN and inf policy").
     """
-    dims = check_qkv(q, k, v)
+    check_qkv(q, k, v)
     for name, flag in (("return_lse", return_lse), ("deterministic", deterministic)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     mask = spec.make_mask(causal=causal, window=window, alignment=alignment)
     plan = _plan(q, k, v, mask=mask, scale=scale, softcap=softcap, block_m=block_m, block_n=block_n,
                  num_warps=num_warps, num_stages=num_stages, allow_tf32=allow_tf32)
-    del dims
     return _run(q, k, v, None, plan, return_lse)

@@ -2,7 +2,8 @@
 
 Mask ranges follow spec.Mask.key_range (spec/README.md, "Mask"), replicated as integer
 arithmetic; the online-softmax step follows spec.online.merge, whose correctness for any tiling
-is proofs/merge_algebra.py (merge is a monoid homomorphism from key-block concatenation).
+is proofs/merge_algebra.py, theorem 2 (merge is a commutative monoid and a homomorphism from
+key-block concatenation).
 """
 import triton
 import triton.language as tl

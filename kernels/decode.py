@@ -141,8 +141,8 @@ def _merge_kernel(ACC, LS, MS, O, LSE2, H, LQ, NUM_SPLITS, sob, soh, som, sod,
                   EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr):
     """Fold the splits' states (m_s, l_s, acc_s) with spec.online.merge, then finalize.
 
-    Exact for any split by proofs/merge_algebra.py (the merge is an associative, commutative
-    monoid, a homomorphism from key-set concatenation); empty splits are its identity
+    Exact for any split by proofs/merge_algebra.py, theorem 2 (the merge is a commutative
+    monoid and a homomorphism from key-set concatenation); empty splits are its identity
     (-inf, 0, 0), and an all-empty row shifts by 0 (spec.online.ScalarOps.shift), so no
     -inf - -inf is ever formed.
     """

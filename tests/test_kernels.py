@@ -13,7 +13,7 @@ from flashproof import spec
 from flashproof.kernels import TILE_CONFIGS, accepts_tile_config, attention, sdpa
 from flashproof.kernels.runtime import interpreting
 
-from test_kernels_util import (UNIT, assert_same_nonfinite, check_forward, naive_forward,
+from test_kernels_util import (UNIT, assert_same_nonfinite, check_forward, fa_check, naive_forward,
                                ref_forward, rand)
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -349,15 +349,13 @@ def test_sdpa_matches_torch_semantics(dt):
         opts = {"attn_mask": kw.get("attn_mask"), "causal": kw.get("is_causal", False), "scale": kw.get("scale")}
         ro, _ = ref_forward(q, k, v, **opts)
         tq = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw)
-        from test_kernels_util import fa_check
-        fa_check("sdpa o", o, ro, tq.double(), dt)
+        fa_check("sdpa o", o, ro, tq.double(), dt)  # naive baseline: torch's own SDPA in dt
     # rank-3 inputs
     q3, k3 = q[:, 0], k[:, 0]
     o3 = sdpa(q3, k3, k3, is_causal=True)
     assert o3.shape == (2, 19, 40)
     ro, _ = ref_forward(q3[:, None], k3[:, None], k3[:, None], causal=True)
-    fa_check_ = __import__("test_kernels_util").fa_check
-    fa_check_("sdpa rank3", o3[:, None], ro, naive_forward(q3[:, None], k3[:, None], k3[:, None], causal=True)[0], dt)
+    fa_check("sdpa rank3", o3[:, None], ro, naive_forward(q3[:, None], k3[:, None], k3[:, None], causal=True)[0], dt)
 
 
 def test_sdpa_is_a_valid_drop_in_for_errors():
