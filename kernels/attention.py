@@ -15,12 +15,12 @@ from triton.runtime.errors import OutOfResources
 
 from flashproof import spec
 
-from .blocks import (LN2, LOG2E, acc_add, key_range, load2d, logits, masked_block, masked_mma, mma,
+from .blocks import (LN2, acc_add, key_range, load2d, logits, masked_block, masked_mma, mma,
                      query_range, round_to, span)
 from .runtime import interpreting
 from .tiles import (TileConfig, backward_config, check_tile_config, default_forward_config,
                     head_block)
-from .validate import check_qkv, mask_args
+from .validate import check_qkv, logit_scales, mask_args
 
 __all__ = ["attention"]
 
@@ -49,8 +49,9 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n, k_rows, v_row
     if HAS_BIAS:
         # [BLOCK_M, BLOCK_N]
         bias = load2d(bias_base + offs_m[:, None].to(tl.int64) * sbm + offs_n[None, :].to(tl.int64) * sbn,
-                      offs_m, LQ, offs_n, LK, True, True)
-        s = s + bias.to(tl.float32) * 1.4426950408889634
+                      offs_m, LQ, offs_n, LK, True, True).to(tl.float32)
+        # an additive -inf masks (spec "Mask"): the key is dropped even if q.k is NaN or inf
+        s = tl.where(bias == -float("inf"), -float("inf"), s + bias * 1.4426950408889634)
     if MASKED:
         # -inf, never a finite sentinel: a real logit of -1e6 must still win (spec "Mask").
         allowed = (offs_n[None, :] >= lo[:, None]) & (offs_n[None, :] < hi[:, None])
@@ -175,8 +176,8 @@ def _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta
     if HAS_BIAS:
         # [BLOCK_N, BLOCK_M]
         bias = load2d(bias_base + offs_n[:, None].to(tl.int64) * sbn + offs_m[None, :].to(tl.int64) * sbm,
-                      offs_n, LK, offs_m, LQ, True, True)
-        st = st + bias.to(tl.float32) * 1.4426950408889634
+                      offs_n, LK, offs_m, LQ, True, True).to(tl.float32)
+        st = tl.where(bias == -float("inf"), -float("inf"), st + bias * 1.4426950408889634)
     if MASKED:
         allowed = (offs_m[None, :] >= ilo[:, None]) & (offs_m[None, :] < ihi[:, None])
         st = tl.where(allowed, st, -float("inf"))
@@ -294,8 +295,8 @@ def _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, l
     if HAS_BIAS:
         # [BLOCK_M, BLOCK_N]
         bias = load2d(bias_base + offs_m[:, None].to(tl.int64) * sbm + offs_n[None, :].to(tl.int64) * sbn,
-                      offs_m, LQ, offs_n, LK, True, True)
-        s = s + bias.to(tl.float32) * 1.4426950408889634
+                      offs_m, LQ, offs_n, LK, True, True).to(tl.float32)
+        s = tl.where(bias == -float("inf"), -float("inf"), s + bias * 1.4426950408889634)
     if MASKED:
         allowed = (offs_n[None, :] >= lo[:, None]) & (offs_n[None, :] < hi[:, None])
         s = tl.where(allowed, s, -float("inf"))
@@ -488,14 +489,12 @@ def _plan(q, k, v, *, mask, scale, softcap, block_m, block_n, num_warps, num_sta
                      d.num_warps if num_warps is None else num_warps,
                      d.num_stages if num_stages is None else num_stages)
     check_tile_config(*fwd, head_dim=e, head_dim_v=ev, dtype=q.dtype)
+    fwd = TileConfig(*(int(x) for x in fwd))  # numpy ints become plain ints (same kernel key)
     bwd = backward_config(fwd, forced=forced, head_dim=e, head_dim_v=ev, dtype=q.dtype, interpret=interp)
     if not isinstance(allow_tf32, bool):
         raise TypeError(f"allow_tf32 must be a bool, got {type(allow_tf32).__name__}")
     precision = "ieee" if (q.dtype == torch.float32 and not allow_tf32) else "tf32"
-    if cap is None:
-        qk_scale, out_scale = scale * LOG2E, 1.0
-    else:  # tanh acts on natural logits; log2(e) is folded in after it
-        qk_scale, out_scale = scale / cap, cap * LOG2E
+    qk_scale, out_scale = logit_scales(scale, cap)
     return _Plan(diag, left, right, has_left, has_right, qk_scale, out_scale, scale, cap is not None,
                  fwd, bwd, precision, interp and q.dtype == torch.bfloat16)
 

@@ -16,10 +16,10 @@ import triton.language as tl
 from flashproof import spec
 
 from .attention import _fwd_tile, _launch
-from .blocks import LN2, LOG2E, key_range, load2d, masked_block, round_to, span
+from .blocks import LN2, key_range, load2d, masked_block, round_to, span
 from .runtime import interpreting
 from .tiles import SPLIT_RANGE, default_decode_block, default_num_splits, head_block
-from .validate import check_qkv, check_tensor, mask_args
+from .validate import check_qkv, check_tensor, logit_scales, mask_args
 
 __all__ = ["decode"]
 
@@ -290,8 +290,9 @@ def decode(q, k_cache, v_cache, *, seqlens=None, block_table=None, page_size=Non
     interp = interpreting()
     if block_n is None:
         block_n = default_decode_block(head_dim=dims.e, head_dim_v=dims.ev, dtype=q.dtype, interpret=interp)
-    elif block_n not in (16, 32, 64, 128, 256):
+    elif _check_int(block_n, "block_n") not in (16, 32, 64, 128, 256):
         raise ValueError(f"block_n must be a power of two in 16..256, got {block_n!r}")
+    block_n = int(block_n)
     group = dims.heads // dims.kv_heads
     rows = group * dims.lq
     block_m = min(max(16, triton.next_power_of_2(max(rows, 1))), 64)
@@ -301,12 +302,10 @@ def decode(q, k_cache, v_cache, *, seqlens=None, block_table=None, page_size=Non
                                         block_n=block_n, interpret=interp)
     elif _check_int(num_splits, "num_splits") not in SPLIT_RANGE:
         raise ValueError(f"num_splits must be in {SPLIT_RANGE.start}..{SPLIT_RANGE.stop - 1}, got {num_splits}")
+    num_splits = int(num_splits)
     # The diagonal is per sequence (in-kernel); the window/causal sides come from spec.Mask.
     _, left, right, has_left, has_right = mask_args(mask, dims.lq, capacity)
-    if cap is None:
-        qk_scale, out_scale = scale * LOG2E, 1.0
-    else:  # tanh acts on natural logits; log2(e) is folded in after it
-        qk_scale, out_scale = scale / cap, cap * LOG2E
+    qk_scale, out_scale = logit_scales(scale, cap)
     b, h, lq, ev = dims.batch, dims.heads, dims.lq, dims.ev
     o = torch.empty((b, h, lq, ev), dtype=q.dtype, device=q.device)
     lse2 = torch.empty((b, h, lq), dtype=torch.float32, device=q.device)

@@ -7,6 +7,7 @@ CPU is accepted on the GPU too (and the other way round).
 """
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -96,12 +97,15 @@ def _smem_backward(bm, bn, ns, dk, dv, elt):
 def check_tile_config(block_m, block_n, num_warps, num_stages, *, head_dim, head_dim_v, dtype,
                       backward=False):
     """Raise ValueError (naming the argument) unless the config is accepted for these dims/dtype."""
+    for name, x in (("block_m", block_m), ("block_n", block_n), ("num_warps", num_warps), ("num_stages", num_stages)):
+        if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+            raise TypeError(f"{name} must be an int, got {type(x).__name__}")
     for name, b in (("block_m", block_m), ("block_n", block_n)):
-        if isinstance(b, bool) or not isinstance(b, int) or b not in BLOCK_SIZES:
+        if b not in BLOCK_SIZES:
             raise ValueError(f"{name} must be a power of two in {BLOCK_SIZES}, got {b!r}")
-    if isinstance(num_warps, bool) or not isinstance(num_warps, int) or num_warps not in _NUM_WARPS:
+    if num_warps not in _NUM_WARPS:
         raise ValueError(f"num_warps must be one of {_NUM_WARPS}, got {num_warps!r}")
-    if isinstance(num_stages, bool) or not isinstance(num_stages, int) or not 1 <= num_stages <= 8:
+    if not 1 <= num_stages <= 8:
         raise ValueError(f"num_stages must be an int in 1..8, got {num_stages!r}")
     dk, dv = head_block(head_dim), head_block(head_dim_v)
     elt = _elt(dtype)
@@ -122,7 +126,7 @@ def accepts_tile_config(config, *, head_dim, head_dim_v=None, dtype=torch.float1
     """Whether the forward accepts ``config`` (a TileConfig or 4-tuple) for these dims and dtype."""
     try:
         check_tile_config(*config, head_dim=head_dim, head_dim_v=head_dim_v or head_dim, dtype=dtype)
-    except ValueError:
+    except (ValueError, TypeError):
         return False
     return True
 

@@ -5,6 +5,8 @@ what the kernels themselves need (dtype, device, head-dim and grid limits).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from flashproof import spec
@@ -12,7 +14,7 @@ from flashproof import spec
 from .runtime import interpreting
 from .tiles import MAX_HEAD_DIM
 
-__all__ = ["DTYPES", "MAX_LEN", "MAX_GRID_YZ", "check_tensor", "check_qkv", "mask_args"]
+__all__ = ["DTYPES", "MAX_LEN", "MAX_GRID_YZ", "check_tensor", "check_qkv", "mask_args", "logit_scales"]
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 #: Row and key indices are int32 in the kernels, with headroom for i + diagonal + window.
@@ -67,3 +69,27 @@ def mask_args(mask: spec.Mask, lq: int, lk: int):
     left, right = mask.left, mask.right  # right already capped by causal (spec.Mask.right)
     has_left, has_right = left != spec.UNBOUNDED, right != spec.UNBOUNDED
     return diag, (min(left, cap) if has_left else 0), (min(right, cap) if has_right else 0), has_left, has_right
+
+
+_FP32_MAX = 3.4028234663852886e38
+_LOG2E = 1.4426950408889634
+
+
+def logit_scales(scale: float, cap):
+    """(qk_scale, out_scale) the kernels multiply by, in float32: scale*log2(e) and 1 without
+    softcap; scale/c and c*log2(e) with softcap c (tanh acts on natural logits, log2(e) is
+    folded in after it). A finite scale or softcap whose factor overflows float32 is refused:
+    the kernels compute logits in float32 and would return NaN rows."""
+    if cap is None:
+        qk, out = scale * _LOG2E, 1.0
+    else:
+        qk, out = scale / cap, cap * _LOG2E
+    if abs(qk) > _FP32_MAX:
+        name = "scale" if cap is None else "scale / softcap"
+        raise ValueError(f"{name} = {qk:g} (times log2 e) overflows float32, the kernels' logit precision; "
+                         f"use |scale| <= {_FP32_MAX / _LOG2E:.3g}")
+    if abs(out) > _FP32_MAX:
+        raise ValueError(f"softcap = {cap:g} overflows float32 (times log2 e); a softcap this large equals no "
+                         f"softcap for every float32 logit: pass softcap=None")
+    assert math.isfinite(qk) and math.isfinite(out)
+    return qk, out

@@ -376,3 +376,44 @@ def test_interpreter_is_on_without_gpu():
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present: the kernels run compiled")
     assert interpreting()
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # q.k of the garbage key
+def test_sdpa_masked_key_garbage_is_dropped():
+    """A key masked by attn_mask (bool False or additive -inf) is dropped even when q.k is NaN
+    or inf there: -inf + NaN must not become a NaN logit."""
+    g = torch.Generator().manual_seed(15)
+    q = rand(1, 2, 9, 16, dtype=torch.float32, gen=g)
+    m = torch.ones(9, 12, dtype=torch.bool)
+    k, v = rand(1, 2, 12, 16, dtype=torch.float32, gen=g), rand(1, 2, 12, 16, dtype=torch.float32, gen=g)
+    m[:, 3] = False
+    for mask in (m, torch.zeros(9, 12).masked_fill(~m, -float("inf"))):
+        clean = sdpa(q, k, v, attn_mask=mask)
+        for bad in (float("nan"), float("inf")):
+            kb, vb = k.clone(), v.clone()
+            kb[:, :, 3] = bad
+            vb[:, :, 3] = bad
+            assert torch.equal(sdpa(q, kb, vb, attn_mask=mask), clean)
+            qq, kk = q.clone().requires_grad_(), kb.clone().requires_grad_()
+            sdpa(qq, kk, vb, attn_mask=mask).sum().backward()
+            assert torch.isfinite(qq.grad).all() and (kk.grad[:, :, 3] == 0).all()
+
+
+def test_scale_beyond_float32_is_refused():
+    q = torch.randn(1, 1, 3, 16)
+    with pytest.raises(ValueError, match="scale"):
+        attention(q, q, q, scale=1e300)
+    with pytest.raises(ValueError, match="scale"):
+        sdpa(q, q, q, scale=-1e39)
+    with pytest.raises(ValueError, match="softcap"):
+        attention(q, q, q, softcap=1e39)
+    assert torch.isfinite(attention(q, q, q, scale=1e30)).all()  # huge but representable
+
+
+def test_numpy_integer_tile_arguments():
+    np = pytest.importorskip("numpy")
+    q = torch.randn(1, 2, 20, 16)
+    a = attention(q, q, q, block_m=np.int64(32), block_n=np.int32(16), num_warps=np.int64(4))
+    assert torch.equal(a, attention(q, q, q, block_m=32, block_n=16, num_warps=4))
+    with pytest.raises(TypeError, match="block_m"):
+        attention(q, q, q, block_m=32.0)
