@@ -84,3 +84,16 @@ def test_infinite_bound_is_reported_as_vacuous_not_tight():
     m = audit.measure(o, ref, dtype="float32", bound=np.full_like(ref, np.inf))
     assert m["bound_vacuous"] == 4 and "tightness" not in m and m["violations"] == 0
     assert "infinite bound" in audit._tight({"tightness": None, "bound_vacuous": 4})
+
+
+def test_sampled_row_bound_equals_full_bound_on_its_rows(monkeypatch):
+    q, k, v = audit.make_inputs(seed=2, b=1, h=2, lq=40, lk=40, e=16, dtype="bfloat16")
+    full = audit._bound(q, k, v, True, "bfloat16", "fp32", 2)
+    monkeypatch.setattr(audit, "BOUND_ROWS", 7)
+    rows = audit.bound_rows(40)
+    assert len(rows) == 7 and rows[0] == 0 and rows[-1] == 39
+    part = audit._bound(q, k, v, True, "bfloat16", "fp32", 2)
+    np.testing.assert_array_equal(part[:, :, rows], full[:, :, rows])
+    assert np.isnan(np.delete(part, rows, axis=2)).all()
+    m = audit.measure(full, full, dtype="bfloat16", bound=part)
+    assert m["bound_elements"] == 2 * 7 * 16 and m["violations"] == 0
