@@ -1,7 +1,8 @@
 """Exhaustive ULP audit of the exp primitives the kernels use (GPU only).
 
 Every fp32 input x in [-150, 0] (the range the kernels feed to exp2: logits minus a running max,
-times log2(e)) goes through ``tl.exp2`` and ``tl.exp``; the result is compared with the fp64
+times log2(e)) goes through ``tl.exp2`` and ``tl.exp``, and every x in [1, 2^24] (row sums) through
+``tl.log2``; the result is compared with the fp64
 libdevice value (error far below one fp32 ULP). Results in the normal range are measured in fp32
 ULPs; results the hardware flushes to zero from the subnormal range are counted apart, since the
 error model (proofs/) covers them with the absolute underflow term eta = 2^-126.
@@ -18,26 +19,30 @@ def _kernels():
     import triton.language as tl
 
     @triton.jit
-    def _probe(START, MAXU, SUMU, NFLUSH, NUM, USE_EXP2: tl.constexpr, BLOCK: tl.constexpr):
+    def _probe(START, MAXU, SUMU, NFLUSH, NUM, FN: tl.constexpr, BLOCK: tl.constexpr):
         pid = tl.program_id(0)
         # [BLOCK] fp32 bit patterns; int64 so START + offsets never wraps
         bits = START + pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
         valid = bits < START + NUM
         x = bits.to(tl.uint32).to(tl.float32, bitcast=True)
         x = tl.where(valid, x, 0.0)
-        if USE_EXP2:
+        if FN == 0:
             y = tl.exp2(x)
             ref = tl.exp2(x.to(tl.float64))
-        else:
+        elif FN == 1:
             y = tl.exp(x)
             ref = tl.exp(x.to(tl.float64))
-        normal = ref >= 1.1754943508222875e-38
-        e = tl.floor(tl.log2(tl.where(normal, ref, 1.0)))
+        else:
+            y = tl.log2(x)
+            ref = tl.log2(x.to(tl.float64))
+        # ulps of the fp32 result; log2 near x = 1 has results near 0, measured against 2^-126 at least
+        normal = tl.abs(ref) >= 1.1754943508222875e-38
+        e = tl.floor(tl.log2(tl.where(normal, tl.abs(ref), 1.0)))
         ulp = tl.exp2(e - 23.0)
         u = tl.where(valid & normal, tl.abs(y.to(tl.float64) - ref) / ulp, 0.0)
         tl.store(MAXU + pid, tl.max(u, axis=0))
         tl.store(SUMU + pid, tl.sum(u, axis=0))
-        flushed = valid & (~normal) & (y == 0.0) & (ref >= 1.401298464324817e-45)
+        flushed = valid & (~normal) & (y == 0.0) & (tl.abs(ref) >= 1.401298464324817e-45)
         tl.store(NFLUSH + pid, tl.sum(flushed.to(tl.int64), axis=0))
 
     return _probe
@@ -50,8 +55,7 @@ def exp_ulp_audit(lo: float = -150.0, chunk: int = 1 << 26):
     if not torch.cuda.is_available():
         raise RuntimeError("the exp ULP audit needs a CUDA GPU (it measures the hardware's exp2)")
     probe = _kernels()
-    hi_bits = struct.unpack("<I", struct.pack("<f", lo))[0]  # negative floats: 0x80000000 .. bits(lo)
-    start0, total = 0x80000000, hi_bits - 0x80000000 + 1
+    bits = lambda f: struct.unpack("<I", struct.pack("<f", f))[0]
     block = 1024
     rows = []
     try:
@@ -60,7 +64,12 @@ def exp_ulp_audit(lo: float = -150.0, chunk: int = 1 << 26):
         c_model = precision_for(torch.float16).c_exp
     except Exception:
         c_model = None
-    for name, use2 in (("tl.exp2", True), ("tl.exp", False)):
+    # exp2/exp: every fp32 in [lo, 0] (negative floats: bit patterns 0x80000000 .. bits(lo));
+    # log2: every fp32 in [1, 2^24] (the row sums l the kernels take log2 of)
+    cases = (("tl.exp2", 0, 0x80000000, bits(lo), f"[{lo}, 0]"), ("tl.exp", 1, 0x80000000, bits(lo), f"[{lo}, 0]"),
+             ("tl.log2", 2, bits(1.0), bits(2.0 ** 24), "[1, 2^24]"))
+    for name, fn, first, last, rng in cases:
+        total = last - first + 1
         mx, sm, fl = 0.0, 0.0, 0
         done = 0
         while done < total:
@@ -69,11 +78,11 @@ def exp_ulp_audit(lo: float = -150.0, chunk: int = 1 << 26):
             maxu = torch.empty(grid, dtype=torch.float64, device="cuda")
             sumu = torch.empty(grid, dtype=torch.float64, device="cuda")
             nfl = torch.empty(grid, dtype=torch.int64, device="cuda")
-            probe[(grid,)](start0 + done, maxu, sumu, nfl, n, USE_EXP2=use2, BLOCK=block)
+            probe[(grid,)](first + done, maxu, sumu, nfl, n, FN=fn, BLOCK=block)
             mx = max(mx, float(maxu.max()))
             sm += float(sumu.sum())
             fl += int(nfl.sum())
             done += n
-        rows.append(dict(primitive=name, count=int(total), range=f"[{lo}, 0]", max_ulp=mx, mean_ulp=sm / total,
+        rows.append(dict(primitive=name, count=int(total), range=rng, max_ulp=mx, mean_ulp=sm / total,
                          flushed=fl, c_exp_model=c_model))
     return rows

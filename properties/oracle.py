@@ -91,7 +91,7 @@ def bound(inputs, *, accumulator="fp32", c_exp=None, n_tiles=None, dtype=None, t
         from . import provisional_bound as pb
 
         acc = "same" if accumulator == "same" else "fp32"
-        pp = pb.precision_for(name, accumulator=acc, c_exp=2.0 if c_exp is None else c_exp)
+        pp = pb.precision_for(name, accumulator=acc, c_exp=_c_exp_default() if c_exp is None else c_exp)
         if toward_zero:
             import dataclasses
 
@@ -302,3 +302,10 @@ def describe_tightness(err, tol) -> str:
 
 def isclose_scalar(a, b, tol):
     return abs(a - b) <= tol or (math.isinf(a) and a == b)
+
+
+def _c_exp_default() -> float:
+    """The error model's exp error (proofs/bounds.py: measured on an H100)."""
+    from flashproof.proofs.bounds import C_EXP_MEASURED
+
+    return C_EXP_MEASURED

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from flashproof.proofs.bounds import C_EXP_MEASURED
 from flashproof.proofs import (Precision, apriori_forward_bound, apriori_lse_bound, precision_for,
                                running_forward_bound)
 
@@ -29,7 +30,7 @@ def rng():
                                      ("float16", 2 ** -11), (torch.bfloat16, 2 ** -8)])
 def test_precision_for_storage_units(dt, u_in):
     p = precision_for(dt)
-    assert p.u_in == u_in and p.u_acc == 2 ** -24 and p.u_dot == 0 and p.c_exp == 2.0
+    assert p.u_in == u_in and p.u_acc == 2 ** -24 and p.u_dot == 0 and p.c_exp == C_EXP_MEASURED
 
 
 def test_precision_for_float64_is_2_pow_53_everywhere():
