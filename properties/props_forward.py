@@ -719,7 +719,7 @@ def assert_weight_ratios(name, o, s, allowed, beta, kappa):
               "and O (with a ramp and a noise column) meets the running bound and the FA criterion",
       classes=(9, 20), strategy=lambda ctx: _ratio_cases(ctx), corners=_ratio_corners,
       needs=lambda t: None if _ratio_dtypes(t) else "the target declares no float32",
-      bound="weight-ratio budget (docs/properties.md; ~10-40 u_fp32 per pair plus 5 u per merge); "
+      bound="weight-ratio budget (docs/properties.md; ~7 u_fp32 per unit of s_a - s_b plus 5 u per merge); "
             "running_forward_bound; FA criterion")
 def fp32_weight_ratios_exact(ctx, case):
     inp = ratio_inputs(case, device=ctx.device)

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -151,3 +152,40 @@ def test_long_context_is_skipped_with_its_reason_on_cpu():
     (o,) = res.outcomes
     if not torch.cuda.is_available():
         assert o.status == "skipped" and "CUDA" in o.message
+
+
+def warm_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """A planted bug: softmax at temperature 1 + 2^-17 (every exponent 128 u_fp32 too small), as a
+    wrong exp base or a rounded scale makes; invisible in fp16/bf16 and below the fp32 running bound."""
+    s = (scale if scale is not None else query.shape[-1] ** -0.5) * (1 - 2.0 ** -17)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=s,
+                                          enable_gqa=enable_gqa)
+
+
+def test_weight_ratio_inputs_have_exact_logits_and_one_hot_values():
+    from flashproof.properties.props_forward import ratio_inputs
+    from flashproof.properties.strategies import Case, MaskSpec, Problem, Regime, Shape, logits_exact
+
+    for scale, width in ((None, 40.0), (0.3, 24.0), (1.0, 32.0)):
+        case = Case(problem=Problem(shape=Shape(1, 2, 1, 5, 33, 8, 40), dtype="float32", scale=scale, seed=7,
+                                    regime=Regime("spread", 0.0, width), mask=MaskSpec(causal="top_left"),
+                                    values="onehot"))
+        inp = ratio_inputs(case)
+        qk32 = (inp.q @ inp.k.transpose(-1, -2)).double()  # any fp32 order gives the same: products are exact
+        qk64 = inp.q.double() @ inp.k.double().transpose(-1, -2)
+        assert torch.equal(qk32, qk64)
+        s, allowed = logits_exact(inp)
+        w = (s.max(-1) - s.min(-1)).max()
+        assert width * 0.99 <= w <= width * 1.01 and np.abs(s).max() <= width + 8.01
+        assert torch.equal(inp.v[0, 0, :, :33], torch.eye(33)) and allowed.sum() == 2 * (1 + 2 + 3 + 4 + 5)
+
+
+def test_weight_ratios_catch_a_temperature_error_the_bound_misses():
+    bad = load_target(f"{__name__}:warm_sdpa")
+    assert run_property(PROPERTIES["fp32_stays_within_fp32_bound"], bad, profile="ci").status == PASSED
+    out = run_property(PROPERTIES["fp32_weight_ratios_exact"], bad, profile="ci")
+    assert out.status == FAILED and "weight-ratio budget" in out.message, out.message
+    assert re.search(r"the error is -\d\.\d+e-06 relative to the logit difference", out.message), out.message
+    good = run_property(PROPERTIES["fp32_weight_ratios_exact"],
+                        load_target("torch.nn.functional:scaled_dot_product_attention"), profile="ci")
+    assert good.status == PASSED, good.message
