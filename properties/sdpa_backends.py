@@ -4,7 +4,7 @@
 
 Each declares only what that backend runs (a backend that cannot run an input raises "No
 available kernel", which the suite would report as a failure): flash and cuDNN take fp16/bf16
-and no attn_mask; the memory-efficient backend also takes fp32 and an attn_mask; math takes all.
+and no attn_mask, with Ev = E; the memory-efficient backend also takes fp32 and an attn_mask; math takes all.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .targets import TORCH_CPU_DEVIATIONS, from_sdpa
 __all__ = ["flash", "cudnn", "efficient", "math"]
 
 
-def _backend(name, backend_name, *, dtypes, attn_mask, head_dims=None, devices=("cuda",)):
+def _backend(name, backend_name, *, dtypes, attn_mask, head_dims=None, devices=("cuda",), value_dim=True):
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -32,20 +32,20 @@ def _backend(name, backend_name, *, dtypes, attn_mask, head_dims=None, devices=(
     t = from_sdpa(fn, name=f"torch SDPA {name} backend", spec=spec, backward=True,
                   known_deviations=TORCH_CPU_DEVIATIONS if cpu else None)
     # GQA is left to the math path: not every backend/version takes enable_gqa
-    return dataclasses.replace(t, dtypes=dtypes, attn_mask=attn_mask, gqa=False, head_dims=head_dims,
+    return dataclasses.replace(t, dtypes=dtypes, attn_mask=attn_mask, gqa=False, head_dims=head_dims, value_dim=value_dim,
                                devices=devices, description=f"torch SDPA, {backend_name} backend only")
 
 
 def flash():
     """torch SDPA's FlashAttention-2 backend (fp16/bf16, head dims up to 256)."""
     return _backend("flash", "FLASH_ATTENTION", dtypes=("float16", "bfloat16"), attn_mask=False,
-                    head_dims=(16, 32, 40, 64, 72, 80, 96, 128, 256))
+                    head_dims=(16, 32, 40, 64, 72, 80, 96, 128, 256), value_dim=False)
 
 
 def cudnn():
     """torch SDPA's cuDNN backend (fp16/bf16, head dims up to 128)."""
     return _backend("cudnn", "CUDNN_ATTENTION", dtypes=("float16", "bfloat16"), attn_mask=False,
-                    head_dims=(16, 32, 64, 96, 128))
+                    head_dims=(16, 32, 64, 96, 128), value_dim=False)
 
 
 def efficient():
