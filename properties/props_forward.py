@@ -715,7 +715,7 @@ def assert_weight_ratios(name, o, s, allowed, beta, kappa):
 @prop("fp32_weight_ratios_exact",
       asserts="fp32 inputs with exact logits of width 24..40 and one-hot value columns: every pair of allowed keys "
               "has ln(O_a / O_b) = s_a - s_b within a derived fp32 budget (a wrong exp base, log2(e) constant, "
-              "rounded scale or any relative exponent error above ~10 ulps fails), masked keys weigh exactly 0, "
+              "rounded scale or any relative exponent error above ~16-40 ulps fails), masked keys weigh exactly 0, "
               "and O (with a ramp and a noise column) meets the running bound and the FA criterion",
       classes=(9, 20), strategy=lambda ctx: _ratio_cases(ctx), corners=_ratio_corners,
       needs=lambda t: None if _ratio_dtypes(t) else "the target declares no float32",
