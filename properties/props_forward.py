@@ -355,7 +355,8 @@ def duplicate_key_adds_ln2(ctx, case):
     ob1, lb1 = ctx.bound(inp1, tile=case.tile_dict)
     opts = inp.opts()
     opts["attn_mask"] = bias
-    c = reference.forward_certified(inp.q, inp.k, inp.v, **opts)
+    # the bias is a numpy (host) array: hand the reference host copies (exact; it converts to fp64 anyway)
+    c = reference.forward_certified(inp.q.cpu(), inp.k.cpu(), inp.v.cpu(), **opts)
     # ln 2 as a float64 is off by <= 2^-53 ln 2: a logit perturbation of that size moves O by <= 2^-52 max|v|.
     slack = 2.0 ** -52 * np.abs(to_np(inp.v)).max(initial=0.0)
     oracle.assert_within("O (key duplicated)", to_np(o1), c.o_mid, ob1 + c.o_rad + slack,
