@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from flashproof import spec
-from flashproof.spec import NumpyOps, State, block_state, merge
+from flashproof.spec import Float32Ops, State, block_state, merge
 
 __all__ = ["KernelOps", "round_to", "simulate", "exact_fp64"]
 
@@ -40,11 +40,8 @@ def round_to(x, dtype: str):
     raise ValueError(f"dtype must be float16, bfloat16 or float32, got {dtype!r}")
 
 
-class KernelOps(NumpyOps):
+class KernelOps(Float32Ops):
     """fp32 flash-attention arithmetic in base 2 (scores are already multiplied by log2 e)."""
-
-    neg_inf = _F32(-np.inf)
-    zero = _F32(0.0)
 
     def __init__(self, store: str):
         self.store = store
@@ -55,29 +52,6 @@ class KernelOps(NumpyOps):
     def log(self, x):
         with np.errstate(divide="ignore"):
             return np.log2(np.asarray(x, dtype=_F32))
-
-    def maximum(self, a, b):
-        return np.maximum(np.asarray(a, dtype=_F32), np.asarray(b, dtype=_F32))
-
-    def shift(self, m):
-        m = np.asarray(m, dtype=_F32)
-        return np.where(np.isneginf(m), _F32(0.0), m).astype(_F32)
-
-    def exp_shifted(self, x, m):
-        return np.exp2(np.asarray(x, dtype=_F32) - np.asarray(m, dtype=_F32)[..., None])
-
-    def row_max(self, s):
-        s = np.asarray(s, dtype=_F32)
-        return np.max(s, axis=-1) if s.shape[-1] else np.full(s.shape[:-1], -np.inf, dtype=_F32)
-
-    def zeros(self, dim):
-        return np.zeros(dim, dtype=_F32)
-
-    def vec_scale(self, a, acc):
-        return np.asarray(a, dtype=_F32)[..., None] * np.asarray(acc, dtype=_F32)
-
-    def total(self, p):
-        return np.sum(np.asarray(p, dtype=_F32), axis=-1, dtype=_F32)  # l sums the unrounded P
 
     def weighted_sum(self, s, p, v, dim):
         keep = ~np.isneginf(np.asarray(s))

@@ -13,7 +13,7 @@ import numbers
 import mpmath
 import numpy as np
 
-from flashproof.spec import NumpyOps, block_state, finalize, fold, identity, merge
+from flashproof.spec import Float32Ops, block_state, finalize, fold, identity, merge
 
 from ._inputs import prepare, row_chunk
 from .fast import FP64, logits_np, masked_matmul
@@ -35,54 +35,12 @@ def _dtype_name(a):
 _F32 = np.float32
 
 
-class Fp32Ops(NumpyOps):
-    """spec's numpy ops with every intermediate held and rounded in float32."""
-
-    neg_inf = _F32(-np.inf)
-    zero = _F32(0.0)
-
-    def exp(self, x):
-        return np.exp(np.asarray(x, dtype=_F32))
-
-    def log(self, x):
-        with np.errstate(divide="ignore"):
-            return np.log(np.asarray(x, dtype=_F32))
-
-    def maximum(self, a, b):
-        return np.maximum(np.asarray(a, dtype=_F32), np.asarray(b, dtype=_F32))
-
-    def shift(self, m):
-        m = np.asarray(m, dtype=_F32)
-        return np.where(np.isneginf(m), _F32(0.0), m).astype(_F32)
-
-    def exp_shifted(self, x, m):
-        return np.exp(np.asarray(x, dtype=_F32) - np.asarray(m, dtype=_F32)[..., None])
-
-    def row_max(self, s):
-        s = np.asarray(s, dtype=_F32)
-        return np.max(s, axis=-1) if s.shape[-1] else np.full(s.shape[:-1], -np.inf, dtype=_F32)
-
-    def zeros(self, dim):
-        return np.zeros(dim, dtype=_F32)
-
-    def vec_scale(self, a, acc):
-        return np.asarray(a, dtype=_F32)[..., None] * np.asarray(acc, dtype=_F32)
+class Fp32Ops(Float32Ops):
+    """spec's float32 ops; P@V drops masked keys with the same masked product as the fp64 path."""
 
     def weighted_sum(self, s, p, v, dim):
         s = np.asarray(s)
         return masked_matmul(np.asarray(p, dtype=_F32), ~np.isneginf(s), np.asarray(v, dtype=_F32))
-
-    def total(self, p):
-        return np.sum(np.asarray(p, dtype=_F32), axis=-1, dtype=_F32)
-
-    def finalize(self, st):
-        l = np.asarray(st.l, dtype=_F32)
-        empty = l == 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            safe = np.where(empty, _F32(1.0), l).astype(_F32)
-            o = np.where(empty[..., None], _F32(0.0), np.asarray(st.acc, dtype=_F32) / safe[..., None])
-            lse = np.where(empty, _F32(-np.inf), np.asarray(st.m, dtype=_F32) + np.log(safe))
-        return o.astype(_F32), lse.astype(_F32)
 
 
 FP32 = Fp32Ops()

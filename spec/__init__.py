@@ -2,7 +2,7 @@
 
 See spec/README.md for the mathematics. Imports numpy only.
 """
-from .online import NUMPY, SCALAR, NumpyOps, ScalarOps, State, block_state, finalize, fold, identity, merge
+from .online import NUMPY, SCALAR, Float32Ops, NumpyOps, ScalarOps, State, block_state, finalize, fold, identity, merge
 from .semantics import (
     ALIGNMENTS,
     BOTTOM_RIGHT,
@@ -24,5 +24,5 @@ __all__ = [
     "ALIGNMENTS", "BOTTOM_RIGHT", "TOP_LEFT", "UNBOUNDED", "Dims", "Mask", "allowed",
     "apply_softcap", "check_dims", "default_scale", "kv_head", "make_mask", "normalize_softcap",
     "resolve_scale", "NUMPY", "SCALAR", "NumpyOps", "ScalarOps", "State", "block_state",
-    "finalize", "fold", "identity", "merge",
+    "finalize", "fold", "identity", "merge", "Float32Ops",
 ]

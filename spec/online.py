@@ -22,6 +22,7 @@ __all__ = [
     "State",
     "ScalarOps",
     "NumpyOps",
+    "Float32Ops",
     "SCALAR",
     "NUMPY",
     "identity",
@@ -174,6 +175,55 @@ class NumpyOps(ScalarOps):
             o = np.where(empty[..., None], 0.0, st.acc / np.where(empty, 1.0, st.l)[..., None])
             lse = np.where(empty, -np.inf, st.m + np.log(np.where(empty, 1.0, st.l)))
         return o, lse
+
+
+class Float32Ops(NumpyOps):
+    """:class:`NumpyOps` with every intermediate held and rounded in float32 (fp32 simulations).
+
+    ``exp``/``log`` are the natural ones; a base-2 kernel model overrides just those two.
+    """
+
+    neg_inf = np.float32(-np.inf)
+    zero = np.float32(0.0)
+
+    def exp(self, x):
+        return np.exp(np.asarray(x, dtype=np.float32))
+
+    def log(self, x):
+        with np.errstate(divide="ignore"):
+            return np.log(np.asarray(x, dtype=np.float32))
+
+    def maximum(self, a, b):
+        return np.maximum(np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32))
+
+    def shift(self, m):
+        m = np.asarray(m, dtype=np.float32)
+        return np.where(np.isneginf(m), np.float32(0.0), m).astype(np.float32)
+
+    def exp_shifted(self, x, m):
+        return self.exp(np.asarray(x, dtype=np.float32) - np.asarray(m, dtype=np.float32)[..., None])
+
+    def row_max(self, s):
+        s = np.asarray(s, dtype=np.float32)
+        return np.max(s, axis=-1) if s.shape[-1] else np.full(s.shape[:-1], -np.inf, dtype=np.float32)
+
+    def zeros(self, dim):
+        return np.zeros(dim, dtype=np.float32)
+
+    def vec_scale(self, a, acc):
+        return np.asarray(a, dtype=np.float32)[..., None] * np.asarray(acc, dtype=np.float32)
+
+    def total(self, p):
+        return np.sum(np.asarray(p, dtype=np.float32), axis=-1, dtype=np.float32)
+
+    def finalize(self, st: State):
+        l = np.asarray(st.l, dtype=np.float32)
+        empty = l == 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            safe = np.where(empty, np.float32(1.0), l).astype(np.float32)
+            o = np.where(empty[..., None], np.float32(0.0), np.asarray(st.acc, dtype=np.float32) / safe[..., None])
+            lse = np.where(empty, np.float32(-np.inf), np.asarray(st.m, dtype=np.float32) + self.log(safe))
+        return o.astype(np.float32), lse.astype(np.float32)
 
 
 SCALAR = ScalarOps()
