@@ -7,6 +7,7 @@ target violated a property, 2 flashproof could not run (bad target, internal err
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 __all__ = ["add_arguments", "run"]
@@ -37,6 +38,11 @@ def run(args) -> int:
     except ValueError as exc:
         print(f"flashproof check: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    if args.json:  # checked before the suite runs: a bad path must not cost the run or read as a violation
+        parent = os.path.dirname(os.path.abspath(args.json))
+        if os.path.isdir(args.json) or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            print(f"flashproof check: --json {args.json}: not a writable file path", file=sys.stderr)
+            return EXIT_ERROR
     if args.list:
         for n in names:
             p = PROPERTIES[n]

@@ -37,6 +37,13 @@ def pytest_configure(config):
         from flashproof.properties.profiles import register_profiles
 
         register_profiles()
+    if _wants_us(config):  # a bad target is a usage error, said once, not an error in every test
+        from flashproof.properties.targets import TargetLoadError, load_target
+
+        try:
+            load_target(config.getoption("flashproof_target"))
+        except (TargetLoadError, TypeError, ValueError) as exc:
+            raise pytest.UsageError(f"--flashproof-target: {exc}") from None
 
 
 def _wants_us(config) -> bool:

@@ -125,6 +125,8 @@ class Context:
             raise TargetError(f"target {t.name!r} raised {type(exc).__name__} on a valid input: {exc}") from exc
         b, h, lq = q.shape[0], q.shape[1], q.shape[2]
         ev = v.shape[-1]
+        if not isinstance(o, type(q)):  # the contract: O is a tensor like the inputs
+            raise Violation(f"O must be a torch.Tensor, got {type(o).__name__}")
         if tuple(o.shape) != (b, h, lq, ev):
             raise Violation(f"O has shape {tuple(o.shape)}, expected (B, H, Lq, Ev) = {(b, h, lq, ev)}")
         if o.dtype != q.dtype:
