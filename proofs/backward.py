@@ -13,7 +13,7 @@ import sys
 import mpmath
 import sympy as sp
 
-from .core import Proof, is_zero, spot_check, sums_equal, timed
+from .core import Proof, is_zero, spot_check, sums_equal, proof_main, timed
 
 __all__ = ["prove", "main", "STATEMENT"]
 
@@ -152,10 +152,7 @@ def _fd_check():
     return worst < mpmath.mpf(10) ** -40, f"max deviation {mpmath.nstr(worst, 3)}"
 
 
-def main(argv=None) -> int:
-    pr = prove()
-    print(pr.summary())
-    return 0 if pr.ok else 1
+main = proof_main(prove)
 
 
 if __name__ == "__main__":

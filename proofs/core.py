@@ -88,6 +88,20 @@ def timed(fn: Callable[..., Proof]) -> Callable[..., Proof]:
 __all__.append("timed")
 
 
+def proof_main(prove):
+    """The ``main`` of a theorem module: prove, print the summary, exit 0 iff proved."""
+
+    def main(argv=None) -> int:
+        pr = prove()
+        print(pr.summary())
+        return 0 if pr.ok else 1
+
+    return main
+
+
+__all__.append("proof_main")
+
+
 class SympyOps(ScalarOps):
     """spec's arithmetic on SymPy expressions: exp/log/Max symbolic, -oo for masked keys."""
 

@@ -19,7 +19,7 @@ import sympy as sp
 from flashproof import spec
 from flashproof.spec import State
 
-from .core import MP, SYMPY, Proof, is_zero, sym_states_equal, sums_equal, timed
+from .core import MP, SYMPY, Proof, is_zero, sym_states_equal, sums_equal, proof_main, timed
 
 __all__ = ["prove", "main", "STATEMENT"]
 
@@ -271,10 +271,7 @@ def _numeric_laws(merge, rng):
     return worst < mpmath.mpf(10) ** -35, f"max deviation {mpmath.nstr(worst, 3)}"
 
 
-def main(argv=None) -> int:
-    pr = prove()
-    print(pr.summary())
-    return 0 if pr.ok else 1
+main = proof_main(prove)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import sympy as sp
 
 from flashproof import spec
 
-from .core import MP as _MP, SYMPY, Proof, is_zero, spot_check, sums_equal, timed
+from .core import MP as _MP, SYMPY, Proof, is_zero, spot_check, sums_equal, proof_main, timed
 
 __all__ = ["prove", "main"]
 
@@ -137,10 +137,7 @@ def _numeric_rescaling(merge, rng):
     return worst < mpmath.mpf(10) ** -40, f"max deviation {mpmath.nstr(worst, 3)}"
 
 
-def main(argv=None) -> int:
-    pr = prove()
-    print(pr.summary())
-    return 0 if pr.ok else 1
+main = proof_main(prove)
 
 
 if __name__ == "__main__":

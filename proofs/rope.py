@@ -14,7 +14,7 @@ import sys
 import mpmath
 import sympy as sp
 
-from .core import Proof, is_zero, spot_check, timed
+from .core import Proof, is_zero, spot_check, proof_main, timed
 
 __all__ = ["prove", "main", "STATEMENT", "rope"]
 
@@ -133,10 +133,7 @@ def _numeric_attention():
     return worst < mpmath.mpf(10) ** -30, f"max deviation {mpmath.nstr(worst, 3)}"
 
 
-def main(argv=None) -> int:
-    pr = prove()
-    print(pr.summary())
-    return 0 if pr.ok else 1
+main = proof_main(prove)
 
 
 if __name__ == "__main__":
