@@ -1,7 +1,8 @@
 """The ``flashproof`` command: ``prove``, ``check``, ``audit``, ``bench``.
 
 Exit codes are distinct so CI can tell a broken kernel from a broken run:
-0 all good, 1 the target violated the spec or its bound, 2 flashproof could not run.
+0 all good, 1 the target violated the spec or its bound, 2 flashproof could not run;
+``check`` exits 130 when interrupted by Ctrl-C (143 by SIGTERM) after printing what finished.
 """
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import argparse
 import importlib
 import sys
 
-__all__ = ["main", "EXIT_OK", "EXIT_VIOLATION", "EXIT_ERROR"]
+__all__ = ["main", "EXIT_OK", "EXIT_VIOLATION", "EXIT_ERROR", "EXIT_INTERRUPTED"]
 
 EXIT_OK = 0
 EXIT_VIOLATION = 1
 EXIT_ERROR = 2
+#: 128 + SIGINT, the shell's convention (``check`` returns 128 + the signal: 143 for SIGTERM)
+EXIT_INTERRUPTED = 130
 
 # subcommand -> (module, help); each module has ``add_arguments(parser)`` and ``run(args) -> int``.
 _COMMANDS = {
@@ -25,6 +28,7 @@ _COMMANDS = {
 
 
 def main(argv=None) -> int:
+    process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="flashproof", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -40,6 +44,7 @@ def main(argv=None) -> int:
                 return EXIT_ERROR
             mod.add_arguments(p)
     args = parser.parse_args(argv)
+    args._process = process  # a real command line (not an in-process call): check may exit hard past a hung call
     try:
         return int(mod.run(args))
     except KeyboardInterrupt:

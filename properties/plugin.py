@@ -7,8 +7,16 @@ so it imports nothing heavy at module level (no torch, triton or hypothesis). It
 - registers the Hypothesis profiles ``ci``, ``gpu``, ``deep`` before Hypothesis loads the one
   named by ``--hypothesis-profile`` (the suite defaults to ``ci`` on CPU, ``gpu`` with CUDA),
 - provides the session fixtures ``flashproof_target`` and ``flashproof_profile`` that the
-  property tests in flashproof.properties use (``pytest --pyargs flashproof.properties``).
+  property tests in flashproof.properties use (``pytest --pyargs flashproof.properties``),
+- and the run's robustness options (docs/robustness.md): ``--flashproof-example-timeout=S``
+  (a per-example time limit; past it the test fails as a TIMEOUT), ``--flashproof-state-dir``
+  (default ``.flashproof`` in the directory pytest was started from: reproducer files, written
+  as soon as a failure is known) and ``--flashproof-db`` (the Hypothesis database, default
+  ``<state dir>/hypothesis``). An interrupted session resumes with pytest's own ``--lf``; the
+  database replays saved failures first.
 """
+import math
+
 import pytest
 
 __all__ = ["pytest_addoption", "pytest_configure", "pytest_report_header", "flashproof_target",
@@ -21,6 +29,35 @@ def pytest_addoption(parser):
     group = parser.getgroup("flashproof")
     group.addoption("--flashproof-target", default=None, metavar="MODULE:ATTR",
                     help="attention kernel under test (default: flashproof's own Triton kernel)")
+    group.addoption("--flashproof-example-timeout", default=None, metavar="S",
+                    help="seconds one example may take before the property fails as a TIMEOUT (0: no limit; "
+                         "default per profile: ci 60, gpu 120, deep 300)")
+    group.addoption("--flashproof-state-dir", default=None, metavar="DIR",
+                    help="folder for reproducer files and the Hypothesis database (default: .flashproof in the "
+                         "directory pytest was started from)")
+    group.addoption("--flashproof-db", default=None, metavar="DIR",
+                    help="Hypothesis database folder of the property suite (default: STATE_DIR/hypothesis)")
+
+
+def _example_timeout(config):
+    """The --flashproof-example-timeout value as seconds (None: the profile's default)."""
+    text = config.getoption("flashproof_example_timeout", None)
+    if text is None:
+        return None
+    try:
+        x = float(text)
+    except ValueError:
+        raise pytest.UsageError(f"--flashproof-example-timeout: not a number of seconds: {text!r}") from None
+    if math.isnan(x) or x < 0:
+        raise pytest.UsageError(f"--flashproof-example-timeout must be >= 0 seconds (0: no limit), got {text!r}")
+    return x
+
+
+def _state_dir(config):
+    import os
+
+    d = config.getoption("flashproof_state_dir", None)
+    return d if d is not None else os.path.join(str(config.invocation_params.dir), ".flashproof")
 
 
 def _profile_option(config):
@@ -38,12 +75,18 @@ def pytest_configure(config):
 
         register_profiles()
     if _wants_us(config):  # a bad target is a usage error, said once, not an error in every test
-        from flashproof.properties.targets import TargetLoadError, load_target
+        from flashproof.properties.suite import TargetTimeout, load_target_within, resolve_example_timeout
+        from flashproof.properties.targets import TargetLoadError
 
+        limit = resolve_example_timeout(_example_timeout(config), _profile_option(config) or "ci")
         try:
-            load_target(config.getoption("flashproof_target"))
+            load_target_within(config.getoption("flashproof_target"), limit)
+        except TargetTimeout as exc:  # a hang is the target's fault: a failed session, not a usage error
+            pytest.exit(f"--flashproof-target: {exc}", returncode=pytest.ExitCode.TESTS_FAILED)
         except (TargetLoadError, TypeError, ValueError) as exc:
             raise pytest.UsageError(f"--flashproof-target: {exc}") from None
+    else:
+        _example_timeout(config)  # a bad value is a usage error even with the default target
 
 
 def _wants_us(config) -> bool:
@@ -77,7 +120,16 @@ def flashproof_profile(request, flashproof_target):
 
 
 @pytest.fixture(scope="session")
-def flashproof_context(flashproof_target, flashproof_profile):
-    from flashproof.properties.suite import _context
+def flashproof_context(request, flashproof_target, flashproof_profile):
+    """The suite's Context: the profile's limits, the per-example time limit, the Hypothesis
+    database and the reproducer folder (created on first use)."""
+    import os
 
-    return _context(flashproof_target, flashproof_profile)
+    from flashproof.properties.suite import _context, prepare_state_dir, resolve_example_timeout
+
+    config = request.config
+    state = prepare_state_dir(_state_dir(config))
+    db = config.getoption("flashproof_db", None) or os.path.join(state, "hypothesis")
+    return _context(flashproof_target, flashproof_profile,
+                    example_timeout=resolve_example_timeout(_example_timeout(config), flashproof_profile),
+                    database=db, reproducer_dir=os.path.join(state, "reproducers"))

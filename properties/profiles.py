@@ -10,7 +10,7 @@ name) and as ``flashproof-<name>``. The shape limits of each live in strategies.
 """
 from __future__ import annotations
 
-__all__ = ["PROFILES", "SHRINK_SECONDS", "register_profiles", "settings_for", "default_profile", "limits_for"]
+__all__ = ["PROFILES", "SHRINK_SECONDS", "EXAMPLE_TIMEOUT", "register_profiles", "settings_for", "default_profile", "limits_for"]
 
 #: hypothesis.settings keyword arguments of each profile.
 PROFILES = {
@@ -21,6 +21,9 @@ PROFILES = {
 }
 #: Seconds Hypothesis may spend shrinking one failure (its own default is 300 s).
 SHRINK_SECONDS = {"ci": 30, "gpu": 120, "deep": 300}
+#: Seconds one example (one property check, target calls and oracle included) may take before it
+#: is reported as a TIMEOUT. ci: MEASURED_PENDING.
+EXAMPLE_TIMEOUT = {"ci": 60, "gpu": 120, "deep": 300}
 
 _registered = False
 

@@ -2,13 +2,15 @@
 
 One test per property (``test_<property name>``), each running the property under the selected
 profile against ``--flashproof-target`` (fixtures from flashproof.properties.plugin). A violation
-fails with its minimal reproducer; an undeclared capability skips with the reason; a documented
-deviation of the target is an xfail that prints the reproducer.
+fails with its minimal reproducer; an example past the time limit fails as a TIMEOUT; an
+undeclared capability skips with the reason, and so does a property not run because the target
+hung earlier in the session; a documented deviation of the target is an xfail that prints the
+reproducer.
 """
 import pytest
 
-from flashproof.properties.suite import (ERROR, FAILED, NOT_DECLARED, PROPERTIES, SKIPPED, XFAIL, XPASS,
-                                         _load_properties, run_property)
+from flashproof.properties.suite import (ERROR, FAILED, NOT_DECLARED, NOT_RUN, PASSED, PROPERTIES, SKIPPED, TIMEOUT,
+                                         XFAIL, XPASS, _load_properties, run_property)
 
 _load_properties()
 
@@ -17,16 +19,19 @@ def _make(name):
     def test(flashproof_target, flashproof_profile, flashproof_context):
         out = run_property(PROPERTIES[name], flashproof_target, profile=flashproof_profile, ctx=flashproof_context)
         head = f"[{out.examples} examples, {out.seconds:.1f}s]"
-        if out.status == FAILED:
-            pytest.fail(f"{out.message}\n\n{out.reproducer}", pytrace=False)
+        saved = f"\nreproducer file: {out.reproducer_file}" if out.reproducer_file else ""
+        if out.status in (FAILED, TIMEOUT):
+            pytest.fail(f"{out.message}\n\n{out.reproducer}{saved}", pytrace=False)
         if out.status == ERROR:
             pytest.fail(f"flashproof could not run {name!r}: {out.message}\n{out.reproducer}", pytrace=False)
-        if out.status in (NOT_DECLARED, SKIPPED):
+        if out.status in (NOT_DECLARED, SKIPPED, NOT_RUN):
             pytest.skip(f"{out.status}: {out.message}")
         if out.status == XFAIL:
             pytest.xfail(f"{out.message}\n{out.reproducer}")
         if out.status == XPASS:
             print(f"{name}: {out.message} {head}")
+        elif out.status != PASSED:
+            pytest.fail(f"flashproof: unknown outcome {out.status!r} of {name!r}", pytrace=False)
     test.__name__ = f"test_{name}"
     test.__qualname__ = test.__name__
     test.__doc__ = PROPERTIES[name].asserts
