@@ -15,8 +15,8 @@ from triton.runtime.errors import OutOfResources
 
 from flashproof import spec
 
-from .blocks import (LN2, acc_add, key_range, load2d, logits, masked_block, masked_mma, mma,
-                     query_range, round_to, span)
+from .blocks import (LN2, acc_add, finalize, key_range, load2d, logits, masked_block, masked_mma, mma,
+                     mma_acc, query_range, round_to, span)
 from .runtime import interpreting
 from .tiles import (TileConfig, backward_config, check_tile_config, default_forward_config,
                     head_block)
@@ -60,6 +60,7 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n, k_rows, v_row
     # spec.online.ScalarOps.shift: an all-masked row so far shifts by 0, never -inf - -inf.
     m_sh = tl.where(m_new == -float("inf"), 0.0, m_new)
     alpha = tl.exp2(m_i - m_sh)
+    # one rounding per logit in every tile, no fma(q.k, c, -m): its residual can under/overflow exp2(max)
     p = tl.exp2(s - m_sh[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
     # [BLOCK_N, BLOCK_DV]
@@ -67,10 +68,12 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n, k_rows, v_row
                offs_n, LK, offs_dv, EV, MASKED, EV != BLOCK_DV)
     pv = round_to(p, v.dtype, UPCAST)
     if MASKED:
-        upd = masked_mma(pv, v, s != -float("inf"), PRECISION, UPCAST)
+        acc = acc * alpha[:, None] + masked_mma(pv, v, s != -float("inf"), PRECISION, UPCAST)
+    elif v.dtype == tl.float32:
+        # fp32: one product tile per block, so the FMA chain is Lk / BLOCK_N + BLOCK_N long
+        acc = acc * alpha[:, None] + mma(pv, v, PRECISION, UPCAST)
     else:
-        upd = mma(pv, v, PRECISION, UPCAST)
-    acc = acc * alpha[:, None] + upd
+        acc, _c = mma_acc(acc * alpha[:, None], 0.0, pv, v, PRECISION, UPCAST, False)
     return acc, l_i, m_new
 
 
@@ -83,7 +86,11 @@ def _fwd_kernel(Q, K, V, BIAS, O, LSE2,
                 BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LEFT: tl.constexpr,
                 HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
                 PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    pid_m = tl.program_id(0)
+    if HAS_RIGHT:
+        # causal: the longest rows first, so the short ones fill the last wave
+        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    else:
+        pid_m = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
     hk = h // GROUP  # spec.kv_head
@@ -119,11 +126,7 @@ def _fwd_kernel(Q, K, V, BIAS, O, LSE2,
                                   skd, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
                                   E, EV, BLOCK_DK, BLOCK_DV, False, SOFTCAP, HAS_BIAS,
                                   PRECISION, UPCAST)
-    # spec.online.finalize: an empty row (l = 0) gives O = 0 and LSE = -inf, never 0/0.
-    empty = l_i == 0.0
-    l_safe = tl.where(empty, 1.0, l_i)
-    o = tl.where(empty[:, None], 0.0, acc / l_safe[:, None])
-    lse2 = tl.where(empty, -float("inf"), m_i + tl.log2(l_safe))
+    o, lse2 = finalize(acc, l_i, m_i)
     o_ptrs = O + b64 * sob + h.to(tl.int64) * soh + offs_m[:, None].to(tl.int64) * som \
         + offs_dv[None, :].to(tl.int64) * sod
     tl.store(o_ptrs, round_to(o, O.dtype.element_ty, UPCAST), mask=(offs_m[:, None] < LQ) & (offs_dv[None, :] < EV))
@@ -196,7 +199,7 @@ def _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta
         keep = st != -float("inf")
         dv, cv = acc_add(dv, cv, masked_mma(round_to(pt, do.dtype, UPCAST), do, keep, PRECISION, UPCAST), KAHAN)
     else:
-        dv, cv = acc_add(dv, cv, mma(round_to(pt, do.dtype, UPCAST), do, PRECISION, UPCAST), KAHAN)
+        dv, cv = mma_acc(dv, cv, round_to(pt, do.dtype, UPCAST), do, PRECISION, UPCAST, KAHAN)
     # [BLOCK_N, BLOCK_M]
     dpt = mma(v, tl.trans(do), PRECISION, UPCAST)
     dst = pt * (dpt - delta[None, :])
@@ -207,7 +210,7 @@ def _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta
         dst = tl.where(keep, dst, 0.0)
         dk, ck = acc_add(dk, ck, masked_mma(round_to(dst, q.dtype, UPCAST), q, keep, PRECISION, UPCAST), KAHAN)
     else:
-        dk, ck = acc_add(dk, ck, mma(round_to(dst, q.dtype, UPCAST), q, PRECISION, UPCAST), KAHAN)
+        dk, ck = mma_acc(dk, ck, round_to(dst, q.dtype, UPCAST), q, PRECISION, UPCAST, KAHAN)
     return dk, dv, ck, cv
 
 
@@ -317,7 +320,7 @@ def _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, l
         ds = tl.where(keep, ds, 0.0)
         dq, cq = acc_add(dq, cq, masked_mma(round_to(ds, k.dtype, UPCAST), k, keep, PRECISION, UPCAST), KAHAN)
     else:
-        dq, cq = acc_add(dq, cq, mma(round_to(ds, k.dtype, UPCAST), k, PRECISION, UPCAST), KAHAN)
+        dq, cq = mma_acc(dq, cq, round_to(ds, k.dtype, UPCAST), k, PRECISION, UPCAST, KAHAN)
     return dq, cq
 
 
@@ -469,9 +472,11 @@ def _backward_with(q, k, v, bias, o, lse2, do, dlse, plan: _Plan, cfg: TileConfi
         _launch(_bwd_dkdv_kernel, (triton.cdiv(lk, cfg.block_n), hkv, b), q, k, v, bias_t, do,
                 lse2, delta, dk, dv, *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias),
                 *do.stride(), *dk.stride(), *dv.stride(), *scalars, **common)
-    _launch(_bwd_dq_kernel, (triton.cdiv(lq, cfg.block_m), h, b), q, k, v, bias_t, do, lse2,
+    # dQ keeps block_n queries resident and streams block_m keys: both kernels hold the larger
+    # block and stream the smaller (benchmarks/results/tune-h100.md).
+    _launch(_bwd_dq_kernel, (triton.cdiv(lq, cfg.block_n), h, b), q, k, v, bias_t, do, lse2,
             delta, dq, *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias),
-            *do.stride(), *dq.stride(), *scalars, **common)
+            *do.stride(), *dq.stride(), *scalars, **dict(common, BLOCK_M=cfg.block_n, BLOCK_N=cfg.block_m))
     return dq, dk, dv
 
 
@@ -483,7 +488,8 @@ def _plan(q, k, v, *, mask, scale, softcap, block_m, block_n, num_warps, num_sta
     cap = spec.normalize_softcap(softcap)
     diag, left, right, has_left, has_right = mask_args(mask, lq, lk)
     interp = interpreting()
-    d = default_forward_config(head_dim=e, head_dim_v=ev, dtype=q.dtype, interpret=interp)
+    d = default_forward_config(head_dim=e, head_dim_v=ev, dtype=q.dtype, interpret=interp,
+                               causal=bool(mask.causal))
     forced = any(x is not None for x in (block_m, block_n, num_warps, num_stages))
     fwd = TileConfig(d.block_m if block_m is None else block_m, d.block_n if block_n is None else block_n,
                      d.num_warps if num_warps is None else num_warps,

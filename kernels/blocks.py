@@ -22,6 +22,8 @@ __all__ = [
     "load2d",
     "round_to",
     "acc_add",
+    "mma_acc",
+    "finalize",
 ]
 
 LOG2E = 1.4426950408889634
@@ -227,3 +229,27 @@ def acc_add(acc, comp, x, KAHAN: tl.constexpr):
     else:
         acc = acc + x
     return acc, comp
+
+
+@triton.jit
+def mma_acc(acc, comp, a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr, KAHAN: tl.constexpr):
+    """acc + a @ b. fp16/bf16: accumulated inside the MMA (no product tile, no extra add; any
+    accumulation order is covered by proofs/fp_error.py, theorem 6). KAHAN (fp32): acc_add."""
+    if KAHAN:
+        acc, comp = acc_add(acc, comp, mma(a, b, PRECISION, UPCAST), True)
+    elif UPCAST:
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    return acc, comp
+
+
+@triton.jit
+def finalize(acc, l_i, m_i):
+    """spec.online.finalize in log2 units: O = acc / l, LSE2 = m + log2 l. An empty row (l = 0)
+    gives O = 0 and LSE = -inf, never 0/0."""
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    o = tl.where(empty[:, None], 0.0, acc / l_safe[:, None])
+    lse2 = tl.where(empty, -float("inf"), m_i + tl.log2(l_safe))
+    return o, lse2

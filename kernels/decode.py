@@ -16,7 +16,7 @@ import triton.language as tl
 from flashproof import spec
 
 from .attention import _fwd_tile, _launch
-from .blocks import LN2, key_range, load2d, masked_block, round_to, span
+from .blocks import LN2, finalize, key_range, load2d, masked_block, round_to, span
 from .runtime import interpreting
 from .tiles import SPLIT_RANGE, default_decode_block, default_num_splits, head_block
 from .validate import check_qkv, check_tensor, logit_scales, mask_args
@@ -102,10 +102,7 @@ def _decode_kernel(Q, K, V, O, LSE2, MS, SEQLENS, BT,
     omask = valid[:, None] & (offs_dv[None, :] < EV)
     if FINALIZE:
         # spec.online.finalize; an empty sequence gives o = 0, lse = -inf.
-        empty = l_i == 0.0
-        l_safe = tl.where(empty, 1.0, l_i)
-        o = tl.where(empty[:, None], 0.0, acc / l_safe[:, None])
-        lse2 = tl.where(empty, -float("inf"), m_i + tl.log2(l_safe))
+        o, lse2 = finalize(acc, l_i, m_i)
         tl.store(o_ptrs, round_to(o, O.dtype.element_ty, UPCAST), mask=omask)
         tl.store(LSE2 + row_l, lse2, mask=valid)
     else:
@@ -169,10 +166,7 @@ def _merge_kernel(ACC, LS, MS, O, LSE2, H, LQ, NUM_SPLITS, sob, soh, som, sod,
                        offs_m, LQ, offs_dv, EV, True, EV != BLOCK_DV)
         l += alpha * l_s
         acc += alpha[:, None] * acc_s
-    empty = l == 0.0
-    l_safe = tl.where(empty, 1.0, l)
-    o = tl.where(empty[:, None], 0.0, acc / l_safe[:, None])
-    lse2 = tl.where(empty, -float("inf"), m + tl.log2(l_safe))
+    o, lse2 = finalize(acc, l, m)
     tl.store(O + b64 * sob + h.to(tl.int64) * soh + offs_m[:, None].to(tl.int64) * som
              + offs_dv[None, :].to(tl.int64) * sod, round_to(o, O.dtype.element_ty, UPCAST),
              mask=rmask[:, None] & (offs_dv[None, :] < EV))
