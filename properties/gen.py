@@ -1,18 +1,81 @@
 """Strategy builders shared by the property modules: problems a target can take, tile configs,
-and the deterministic corner cases each property runs first."""
+the deterministic corner cases each property runs first, and ``prop``, the registration that
+keeps every property inside the target's declared domain."""
 from __future__ import annotations
 
+import functools
 import math
 
 from hypothesis import strategies as st
+from hypothesis.errors import UnsatisfiedAssumption
 
+from . import suite
 from .strategies import (GQA_RATIOS, KV_HEADS, REGIMES, Case, MaskSpec, Problem, Regime, Shape, dtypes,
                          head_dims, lengths, masks, max_abs_logit, problems, shapes, tile_configs, value_kinds)
+from .targets import DECLARE_HINT, Call, OutsideDomain
 
 __all__ = [
     "tile_sizes", "problem_strategy", "case_strategy", "corner", "first_dtype", "pick_dtype",
-    "head_dim_at_least", "small_tiles", "SCALES", "SOFTCAPS",
+    "head_dim_at_least", "small_tiles", "SCALES", "SOFTCAPS", "conform", "in_domain", "prop", "Undeclared",
 ]
+
+
+# ----------------------------------------------------------------------------- the target's domain
+def conform(target, problem: Problem) -> Problem:
+    """``problem`` moved into the target's declared domain where that is a simple change of its
+    lengths (generation is constrained rather than filtered): lengths raised to min_lq / min_lk,
+    and causal problems made square (Lk = Lq) for a target that declares causal_equal_lengths."""
+    sh = problem.shape
+    lq, lk = max(sh.lq, target.min_lq), max(sh.lk, target.min_lk)
+    if problem.mask.causal and target.causal_equal_lengths and lq != lk:
+        lq = lk = max(lq, target.min_lq, target.min_lk)
+    if (lq, lk) == (sh.lq, sh.lk):
+        return problem
+    return Problem(**{**problem.__dict__, "shape": Shape(**{**sh.__dict__, "lq": lq, "lk": lk})})
+
+
+def in_domain(target, problem: Problem) -> bool:
+    """Whether the target's declaration (its fields and its ``accepts`` predicate) takes ``problem``."""
+    return target.refusal(Call.of_problem(problem)) is None
+
+
+def prop(name, **kw):
+    """Register a property (``suite.prop``) whose check runs inside the target's declared domain:
+    a call the Target does not declare (it raises OutsideDomain before reaching the target)
+    discards the example instead of failing it, and a target that raises on a declared call
+    fails with a hint to declare the constraint."""
+    register = suite.prop(name, **kw)
+
+    def deco(check):
+        register(_within_domain(check))
+        return check
+    return deco
+
+
+class Undeclared(UnsatisfiedAssumption):
+    """An example needed a call outside the target's declared domain. Hypothesis discards it (it
+    is an UnsatisfiedAssumption, so this works from the suite's worker thread too, where
+    hypothesis.reject() has no test context); elsewhere (replay) its message says why."""
+
+    def __str__(self):
+        return self.reason or "outside the target's declared domain"
+
+
+def _within_domain(check):
+    @functools.wraps(check)
+    def run(ctx, case):
+        try:
+            return check(ctx, case)
+        except OutsideDomain as exc:  # a property that calls ctx.target directly
+            raise Undeclared(str(exc)) from None
+        except suite.TargetError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, OutsideDomain):
+                raise Undeclared(str(cause)) from None  # no verdict either way: not this target's input
+            if DECLARE_HINT in str(exc):
+                raise
+            raise suite.TargetError(f"{exc}\n  hint: {DECLARE_HINT}") from cause
+    return run
 
 #: Explicit scales drawn besides the default 1/sqrt(E): powers of two and an inexact one.
 SCALES = (None, None, 0.5, 0.25, 0.0625, 1.0, 0.3)
@@ -85,10 +148,12 @@ def problem_strategy(ctx, *, regimes=REGIMES, values=("normal", "normal", "ones"
         softcap = st.one_of(st.none(), st.none(), st.sampled_from(SOFTCAPS)) if t.softcap else st.none()
     if scale is None:
         scale = st.sampled_from(SCALES)
-    return problems(shape=shape, dtype=dtypes(allowed=t.dtypes) if dtype is None else dtype,
-                    regimes=regimes, mask=mask if mask is not None else _mask_fn(ctx),
-                    values=value_kinds(allowed=values) if isinstance(values, tuple) else values,
-                    scale=scale, softcap=softcap, accumulator=t.accumulator)
+    out = problems(shape=shape, dtype=dtypes(allowed=t.dtypes) if dtype is None else dtype,
+                   regimes=regimes, mask=mask if mask is not None else _mask_fn(ctx),
+                   values=value_kinds(allowed=values) if isinstance(values, tuple) else values,
+                   scale=scale, softcap=softcap, accumulator=t.accumulator)
+    # simple limits by construction, the rest (the accepts predicate) by filtering
+    return out.map(lambda p: conform(t, p)).filter(lambda p: in_domain(t, p))
 
 
 def _cap_cost(s: Shape, lim) -> Shape:
@@ -138,8 +203,9 @@ def corner(ctx, *, shape=None, dtype=None, regime=None, mask=None, values="norma
     if tile == "small":
         cfgs = small_tiles(ctx, 1)
         tile = cfgs[0] if cfgs else None
-    return Case(problem=Problem(shape=shape, dtype=dtype, regime=regime, mask=mask, values=values, scale=sc,
-                                softcap=softcap if t.softcap else None, seed=seed), tile=tile, extra=extra)
+    pr = Problem(shape=shape, dtype=dtype, regime=regime, mask=mask, values=values, scale=sc,
+                 softcap=softcap if t.softcap else None, seed=seed)
+    return Case(problem=conform(t, pr), tile=tile, extra=extra)
 
 
 def _scale(sc, e):

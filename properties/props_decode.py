@@ -7,10 +7,10 @@ import numpy as np
 from hypothesis import strategies as st
 
 from . import oracle
-from .gen import first_dtype, head_dim_at_least, tile_sizes
+from .gen import first_dtype, head_dim_at_least, prop, tile_sizes
 from .oracle import Violation, to_np
 from .strategies import Case, Inputs, MaskSpec, Problem, Regime, Shape, build, lengths
-from .suite import TargetError, prop
+from .suite import TargetError
 
 __all__ = []
 

@@ -10,11 +10,12 @@ from hypothesis import strategies as st
 from flashproof import spec
 
 from . import oracle
-from .gen import case_strategy, corner, first_dtype, head_dim_at_least, problem_strategy, small_tiles, tile_sizes
+from .gen import (case_strategy, conform, corner, first_dtype, head_dim_at_least, in_domain, problem_strategy, prop,
+                  small_tiles, tile_sizes)
 from .oracle import Violation, to_np
 from .strategies import (REGIMES, Case, MaskSpec, Problem, Regime, Shape, build, key_partitions, logits_exact,
                          max_abs_logit, torch_dtype)
-from .suite import prop, skip
+from .suite import skip
 
 __all__ = []
 
@@ -126,6 +127,8 @@ def tail_tiles_every_residue(ctx, case):
         if -off > max_abs_logit(dt, 1 / math.sqrt(e), accumulator=ctx.target.accumulator) / 4:
             reg = Regime("very_negative", -1e4, 1.0)
         pr = Problem(shape=Shape(1, 1, 1, lq, lk, e, e), dtype=dt, regime=reg, seed=case.problem.seed + n)
+        if not in_domain(ctx.target, pr):
+            continue  # below the target's declared min_lq / min_lk
         inp = build(pr, device=ctx.device)
         o, lse = ctx.call(inp, tile=tile)
         ctx.judge(inp, o, lse, tile=tile, label=f"{axis}={n}, tile {key}={t}", fa=False)
@@ -582,12 +585,15 @@ def _ratio_cases(draw, ctx):
     if t.attn_mask:
         masks.append(MaskSpec(attn_mask="bool", density=0.8))
     mask = draw(st.sampled_from(masks))
-    lq = lk if mask.causal == "top_left" else draw(st.integers(1, 6))  # top-left rows i < Lk see keys 0..i only
-    return Case(problem=Problem(shape=Shape(b, hkv * ratio, hkv, lq, lk, e, ev),
-                                dtype=draw(st.sampled_from(_ratio_dtypes(t))),
-                                regime=Regime("spread", 0.0, draw(st.sampled_from(RATIO_WIDTHS))), mask=mask,
-                                values="onehot", scale=draw(st.sampled_from((None, 1.0, 0.3))),
-                                seed=draw(st.integers(0, 2 ** 16))), tile=tile)
+    # top-left rows i < Lk see keys 0..i only; a causal_equal_lengths target takes causal only square
+    lq = lk if mask.causal == "top_left" or (mask.causal and t.causal_equal_lengths) else draw(st.integers(1, 6))
+    pr = conform(t, Problem(shape=Shape(b, hkv * ratio, hkv, lq, lk, e, ev),
+                            dtype=draw(st.sampled_from(_ratio_dtypes(t))),
+                            regime=Regime("spread", 0.0, draw(st.sampled_from(RATIO_WIDTHS))), mask=mask,
+                            values="onehot", scale=draw(st.sampled_from((None, 1.0, 0.3))),
+                            seed=draw(st.integers(0, 2 ** 16))))
+    hypothesis.assume(in_domain(t, pr))
+    return Case(problem=pr, tile=tile)
 
 
 def _ratio_corners(ctx):
@@ -601,8 +607,9 @@ def _ratio_corners(ctx):
     e = 8 if t.value_dim else ev
     causal = "top_left" if "top_left" in t.alignments else False
     # the shrunk counterexample of tests/mutants Log2eRounded4 (exp2 with log2(e) = 1.4427; deep profile)
-    return [Case(problem=Problem(shape=Shape(1, 1, 1, 17, 17, e, ev), dtype=dt[0], regime=Regime("spread", 0.0, 24.0),
-                                 mask=MaskSpec(causal=causal), values="onehot", seed=0), tile=tile)]
+    return [Case(problem=conform(t, Problem(shape=Shape(1, 1, 1, 17, 17, e, ev), dtype=dt[0],
+                                            regime=Regime("spread", 0.0, 24.0), mask=MaskSpec(causal=causal),
+                                            values="onehot", seed=0)), tile=tile)]
 
 
 def ratio_inputs(case, *, device="cpu"):

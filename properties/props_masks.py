@@ -9,11 +9,13 @@ from hypothesis import strategies as st
 from flashproof import spec
 
 from . import oracle
-from .gen import case_strategy, corner, first_dtype, head_dim_at_least, problem_strategy, small_tiles, tile_sizes
+from .gen import (case_strategy, conform, corner, first_dtype, head_dim_at_least, in_domain, problem_strategy, prop,
+                  small_tiles, tile_sizes)
 from .oracle import Violation, to_np
 from .strategies import (SENTINELS, Case, MaskSpec, Problem, Regime, Shape, build, lengths, logits_exact, masks,
                          max_abs_logit)
-from .suite import prop, skip
+from .suite import skip
+from .targets import OutsideDomain
 
 __all__ = []
 
@@ -72,7 +74,8 @@ def _empty_strategy(ctx):
             if sh.lq <= sh.lk:
                 sh = Shape(**{**sh.__dict__, "lq": sh.lk + 1 + sh.lq % 3})
             mk = MaskSpec(window=(0, 0))
-        return Case(problem=Problem(**{**p.__dict__, "shape": sh, "mask": mk}), tile=c.tile, extra=(("via", m),))
+        pr = conform(ctx.target, Problem(**{**p.__dict__, "shape": sh, "mask": mk}))
+        return Case(problem=pr, tile=c.tile, extra=(("via", m),))
     return st.tuples(case_strategy(ctx), st.sampled_from(mech)).map(lambda x: adapt(*x))
 
 
@@ -144,7 +147,9 @@ def _align_strategy(ctx):
       corners=lambda ctx: [corner(ctx, shape=Shape(1, 1, 1, lq, lk, 16, 16), mask=MaskSpec(causal=a), seed=300 + n)
                            for n, (a, lq, lk) in enumerate((a, lq, lk) for a in ctx.target.alignments
                                                            for lq, lk in ((3, 11), (11, 4)))],
-      needs=lambda t: None if t.alignments else "the target declares no causal masking",
+      needs=lambda t: ("the target declares no causal masking" if not t.alignments else
+                       "the target runs causal attention only with Lq == Lk (declared causal_equal_lengths)"
+                       if t.causal_equal_lengths else None),
       bound="running_forward_bound")
 def causal_alignment_on_unequal_lengths(ctx, case):
     inp = build(case.problem, device=ctx.device)
@@ -173,7 +178,15 @@ def _set_strategy(ctx):
         e = 16 if t.value_dim else ev
         e = head_dim_at_least(ctx, e) or ev
         sh = Shape(batch, 1, 1, lq, lk, e, ev)
-        return Case(problem=Problem(shape=sh, dtype=dt, mask=mask, values="onehot", seed=seed), tile=tile)
+        pr = conform(t, Problem(shape=sh, dtype=dt, mask=mask, values="onehot", seed=seed))
+        if pr.shape.lk > ev:  # made square: the one-hot columns must still cover every key
+            ev = head_dim_at_least(ctx, pr.shape.lk)
+            if ev is None:
+                return None
+            e = 16 if t.value_dim else ev
+            e = head_dim_at_least(ctx, e) or ev
+            pr = Problem(**{**pr.__dict__, "shape": Shape(**{**pr.shape.__dict__, "e": e, "ev": ev})})
+        return Case(problem=pr, tile=tile) if in_domain(t, pr) else None
     ts = tile_sizes(ctx)
     m = st.integers(1, lim).flatmap(lambda lq: masks(alignments=t.alignments, window=t.window,
                                                      attn_mask=False, lq=lq).map(lambda mm: (lq, mm)))
@@ -197,8 +210,8 @@ def _set_corners(ctx):
     for n, m in enumerate(cs[:6]):
         ev = head_dim_at_least(ctx, 19) or 19
         e = head_dim_at_least(ctx, 16) if t.value_dim else ev
-        out.append(Case(problem=Problem(shape=Shape(1, 1, 1, 7, 19, e, ev), dtype=first_dtype(ctx), mask=m,
-                                        values="onehot", seed=400 + n),
+        out.append(Case(problem=conform(t, Problem(shape=Shape(1, 1, 1, 7, 19, e, ev), dtype=first_dtype(ctx), mask=m,
+                                                   values="onehot", seed=400 + n)),
                         tile=tuple(sorted(small_tiles(ctx, 1)[0].items())) if t.tile_configs else None))
     return out
 
@@ -251,7 +264,7 @@ def _wide_strategy(ctx):
         p = c.problem
         big = max(p.shape.lq, p.shape.lk) + 1 + p.seed % 7
         win = {"left": (big, 0), "both": (big, big), "unbounded": (-1, -1)}[kind]
-        return Case(problem=Problem(**{**p.__dict__, "mask": MaskSpec(causal=a)}), tile=c.tile,
+        return Case(problem=conform(t, Problem(**{**p.__dict__, "mask": MaskSpec(causal=a)})), tile=c.tile,
                     extra=(("window", win),))
     return st.tuples(case_strategy(ctx), st.sampled_from(t.alignments or (False,)),
                      st.sampled_from(("left", "both", "unbounded"))).map(lambda x: adapt(*x))
@@ -291,6 +304,8 @@ def invalid_window_rejected(ctx, case):
     w = case.get("window")
     try:
         out = ctx.target(inp.q, inp.k, inp.v, window=w, causal=False, return_lse=False)
+    except OutsideDomain:
+        raise  # the shape is not the target's: no verdict (not a rejection of the window)
     except Exception:
         return
     raise Violation(f"window={w} was accepted (returned {type(out[0]).__name__}); a side below -1 must be an error, "
@@ -300,7 +315,7 @@ def invalid_window_rejected(ctx, case):
 # ============================================================================ garbage
 def _garbage_mechanisms(t):
     out = []
-    if "top_left" in t.alignments:
+    if "top_left" in t.alignments and not t.causal_equal_lengths:  # square causal attends every key
         out.append("causal_tail")
     if t.window:
         out.append("window")
@@ -329,8 +344,8 @@ def _garbage_strategy(ctx):
         else:
             mk = MaskSpec(attn_mask="bool", density=0.8, full=p.mask.full)
             sh = Shape(**{**sh.__dict__, "lk": max(sh.lk, 3)})
-        return Case(problem=Problem(**{**p.__dict__, "shape": sh, "mask": mk, "softcap": p.softcap}), tile=c.tile,
-                    extra=(("via", m), ("garbage", g), ("where", where)))
+        pr = conform(ctx.target, Problem(**{**p.__dict__, "shape": sh, "mask": mk, "softcap": p.softcap}))
+        return Case(problem=pr, tile=c.tile, extra=(("via", m), ("garbage", g), ("where", where)))
     return st.tuples(case_strategy(ctx), st.sampled_from(mech), st.sampled_from(_GARBAGE),
                      st.sampled_from(("kv", "k", "v"))).map(lambda x: adapt(*x))
 
@@ -571,6 +586,8 @@ def single_key_with_sentinel_logit(ctx, case):
     vals = _sentinel_values(dt, scale, ctx.target.accumulator)
     sval = vals[case.get("sentinel_index") % len(vals)]
     lq = 1 if via == "causal_first_row" else min(lk, 5)
+    if via == "causal_first_row" and ctx.target.causal_equal_lengths:
+        lq = lk  # row 0 of a square causal mask still sees key 0 only
     rng = np.random.default_rng(case.problem.seed)
     emax = {"float16": 65504.0, "bfloat16": 3.38e38, "float32": 3.4e38}[dt] / 4
     # logit = scale * alpha * kappa: alpha a power of two, kappa = S / (scale alpha) representable

@@ -19,6 +19,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 __all__ = [
     "Target",
+    "Call",
+    "OutsideDomain",
     "TargetLoadError",
     "load_target",
     "from_sdpa",
@@ -26,11 +28,20 @@ __all__ = [
     "default_target",
     "tiled_peer",
     "DTYPES",
+    "DEFAULT_DTYPES",
     "DEFAULT_TARGET",
+    "DECLARE_HINT",
 ]
 
 #: Storage dtypes the suite knows how to test (names as in torch).
 DTYPES = ("float16", "bfloat16", "float32")
+#: What a Target declares when it does not say (float64 is opt-in: most kernels do not take it).
+DEFAULT_DTYPES = ("float16", "bfloat16", "float32")
+#: Appended to the message when a target raises on an input inside its declared domain.
+DECLARE_HINT = ("if the target cannot run such inputs by design, declare the constraint in its Target "
+                "(causal_equal_lengths, min_lq / min_lk, head_dims, value_dim, dtypes, gqa, attn_mask, or an "
+                "`accepts(call)` predicate) and the suite will stay inside it; as declared, this input is in "
+                "the target's domain, so raising on it is a violation")
 #: What ``--flashproof-target`` means when it is not given: flashproof's own Triton kernel.
 DEFAULT_TARGET = "flashproof.properties.targets:default_target"
 
@@ -39,6 +50,91 @@ _ALIGNMENTS = ("top_left", "bottom_right")
 
 class TargetLoadError(ValueError):
     """The target named on the command line cannot be imported or is not a target."""
+
+
+class OutsideDomain(ValueError):
+    """The suite asked a target for a call outside the domain its Target declares (never a
+    violation: the property's example is discarded; see :meth:`Target.refusal`)."""
+
+
+_CAUSAL = (False, "top_left", "bottom_right")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call as a target's domain declaration sees it: sizes, dtype and options, no tensors.
+
+    ``causal`` is False, "top_left" or "bottom_right" (spec's alignment resolved); ``attn_mask``
+    is None, "bool" or "additive"; ``grad``: the inputs require gradients (a backward follows).
+    Built from a drawn problem (:meth:`of_problem`, at generation time) or from the tensors of
+    the actual call (:meth:`of_tensors`, at call time), so one predicate serves both.
+    """
+
+    dtype: str
+    batch: int = 1
+    heads: int = 1
+    kv_heads: int = 1
+    lq: int = 1
+    lk: int = 1
+    e: int = 16
+    ev: int = 16
+    causal: Any = False
+    window: Any = None
+    attn_mask: Any = None
+    softcap: Any = None
+    scale: Any = None
+    grad: bool = False
+
+    def __post_init__(self):
+        if self.causal not in _CAUSAL:
+            raise ValueError(f"Call.causal must be one of {_CAUSAL}, got {self.causal!r}")
+        if self.attn_mask not in (None, "bool", "additive"):
+            raise ValueError(f"Call.attn_mask must be None, 'bool' or 'additive', got {self.attn_mask!r}")
+
+    @classmethod
+    def of_problem(cls, problem, *, grad=False) -> "Call":
+        """The call a strategies.Problem describes (duck-typed: no import of strategies here)."""
+        sh, m = problem.shape, problem.mask
+        return cls(dtype=problem.dtype, batch=sh.batch, heads=sh.heads, kv_heads=sh.kv_heads, lq=sh.lq, lk=sh.lk,
+                   e=sh.e, ev=sh.ev, causal=m.causal or False, window=_window(m.window), attn_mask=m.attn_mask,
+                   softcap=_cap(problem.softcap), scale=problem.scale, grad=bool(grad))
+
+    @classmethod
+    def of_tensors(cls, q, k, v, *, causal=False, alignment=None, window=None, attn_mask=None, softcap=None,
+                   scale=None) -> "Call":
+        """The call of these tensors with spec's options."""
+        kind = None
+        if attn_mask is not None:
+            kind = "bool" if str(getattr(attn_mask, "dtype", "")).endswith("bool") else "additive"
+        grad = any(bool(getattr(x, "requires_grad", False)) for x in (q, k, v))
+        return cls(dtype=str(q.dtype).replace("torch.", ""), batch=int(q.shape[0]), heads=int(q.shape[1]),
+                   kv_heads=int(k.shape[1]), lq=int(q.shape[2]), lk=int(k.shape[2]), e=int(q.shape[-1]),
+                   ev=int(v.shape[-1]), causal=_alignment_of(causal, alignment), window=_window(window),
+                   attn_mask=kind, softcap=_cap(softcap), scale=scale, grad=grad)
+
+
+def _alignment_of(causal, alignment):
+    if causal is False or causal is None:
+        return False
+    if causal is True:
+        return alignment or "top_left"
+    return causal if causal in _ALIGNMENTS else False
+
+
+def _window(window):
+    if window is None:
+        return None
+    try:
+        w = tuple(int(x) for x in window)
+    except (TypeError, ValueError):
+        return tuple(window) if isinstance(window, (tuple, list)) else window  # the target judges it
+    return None if w == (-1, -1) else w
+
+
+def _cap(softcap):
+    if softcap is None or softcap == 0 or softcap == math.inf:
+        return None
+    return float(softcap)
 
 
 @dataclass
@@ -82,7 +178,7 @@ class Target:
     accepts_tile: Callable | None = None
     #: page sizes decode accepts (None: any positive size).
     page_sizes: tuple | None = None
-    dtypes: tuple = DTYPES
+    dtypes: tuple = DEFAULT_DTYPES
     devices: tuple = ("cpu",)
     #: accumulator precision the kernel claims: "fp32" (FlashAttention) or "same" (input dtype).
     accumulator: str = "fp32"
@@ -97,6 +193,16 @@ class Target:
     value_dim: bool = True
     #: the longest Lq/Lk the suite should use at the ci profile (interpreter cost).
     max_len: int | None = None
+    #: The domain: which calls the target accepts (the declaration is the contract: inside it a
+    #: raise is a violation; outside it the suite never asks, or discards the example).
+    #: Causal attention only with Lq == Lk (torch's flash backend refuses is_causal otherwise).
+    causal_equal_lengths: bool = False
+    #: the shortest query / key lengths it takes (0: empty sequences too).
+    min_lq: int = 0
+    min_lk: int = 0
+    #: accepts(call: Call) -> True/None (accepted), False or a str reason (refused): any other
+    #: limit. The strategies filter drawn problems with it and every call is checked against it.
+    accepts: Callable | None = None
     known_deviations: Mapping[str, str] = field(default_factory=dict)
     #: "module:attr" it was loaded from (used in reproducers), if any.
     spec: str | None = None
@@ -107,7 +213,7 @@ class Target:
             raise TypeError(f"Target.name must be a non-empty str, got {self.name!r}")
         if self.sdpa is None and self.forward is None:
             raise ValueError(f"Target {self.name!r}: give `sdpa` or `forward` (a callable)")
-        for fname in ("sdpa", "forward", "decode", "accepts_tile"):
+        for fname in ("sdpa", "forward", "decode", "accepts_tile", "accepts"):
             fn = getattr(self, fname)
             if fn is not None and not callable(fn):
                 raise TypeError(f"Target.{fname} must be callable, got {type(fn).__name__}")
@@ -146,6 +252,12 @@ class Target:
         if self.head_dims is not None:
             self.head_dims = tuple(int(e) for e in self.head_dims)
         self.known_deviations = dict(self.known_deviations or {})
+        for name in ("min_lq", "min_lk"):
+            x = getattr(self, name)
+            if isinstance(x, bool) or not isinstance(x, int) or x < 0:
+                raise ValueError(f"Target.{name} must be an int >= 0, got {x!r}")
+        if not isinstance(self.causal_equal_lengths, bool):
+            raise TypeError(f"Target.causal_equal_lengths must be a bool, got {self.causal_equal_lengths!r}")
 
     # ------------------------------------------------------------------ capabilities
     @property
@@ -160,7 +272,50 @@ class Target:
             "backward": self.backward, "decode": self.decode is not None,
             "split_range": self.split_range, "paged": self.paged, "dtypes": self.dtypes,
             "tile_configs": len(self.tile_configs), "accumulator": self.accumulator,
+            "causal_equal_lengths": self.causal_equal_lengths, "min_lq": self.min_lq, "min_lk": self.min_lk,
+            "accepts": self.accepts is not None,
         }
+
+    # ------------------------------------------------------------------ domain
+    def refusal(self, call: Call) -> str | None:
+        """Why the declared domain excludes ``call`` (None: the target must run it correctly)."""
+        c = call
+        if c.dtype not in self.dtypes:
+            return f"dtype {c.dtype} is not among the declared dtypes {self.dtypes}"
+        if self.head_dims is not None and (c.e not in self.head_dims or c.ev not in self.head_dims):
+            return f"head dims E={c.e}, Ev={c.ev} are not all among the declared head_dims"
+        if not self.value_dim and c.ev != c.e:
+            return f"Ev={c.ev} differs from E={c.e} (declared value_dim=False)"
+        if c.heads != c.kv_heads and not self.gqa:
+            return f"H={c.heads} != Hkv={c.kv_heads} and the target declares no GQA"
+        if c.causal and c.causal not in self.alignments:
+            only = " (the target is top-left causal only)" if self.alignments == ("top_left",) else ""
+            return f"{c.causal} causal is not among the declared alignments {self.alignments}{only}"
+        if c.causal and self.causal_equal_lengths and c.lq != c.lk:
+            return f"causal with Lq={c.lq} != Lk={c.lk} (declared causal_equal_lengths=True)"
+        if c.lq < self.min_lq or c.lk < self.min_lk:
+            return f"Lq={c.lq}, Lk={c.lk} below the declared min_lq={self.min_lq}, min_lk={self.min_lk}"
+        if c.window is not None and not self.window:
+            return "a window, and the target declares none"
+        if c.softcap is not None and not self.softcap:
+            return "a softcap, and the target declares none"
+        if c.attn_mask is not None and not self.attn_mask:
+            return "an attn_mask, and the target declares none"
+        if c.grad and not self.backward:
+            return "gradients, and the target declares no backward"
+        if self.accepts is not None:
+            verdict = self.accepts(c)
+            if verdict is False:
+                return f"refused by {self.name}'s accepts()"
+            if isinstance(verdict, str) and verdict:
+                return verdict
+            if not (verdict is None or verdict is True or verdict == ""):
+                raise TypeError(f"{self.name}: accepts() must return True/None, False or a reason str, "
+                                f"got {type(verdict).__name__}")
+        return None
+
+    def in_domain(self, call: Call) -> bool:
+        return self.refusal(call) is None
 
     def device(self) -> str:
         """The device tensors are built on: the first declared one that exists here."""
@@ -182,6 +337,10 @@ class Target:
         raises ValueError rather than silently being dropped.
         """
         tile = dict(tile or {})
+        why = self.refusal(Call.of_tensors(q, k, v, causal=causal, alignment=alignment, window=window,
+                                           attn_mask=attn_mask, softcap=softcap, scale=scale))
+        if why is not None:
+            raise OutsideDomain(f"target {self.name!r} does not declare this call: {why}")
         if self.forward is not None:
             out = self.forward(q, k, v, causal=causal, alignment=alignment, window=window, scale=scale,
                                softcap=softcap, attn_mask=attn_mask, return_lse=bool(return_lse), **tile)
