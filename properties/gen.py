@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import functools
 import math
+import time
+import weakref
 
+import numpy as np
 from hypothesis import strategies as st
 from hypothesis.errors import UnsatisfiedAssumption
 
-from . import suite
+from . import oracle, suite
 from .strategies import (GQA_RATIOS, KV_HEADS, REGIMES, Case, MaskSpec, Problem, Regime, Shape, dtypes,
                          head_dims, lengths, masks, max_abs_logit, problems, shapes, tile_configs, value_kinds)
 from .targets import DECLARE_HINT, Call, OutsideDomain
@@ -17,6 +20,7 @@ from .targets import DECLARE_HINT, Call, OutsideDomain
 __all__ = [
     "tile_sizes", "problem_strategy", "case_strategy", "corner", "first_dtype", "pick_dtype",
     "head_dim_at_least", "small_tiles", "SCALES", "SOFTCAPS", "conform", "in_domain", "prop", "Undeclared",
+    "run_tiles", "judge_rows", "sample", "rows_of", "budget_report",
 ]
 
 
@@ -44,12 +48,54 @@ def prop(name, **kw):
     a call the Target does not declare (it raises OutsideDomain before reaching the target)
     discards the example instead of failing it, and a target that raises on a declared call
     fails with a hint to declare the constraint."""
-    register = suite.prop(name, **kw)
+    strategy = kw.pop("strategy")
+    register = suite.prop(name, strategy=lambda ctx: _budgeted(ctx, name, strategy(ctx)), **kw)
 
     def deco(check):
-        register(_within_domain(check))
+        register(_within_domain(check, name))
         return check
     return deco
+
+
+#: (id(ctx), property) -> {"t0", "judged", "skipped"} of the property's latest run (budget accounting)
+_RUNS: dict = {}
+_DRAWN = weakref.WeakSet()  # drawn (not explicit) cases, so the budget never skips a corner
+
+
+def _budgeted(ctx, name, strategy):
+    """Start the property's clock (run_property builds the strategy once per run, just before its
+    corners run) and mark the cases it draws: see _within_domain."""
+    _RUNS[(id(ctx), name)] = {"t0": time.monotonic(), "judged": 0, "skipped": 0}
+    return strategy.map(_mark_drawn)
+
+
+def _mark_drawn(case):
+    try:
+        _DRAWN.add(case)
+    except TypeError:  # not weak-referenceable: never skipped
+        pass
+    return case
+
+
+def budget_report(ctx=None) -> dict:
+    """property -> (drawn examples judged, drawn examples skipped after Limits.property_seconds) of the
+    latest run of each property (of ``ctx`` when given)."""
+    return {name: (r["judged"], r["skipped"]) for (cid, name), r in _RUNS.items() if ctx is None or cid == id(ctx)}
+
+
+def _over_budget(ctx, name, case) -> bool:
+    """Whether this drawn example comes after the profile's property_seconds (and one drawn example
+    was judged already): it then passes without running, so Hypothesis ends the property at once
+    (rejecting it instead would make Hypothesis draw ~100 replacements per valid example)."""
+    budget = getattr(ctx.limits, "property_seconds", None)
+    run = _RUNS.get((id(ctx), name))
+    if run is None or case not in _DRAWN:
+        return False
+    if budget and run["judged"] >= 1 and time.monotonic() - run["t0"] > float(budget):
+        run["skipped"] += 1
+        return True
+    run["judged"] += 1
+    return False
 
 
 class Undeclared(UnsatisfiedAssumption):
@@ -61,9 +107,11 @@ class Undeclared(UnsatisfiedAssumption):
         return self.reason or "outside the target's declared domain"
 
 
-def _within_domain(check):
+def _within_domain(check, name):
     @functools.wraps(check)
     def run(ctx, case):
+        if _over_budget(ctx, name, case):
+            return
         try:
             return check(ctx, case)
         except OutsideDomain as exc:  # a property that calls ctx.target directly
@@ -82,9 +130,22 @@ SCALES = (None, None, 0.5, 0.25, 0.0625, 1.0, 0.3)
 SOFTCAPS = (5.0, 30.0, 50.0)
 
 
+def run_tiles(ctx) -> list:
+    """The target's tile configs this run draws from: all of them, or (Limits.tile_configs) a fixed
+    spread of that many from the smallest tile to the largest (each config costs a compile on a GPU)."""
+    cfgs = list(ctx.target.tile_configs)
+    n = getattr(ctx.limits, "tile_configs", None)
+    if not n or len(cfgs) <= n:
+        return cfgs
+    order = sorted(range(len(cfgs)), key=lambda i: (cfgs[i].get("block_m", 0) * cfgs[i].get("block_n", 0),
+                                                    sorted(cfgs[i].items())))
+    pick = sorted({order[round(j * (len(order) - 1) / max(n - 1, 1))] for j in range(n)})
+    return [cfgs[i] for i in pick]
+
+
 def tile_sizes(ctx, *, keys=("block_m", "block_n")) -> tuple:
     out = set()
-    for c in ctx.target.tile_configs:
+    for c in run_tiles(ctx):
         for k in keys:
             if k in c and isinstance(c[k], int):
                 out.add(int(c[k]))
@@ -93,7 +154,7 @@ def tile_sizes(ctx, *, keys=("block_m", "block_n")) -> tuple:
 
 def small_tiles(ctx, n=None):
     """Tile configs sorted by cost (smallest tiles first, they stress the most boundaries)."""
-    cfgs = list(ctx.target.tile_configs)
+    cfgs = list(run_tiles(ctx))
     cfgs.sort(key=lambda c: (c.get("block_m", 0) * c.get("block_n", 0), sorted(c.items())))
     return cfgs[:n] if n else cfgs
 
@@ -167,7 +228,7 @@ def _cap_cost(s: Shape, lim) -> Shape:
 def case_strategy(ctx, problem=None, *, tile=True, extra=None, **kw):
     """Cases: a problem, one of the target's tile configs, and property extras."""
     pr = problem if problem is not None else problem_strategy(ctx, **kw)
-    tl = tile_configs(configs=ctx.target.tile_configs) if tile else st.just(None)
+    tl = tile_configs(configs=run_tiles(ctx)) if tile else st.just(None)
     ex = extra if extra is not None else st.just(())
     out = st.builds(Case, problem=pr, tile=tl, extra=ex)
     acc = ctx.target.accepts_tile
@@ -210,3 +271,32 @@ def corner(ctx, *, shape=None, dtype=None, regime=None, mask=None, values="norma
 
 def _scale(sc, e):
     return sc if sc is not None else 1.0 / math.sqrt(e)
+
+
+# ----------------------------------------------------------------------------- judging a sample of rows
+def judge_rows(ctx, inp, *, tile=None):
+    """The query rows the judge evaluates under this profile (None: all): Limits.judge_pairs row-key
+    pairs at most, tile edges of ``tile``'s block_m included (oracle.judge_rows)."""
+    b, h, lq = inp.q.shape[0], inp.q.shape[1], inp.q.shape[2]
+    seed = getattr(inp.problem, "seed", 0) or 0
+    return oracle.judge_rows(lq, inp.k.shape[2], b * h, pairs=getattr(ctx.limits, "judge_pairs", None), seed=seed,
+                             block=dict(tile or {}).get("block_m"))
+
+
+def rows_of(x, rows):
+    """x (tensor or array, (B, H, Lq, ...)) restricted to query rows ``rows`` (None: x itself)."""
+    if rows is None or x is None:
+        return x
+    if isinstance(x, np.ndarray):
+        return x[:, :, rows]
+    import torch
+
+    return x.index_select(2, torch.as_tensor(rows, dtype=torch.long, device=x.device))
+
+
+def sample(ctx, inp, *outs, tile=None, rows="auto"):
+    """(inputs, *outputs) restricted to the rows the judge evaluates: the target ran the whole
+    problem; its bound and exact values are those of these rows (oracle.take_rows)."""
+    if isinstance(rows, str):
+        rows = judge_rows(ctx, inp, tile=tile)
+    return (oracle.take_rows(inp, rows),) + tuple(rows_of(o, rows) for o in outs)

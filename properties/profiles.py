@@ -16,7 +16,8 @@ __all__ = ["PROFILES", "SHRINK_SECONDS", "EXAMPLE_TIMEOUT", "register_profiles",
 PROFILES = {
     "ci": dict(max_examples=3, derandomize=True, deadline=None, database=None, print_blob=False,
                report_multiple_bugs=False),
-    "gpu": dict(max_examples=25, derandomize=False, deadline=None, print_blob=True, report_multiple_bugs=False),
+    # gpu: 12 drawn examples per property at real shapes, within strategies.LIMITS["gpu"].property_seconds
+    "gpu": dict(max_examples=12, derandomize=False, deadline=None, print_blob=True, report_multiple_bugs=False),
     "deep": dict(max_examples=200, derandomize=False, deadline=None, print_blob=True, report_multiple_bugs=False),
 }
 #: Seconds Hypothesis may spend shrinking one failure (its own default is 300 s).

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from flashproof import spec
 
 from . import oracle
-from .gen import (case_strategy, conform, corner, first_dtype, head_dim_at_least, in_domain, problem_strategy, prop,
-                  small_tiles, tile_sizes)
+from .gen import (case_strategy, conform, corner, first_dtype, head_dim_at_least, in_domain, judge_rows,
+                  problem_strategy, prop, run_tiles, sample, small_tiles, tile_sizes)
 from .oracle import Violation, to_np
 from .strategies import (SENTINELS, Case, MaskSpec, Problem, Regime, Shape, build, lengths, logits_exact, masks,
                          max_abs_logit)
@@ -34,7 +34,7 @@ def _t(like, arr):
 
 
 def _huge(dtype):
-    return {"float16": 65504.0, "bfloat16": 1e30, "float32": 1e30}[dtype]
+    return {"float16": 65504.0, "bfloat16": 1e30, "float32": 1e30, "float64": 1e30}[dtype]
 
 
 def _garbage_value(kind, dtype):
@@ -101,8 +101,7 @@ def _empty_corners(ctx):
       bound="exact 0 / -inf on empty rows; running_forward_bound elsewhere")
 def fully_masked_rows_zero_and_neg_inf(ctx, case):
     inp = build(case.problem, device=ctx.device)
-    _, allowed = logits_exact(inp)
-    empty = ~allowed.any(axis=-1)
+    empty = ~oracle.allowed_mask(inp).any(axis=-1)
     if not empty.any():
         raise AssertionError(f"flashproof: the {case.get('via')} construction left no empty row")
     o, lse = ctx.call(inp, tile=case.tile_dict)
@@ -120,7 +119,8 @@ def fully_masked_rows_zero_and_neg_inf(ctx, case):
             raise Violation(f"LSE on fully masked rows (via {case.get('via')}) must be -inf (never NaN or +inf): "
                             f"{int(badl.sum())} row(s), e.g. " +
                             ", ".join(f"{oracle.fmt_idx(i)} = {ln[tuple(i)]!r}" for i in idx))
-    ctx.judge(inp, o, lse, tile=case.tile_dict, label=f"other rows, empty rows via {case.get('via')}")
+    ctx.judge(*sample(ctx, inp, o, lse, tile=case.tile_dict), tile=case.tile_dict,
+              label=f"other rows, empty rows via {case.get('via')}")
 
 
 # ============================================================================ causal alignment
@@ -154,13 +154,15 @@ def _align_strategy(ctx):
 def causal_alignment_on_unequal_lengths(ctx, case):
     inp = build(case.problem, device=ctx.device)
     o, lse = ctx.call(inp, tile=case.tile_dict)
+    rows = judge_rows(ctx, inp, tile=case.tile_dict)
     try:
-        ctx.judge(inp, o, lse, tile=case.tile_dict, label=f"causal={inp.causal}")
+        ctx.judge(*sample(ctx, inp, o, lse, rows=rows), tile=case.tile_dict, label=f"causal={inp.causal}")
     except Violation as exc:
         other = "top_left" if inp.causal == "bottom_right" else "bottom_right"
-        alt = oracle.exact(inp.with_(causal=other))
-        e_decl = np.nanmax(np.abs(to_np(o) - oracle.exact(inp).o), initial=0.0)
-        e_other = np.nanmax(np.abs(to_np(o) - alt.o), initial=0.0)
+        decl, on = sample(ctx, inp, o, rows=rows)
+        alt = oracle.exact(sample(ctx, inp.with_(causal=other), rows=rows)[0])
+        e_decl = np.nanmax(np.abs(to_np(on) - oracle.exact(decl).o), initial=0.0)
+        e_other = np.nanmax(np.abs(to_np(on) - alt.o), initial=0.0)
         hint = (f"\n  the output is closer to {other} causal (max err {e_other:.3g}) than to the declared "
                 f"{inp.causal} (max err {e_decl:.3g})") if e_other < e_decl else ""
         raise Violation(str(exc) + hint) from None
@@ -193,7 +195,7 @@ def _set_strategy(ctx):
     bm = masks(alignments=(), window=False, attn_mask=t.attn_mask, lq=st.just(4))
     return st.builds(lambda lm, lk, seed, dt, tile, b: mk(lm[0], lk, lm[1], seed, dt, tile, b),
                      m, lengths(max_len=lim, tile_sizes=ts), st.integers(0, 1000), st.sampled_from(t.dtypes),
-                     st.sampled_from([tuple(sorted(c.items())) for c in t.tile_configs] or [None]),
+                     st.sampled_from([tuple(sorted(c.items())) for c in run_tiles(ctx)] or [None]),
                      st.integers(1, 2)).filter(lambda c: c is not None and c.problem.mask.attn_mask != "additive")
 
 
@@ -281,10 +283,13 @@ def _wide_strategy(ctx):
 def window_wider_than_sequence_is_causal(ctx, case):
     inp = build(case.problem, device=ctx.device)
     o0, l0 = ctx.call(inp, tile=case.tile_dict)
-    ex, (ob0, lb0) = ctx.judge(inp, o0, l0, tile=case.tile_dict, label="no window", fa=False)
     w = case.get("window")
     inpw = inp.with_(window=w)
     o1, l1 = ctx.call(inpw, tile=case.tile_dict)
+    rows = judge_rows(ctx, inp, tile=case.tile_dict)
+    inp, o0, l0 = sample(ctx, inp, o0, l0, rows=rows)
+    inpw, o1, l1 = sample(ctx, inpw, o1, l1, rows=rows)
+    ex, (ob0, lb0) = ctx.judge(inp, o0, l0, tile=case.tile_dict, label="no window", fa=False)
     ctx.judge(inpw, o1, l1, tile=case.tile_dict, label=f"window={w}", fa=False, ex=ex)
     oracle.assert_within(f"O (window={w} vs causal={inp.causal})", to_np(o1), to_np(o0),
                          ob0 * 2 + 2 * ex.o_rad, what="agreement with the run without a window")
@@ -363,7 +368,7 @@ def _garbage_corners(ctx):
 
 def _unattended_keys(inp):
     """(B, Hkv, Lk) bool: keys that no query row of any head reading them may attend."""
-    _, allowed = logits_exact(inp)
+    allowed = oracle.allowed_mask(inp)
     b, h, lq, lk = allowed.shape
     hkv = inp.k.shape[1]
     any_ = allowed.reshape(b, hkv, h // hkv, lq, lk).any(axis=(2, 3))
@@ -445,7 +450,7 @@ def garbage_in_padding_isolated(ctx, case):
     oracle.assert_bitwise("O" + what, o1, o0)
     if l0 is not None:
         oracle.assert_bitwise("LSE" + what, l1, l0, dims="(b, h, i)")
-    ctx.judge(inp, o0, l0, tile=case.tile_dict, label="strided views", fa=False)
+    ctx.judge(*sample(ctx, inp, o0, l0, tile=case.tile_dict), tile=case.tile_dict, label="strided views", fa=False)
 
 
 # ============================================================================ softcap
@@ -461,11 +466,12 @@ def garbage_in_padding_isolated(ctx, case):
 def softcap_infinity_is_none(ctx, case):
     inp = build(case.problem, device=ctx.device)
     o0, l0 = ctx.call(inp, tile=case.tile_dict)
-    ex, (ob0, _) = ctx.judge(inp, o0, l0, tile=case.tile_dict, label="softcap=None", fa=False)
     cap = case.get("cap")
     inpc = inp.with_(softcap=cap)
     o1, l1 = ctx.call(inpc, tile=case.tile_dict)
-    ctx.judge(inpc, o1, l1, tile=case.tile_dict, label=f"softcap={cap!r}", fa=False,
+    rows = judge_rows(ctx, inp, tile=case.tile_dict)
+    ex, (ob0, _) = ctx.judge(*sample(ctx, inp, o0, l0, rows=rows), tile=case.tile_dict, label="softcap=None", fa=False)
+    ctx.judge(*sample(ctx, inpc, o1, l1, rows=rows), tile=case.tile_dict, label=f"softcap={cap!r}", fa=False,
               ex=None if cap == 1e6 else ex)
 
 
@@ -481,7 +487,7 @@ def softcap_infinity_is_none(ctx, case):
 def softcap_applied_as_spec(ctx, case):
     inp = build(case.problem, device=ctx.device)
     o, lse = ctx.call(inp, tile=case.tile_dict)
-    ctx.judge(inp, o, lse, tile=case.tile_dict)
+    ctx.judge(*sample(ctx, inp, o, lse, tile=case.tile_dict), tile=case.tile_dict)
 
 
 # ============================================================================ LSE convention
@@ -504,15 +510,17 @@ def _lse_corners(ctx):
 def lse_is_natural_log(ctx, case):
     inp = build(case.problem, device=ctx.device)
     o, lse = ctx.call(inp, tile=case.tile_dict, return_lse=True)
-    s, allowed = logits_exact(inp)
     ln = to_np(lse)
-    n = allowed.sum(axis=-1)
-    empty = n == 0
+    empty = ~oracle.allowed_mask(inp).any(axis=-1)  # every row, judged or not
     bad = empty & ~np.isneginf(ln)
     if bad.any():
         idx = np.argwhere(bad)[:5]
         raise Violation("LSE of rows with no allowed key must be -inf: " +
                         ", ".join(f"{oracle.fmt_idx(i)} = {ln[tuple(i)]!r}" for i in idx))
+    inp, o, lse = sample(ctx, inp, o, lse, tile=case.tile_dict)
+    s, allowed = logits_exact(inp)
+    ln = to_np(lse)
+    n = allowed.sum(axis=-1)
     o_b, l_b = ctx.bound(inp, tile=case.tile_dict)
     ex = oracle.exact(inp, need_o=o_b, need_lse=l_b)
     single = n == 1
@@ -551,7 +559,8 @@ def _sentinel_values(dtype, scale, acc):
     top = max_abs_logit(dtype, scale, accumulator=acc)
     out = []
     for s in SENTINELS:
-        v = -{"float16": 65504.0, "bfloat16": 3.3895e38, "float32": 3.4028e38}[dtype] if s == "finfo.min" else float(s)
+        v = -{"float16": 65504.0, "bfloat16": 3.3895e38, "float32": 3.4028e38,
+              "float64": 1.7976e308}[dtype] if s == "finfo.min" else float(s)
         if -v <= top / 4:
             out.append(v)
     return out
@@ -565,7 +574,7 @@ def _sentinel_strategy(ctx):
                                                              extra=(("via", m), ("sentinel_index", si), ("lk", lk))),
                      st.sampled_from(mech), st.sampled_from(ctx.target.dtypes), st.integers(0, 5),
                      lengths(max_len=ctx.limits.max_len, tile_sizes=tile_sizes(ctx)), st.integers(0, 1000),
-                     st.sampled_from([tuple(sorted(c.items())) for c in ctx.target.tile_configs] or [None]))
+                     st.sampled_from([tuple(sorted(c.items())) for c in run_tiles(ctx)] or [None]))
 
 
 @prop("single_key_with_sentinel_logit",
@@ -589,7 +598,7 @@ def single_key_with_sentinel_logit(ctx, case):
     if via == "causal_first_row" and ctx.target.causal_equal_lengths:
         lq = lk  # row 0 of a square causal mask still sees key 0 only
     rng = np.random.default_rng(case.problem.seed)
-    emax = {"float16": 65504.0, "bfloat16": 3.38e38, "float32": 3.4e38}[dt] / 4
+    emax = {"float16": 65504.0, "bfloat16": 3.38e38, "float32": 3.4e38, "float64": 1.79e308}[dt] / 4
     # logit = scale * alpha * kappa: alpha a power of two, kappa = S / (scale alpha) representable
     alpha = 2.0 ** max(0, math.ceil(math.log2(max(1.0, abs(sval) / (scale * emax)))))
     kappa = sval / (scale * alpha)
@@ -653,7 +662,7 @@ def _below_sentinel_strategy(ctx):
 def logits_below_mask_sentinels(ctx, case):
     inp = build(case.problem, device=ctx.device)
     o, lse = ctx.call(inp, tile=case.tile_dict)
-    ctx.judge(inp, o, lse, tile=case.tile_dict, fa=False)
+    ctx.judge(*sample(ctx, inp, o, lse, tile=case.tile_dict), tile=case.tile_dict, fa=False)
 
 
 # ============================================================================ NaN propagation
@@ -676,7 +685,7 @@ def nan_propagates_only_to_attending_rows(ctx, case):
         return
     rng = np.random.default_rng(case.get("nan_seed"))
     where = case.get("where")
-    _, allowed = logits_exact(inp)
+    allowed = oracle.allowed_mask(inp)
     hit = np.zeros((b, h, lq), dtype=bool)
     q, k = inp.q.clone(), inp.k.clone()
     if "q" in where:

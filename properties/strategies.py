@@ -40,10 +40,13 @@ SENTINELS = (-1e4, -5e4, -65504.0, -1e6, -1e30, "finfo.min")
 HEAD_DIMS = (8, 16, 24, 40, 64, 72, 80, 96)
 GQA_RATIOS = (1, 2, 3, 4, 5, 6, 7, 8)
 KV_HEADS = (1, 2, 3)
+#: dtypes drawn by default; float64 is known too (a target opts in by declaring it)
 _DTYPES = ("float16", "bfloat16", "float32")
-_MANT = {"float16": 11, "bfloat16": 8, "float32": 24}
-_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38, "float32": 3.4028234663852886e38}
-_TINY = {"float16": 2.0 ** -14, "bfloat16": 2.0 ** -126, "float32": 2.0 ** -126}
+_ALL_DTYPES = _DTYPES + ("float64",)
+_MANT = {"float16": 11, "bfloat16": 8, "float32": 24, "float64": 53}
+_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38, "float32": 3.4028234663852886e38,
+        "float64": 1.7976931348623157e308}
+_TINY = {"float16": 2.0 ** -14, "bfloat16": 2.0 ** -126, "float32": 2.0 ** -126, "float64": 2.0 ** -1022}
 
 
 # ----------------------------------------------------------------------------- printing
@@ -173,8 +176,8 @@ class Problem(_Printable):
     seed: int = 0
 
     def __post_init__(self):
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"Problem.dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.dtype not in _ALL_DTYPES:
+            raise ValueError(f"Problem.dtype must be one of {_ALL_DTYPES}, got {self.dtype!r}")
         if self.values not in VALUE_KINDS:
             raise ValueError(f"Problem.values must be one of {VALUE_KINDS}, got {self.values!r}")
         spec.resolve_scale(self.scale, self.shape.e)
@@ -237,19 +240,37 @@ class Limits:
     head_dims: tuple = HEAD_DIMS
     max_splits: int = 16
     max_tiles_per_prop: int = 3
+    #: judge at most this many (b, h, i, j) row-key pairs per problem, on a sample of query rows
+    #: (the target still runs the whole problem); None: every row
+    judge_pairs: int | None = None
+    #: seconds after which a property draws no new example (its corners and at least one drawn
+    #: example always run); None: max_examples decides alone
+    property_seconds: float | None = None
+    #: at most this many distinct tile configs of the target per run (a fixed spread of them:
+    #: each config is a compile on a GPU); None: all
+    tile_configs: int | None = None
 
     def __post_init__(self):
         for name in ("max_len", "max_batch", "max_heads", "max_splits", "max_tiles_per_prop"):
             x = getattr(self, name)
             if isinstance(x, bool) or not isinstance(x, int) or x < 1:
                 raise ValueError(f"Limits.{name} must be a positive int, got {x!r}")
+        for name in ("judge_pairs", "tile_configs"):
+            x = getattr(self, name)
+            if x is not None and (isinstance(x, bool) or not isinstance(x, int) or x < 1):
+                raise ValueError(f"Limits.{name} must be None or a positive int, got {x!r}")
+        x = self.property_seconds
+        if x is not None and (isinstance(x, bool) or not isinstance(x, numbers.Real) or not x > 0):
+            raise ValueError(f"Limits.property_seconds must be None or > 0, got {x!r}")
 
 
 LIMITS = {
     "ci": Limits(max_len=40, max_batch=2, max_heads=8, head_dims=(8, 16, 24, 40, 64, 72, 80, 96)),
     "deep": Limits(max_len=96, max_batch=3, max_heads=12, head_dims=HEAD_DIMS + (128,)),
-    "gpu": Limits(max_len=1024, max_batch=4, max_heads=16, head_dims=HEAD_DIMS + (128, 192, 256),
-                  max_tiles_per_prop=8),
+    # gpu: real lengths and grids; the judge evaluates <= 2^18 row-key pairs of each problem (row
+    # sample) and each property stops drawing after 5 s, so the run fits ~4 min (benchmarks/suite_timing.py)
+    "gpu": Limits(max_len=1024, max_batch=4, max_heads=8, head_dims=HEAD_DIMS + (128, 192, 256),
+                  max_tiles_per_prop=4, judge_pairs=1 << 18, property_seconds=5.0, tile_configs=6),
 }
 
 
@@ -325,7 +346,7 @@ def head_dims(*, allowed=HEAD_DIMS) -> SearchStrategy[int]:
 def dtypes(*, allowed=_DTYPES) -> SearchStrategy[str]:
     allowed = tuple(str(d).replace("torch.", "") for d in allowed)
     for d in allowed:
-        _one_of(_DTYPES)(d, "allowed[]")
+        _one_of(_ALL_DTYPES)(d, "allowed[]")
     if not allowed:
         raise ValueError("dtypes: allowed is empty")
     return st.sampled_from(allowed)
@@ -423,7 +444,7 @@ def logit_regimes(*, names=REGIMES, dtype="float16", scale=0.125, accumulator="f
         if isinstance(x, bool) or not isinstance(x, numbers.Real) or not (x > 0 and math.isfinite(x)):
             raise ValueError(f"{name} must be a positive finite real, got {x!r}")
 
-    return _regimes(names, _strategy(dtype, "dtype", _one_of(_DTYPES)), _strategy(scale, "scale", check_scale),
+    return _regimes(names, _strategy(dtype, "dtype", _one_of(_ALL_DTYPES)), _strategy(scale, "scale", check_scale),
                     accumulator)
 
 
@@ -539,7 +560,7 @@ def problems(*, shape, dtype=st.sampled_from(_DTYPES), regimes=REGIMES, mask=st.
     def check_cap(x, name):
         spec.normalize_softcap(x)
 
-    return _problems(shape, _strategy(dtype, "dtype", _one_of(_DTYPES)), regimes, mask,
+    return _problems(shape, _strategy(dtype, "dtype", _one_of(_ALL_DTYPES)), regimes, mask,
                      _strategy(values, "values", _one_of(VALUE_KINDS)), _strategy(scale, "scale", check_scale),
                      _strategy(softcap, "softcap", check_cap), accumulator,
                      _strategy(seed, "seed", _int_in(0, 2 ** 63)))

@@ -60,7 +60,7 @@ def test_strategies_reject_bad_arguments_when_built(make, exc, word):
     (lambda: MaskSpec(window=(-2, 0)), ValueError),
     (lambda: MaskSpec(empty_rows=1), ValueError),
     (lambda: MaskSpec(attn_mask="bool", density=2.0), ValueError),
-    (lambda: Problem(dtype="float64"), ValueError),
+    (lambda: Problem(dtype="int8"), ValueError),
     (lambda: Problem(seed=-1), ValueError),
     (lambda: Problem(scale=float("nan")), ValueError),
 ])

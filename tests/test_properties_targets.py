@@ -108,7 +108,7 @@ def test_sdpa_target_call_folds_causal_into_the_mask_and_enables_gqa():
     (dict(name="x", sdpa=_sdpa, alignments=("bottom_right",)), ValueError, "top_left"),
     (dict(name="x", sdpa=_sdpa, lse=True), ValueError, "lse"),
     (dict(name="x", sdpa=_sdpa, accumulator="fp16"), ValueError, "accumulator"),
-    (dict(name="x", sdpa=_sdpa, dtypes=("float64",)), ValueError, "dtypes"),
+    (dict(name="x", sdpa=_sdpa, dtypes=("int8",)), ValueError, "dtypes"),
     (dict(name="x", sdpa=_sdpa, split_range=(0, 4)), ValueError, "split_range"),
     (dict(name="x", sdpa=_sdpa, paged=True), ValueError, "decode"),
     (dict(name="x", sdpa=_sdpa, c_exp=-1), ValueError, "c_exp"),
