@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     print("outcomes: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     if args.budget is not None:
         print(f"budget {args.budget:.0f} s: {'fits' if wall <= args.budget else 'EXCEEDED'} ({wall:.1f} s)")
-    if res.failures or res.errors:
+    if any(o.status in ("failed", "error", "xfail", "timeout") for o in res.outcomes):
         print("\n" + res.details())
     if args.json:
         with open(args.json, "w") as f:

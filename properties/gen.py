@@ -65,7 +65,7 @@ _DRAWN = weakref.WeakSet()  # drawn (not explicit) cases, so the budget never sk
 def _budgeted(ctx, name, strategy):
     """Start the property's clock (run_property builds the strategy once per run, just before its
     corners run) and mark the cases it draws: see _within_domain."""
-    _RUNS[(id(ctx), name)] = {"t0": time.monotonic(), "judged": 0, "skipped": 0}
+    _RUNS[(id(ctx), name)] = {"t0": time.monotonic(), "judged": 0, "skipped": 0, "failed": False}
     return strategy.map(_mark_drawn)
 
 
@@ -75,6 +75,12 @@ def _mark_drawn(case):
     except TypeError:  # not weak-referenceable: never skipped
         pass
     return case
+
+
+def _failed(ctx, name):
+    run = _RUNS.get((id(ctx), name))
+    if run is not None:
+        run["failed"] = True
 
 
 def budget_report(ctx=None) -> dict:
@@ -91,7 +97,8 @@ def _over_budget(ctx, name, case) -> bool:
     run = _RUNS.get((id(ctx), name))
     if run is None or case not in _DRAWN:
         return False
-    if budget and run["judged"] >= 1 and time.monotonic() - run["t0"] > float(budget):
+    # after a failure every example runs: Hypothesis replays and shrinks it (its own time cap applies)
+    if budget and not run["failed"] and run["judged"] >= 1 and time.monotonic() - run["t0"] > float(budget):
         run["skipped"] += 1
         return True
     run["judged"] += 1
@@ -120,9 +127,15 @@ def _within_domain(check, name):
             cause = exc.__cause__
             if isinstance(cause, OutsideDomain):
                 raise Undeclared(str(cause)) from None  # no verdict either way: not this target's input
+            _failed(ctx, name)
             if DECLARE_HINT in str(exc):
                 raise
             raise suite.TargetError(f"{exc}\n  hint: {DECLARE_HINT}") from cause
+        except UnsatisfiedAssumption:
+            raise
+        except BaseException:
+            _failed(ctx, name)
+            raise
     return run
 
 #: Explicit scales drawn besides the default 1/sqrt(E): powers of two and an inexact one.

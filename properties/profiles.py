@@ -21,7 +21,7 @@ PROFILES = {
     "deep": dict(max_examples=200, derandomize=False, deadline=None, print_blob=True, report_multiple_bugs=False),
 }
 #: Seconds Hypothesis may spend shrinking one failure (its own default is 300 s).
-SHRINK_SECONDS = {"ci": 30, "gpu": 120, "deep": 300}
+SHRINK_SECONDS = {"ci": 30, "gpu": 30, "deep": 300}  # gpu: a failure must not take the ~4 min run's time
 #: Seconds one example (one property check, target calls and oracle included) may take before it
 #: is reported as a TIMEOUT. ci: MEASURED_PENDING.
 EXAMPLE_TIMEOUT = {"ci": 60, "gpu": 120, "deep": 300}
