@@ -110,7 +110,13 @@ def main(argv=None) -> int:
     head = f"{'property':<40} {'outcome':<13} {'ex':>4} {'judged':>6} {'skip':>4} {'sec':>7}"
     if not args.no_breakdown:
         head += " " + " ".join(f"{x:>9}" for x in ["target"] + labels)
-    print(f"target {target.name} on {target.device()}, profile {profile}", flush=True)
+    print(f"target {target.name} on {target.device()}, profile {profile}: {target.description}", flush=True)
+    print("domain: " + ", ".join(f"{k}={v}" for k, v in target.capabilities().items()), flush=True)
+    probes = getattr(sys.modules.get("flashproof.properties.sdpa_backends"), "PROBES", {})
+    for name, p in probes.items():  # what torch refused on this machine (the declaration follows it)
+        refused = {k: v for k, v in p.items() if v is not None}
+        print(f"probes {name}: {len(p) - len(refused)} ran, refused: "
+              + ("; ".join(f"{k} ({v[:120]})" for k, v in refused.items()) or "none"), flush=True)
     print(head, flush=True)
     clock.take()
 

@@ -47,7 +47,8 @@ def prop(name, **kw):
     """Register a property (``suite.prop``) whose check runs inside the target's declared domain:
     a call the Target does not declare (it raises OutsideDomain before reaching the target)
     discards the example instead of failing it, and a target that raises on a declared call
-    fails with a hint to declare the constraint."""
+    fails with a hint to declare the constraint. Under a profile with Limits.property_seconds,
+    drawn examples past the budget pass without running (see _over_budget)."""
     strategy = kw.pop("strategy")
     register = suite.prop(name, strategy=lambda ctx: _budgeted(ctx, name, strategy(ctx)), **kw)
 
@@ -57,7 +58,7 @@ def prop(name, **kw):
     return deco
 
 
-#: (id(ctx), property) -> {"t0", "judged", "skipped"} of the property's latest run (budget accounting)
+#: (id(ctx), property) -> {"t0", "judged", "skipped", "failed"} of the property's latest run
 _RUNS: dict = {}
 _DRAWN = weakref.WeakSet()  # drawn (not explicit) cases, so the budget never skips a corner
 
@@ -95,7 +96,11 @@ def _over_budget(ctx, name, case) -> bool:
     (rejecting it instead would make Hypothesis draw ~100 replacements per valid example)."""
     budget = getattr(ctx.limits, "property_seconds", None)
     run = _RUNS.get((id(ctx), name))
-    if run is None or case not in _DRAWN:
+    try:
+        drawn = case in _DRAWN
+    except TypeError:  # unhashable: never skipped
+        drawn = False
+    if run is None or not drawn:
         return False
     # after a failure every example runs: Hypothesis replays and shrinks it (its own time cap applies)
     if budget and not run["failed"] and run["judged"] >= 1 and time.monotonic() - run["t0"] > float(budget):
@@ -137,6 +142,7 @@ def _within_domain(check, name):
             _failed(ctx, name)
             raise
     return run
+
 
 #: Explicit scales drawn besides the default 1/sqrt(E): powers of two and an inexact one.
 SCALES = (None, None, 0.5, 0.25, 0.0625, 1.0, 0.3)
