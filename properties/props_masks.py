@@ -379,7 +379,9 @@ def _unattended_keys(inp):
       asserts="NaN, +-inf or huge values in keys and values that no row attends leave O and LSE bitwise equal "
               "to the clean run",
       classes=(4, 1), strategy=_garbage_strategy, corners=_garbage_corners,
-      needs=lambda t: None if _garbage_mechanisms(t) else "the target declares no mask that leaves keys unattended",
+      needs=lambda t: None if _garbage_mechanisms(t) else "the target declares no mask that leaves keys unattended" + (
+          " (its causal is square only: the last row attends every key)" if t.causal_equal_lengths and t.alignments
+          else ""),
       bound="bitwise")
 def garbage_in_masked_keys_isolated(ctx, case):
     torch = _torch()

@@ -213,3 +213,26 @@ def test_sdpa_backend_refusal_names_torchs_reasons():
         pytest.skip("the CPU has no efficient backend; on a GPU this call runs")
     with pytest.raises(RuntimeError, match="torch said"):
         _call(SDPBackend.EFFICIENT_ATTENTION, q, q, q)
+
+
+def test_sdpa_backend_probes_narrow_and_widen_the_static_declaration(monkeypatch):
+    from flashproof.properties import sdpa_backends as sb
+
+    def fake_probe(backend, *, lq=4, lk=4, e=16, ev=None, causal=False, mask=None, hkv=2, dtype="float16", grad=False):
+        if causal and lq != lk:
+            return None  # this torch runs non-square causal: the declaration widens
+        if lk == 1 or dtype in ("float32", "float64") or mask is not None:
+            return "RuntimeError: No available kernel"
+        if e > 192 or (grad and e == 192):
+            return "RuntimeError: No available kernel"
+        return None
+    monkeypatch.setattr(sb, "_probe", fake_probe)
+    monkeypatch.setattr(sb, "_DECLARED", {})
+    monkeypatch.setattr(sb, "PROBES", {})
+    d = sb._probed("cudnn", None, sb.STATIC["cudnn"])
+    assert d["causal_equal_lengths"] is False and d["min_lk"] == 2 and d["gqa"] and d["value_dim"]
+    assert d["dtypes"] == ("float16", "bfloat16") and not d["attn_mask"]
+    assert 192 in d["head_dims"] and 256 not in d["head_dims"] and 136 not in d["head_dims"] and 8 in d["head_dims"]
+    assert 192 not in d["bwd_head_dims"] and 160 in d["bwd_head_dims"]
+    assert sb.PROBES["cudnn"]["Lk = 1"].startswith("RuntimeError")
+    assert sb._probed("cudnn", None, sb.STATIC["cudnn"]) == d  # probed once per process
