@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flashproof import spec
+
 __all__ = [
     "Violation", "Exact", "exact", "bound", "bound_source", "precision", "naive_error",
     "to_np", "assert_within", "assert_bitwise", "assert_fa_criterion", "assert_finite",
@@ -384,7 +386,29 @@ def fa_eps(inputs, ex: Exact, *, u_acc, c_exp, n_tiles, u_in=None):
     omax = np.where(np.isfinite(ex.o), np.abs(ex.o), 0.0).max(axis=(-1, -2), initial=0.0)
     t = n_tiles if n_tiles else inputs.k.shape[2]
     eta = {"float16": 2.0 ** -25}.get(inputs.dtype_name, 2.0 ** -126)
-    return u_in * (vmax + omax) + 2 * (t + 1) * u_acc * (vmax + omax) + inputs.k.shape[2] * eta * vmax
+    return (u_in * (vmax + omax) + 2 * (t + 1) * u_acc * (vmax + omax) + inputs.k.shape[2] * eta * vmax
+            + _logit_rounding(inputs, rep, u_acc, c_exp) * (vmax + omax))
+
+
+def _logit_rounding(inputs, rep, u_acc, c_exp):
+    """Relative weight error, per (b, h), that a correct kernel's exponent may carry and a naive
+    baseline may escape: each logit rounded at its own magnitude |s| twice (the scale * log2 e
+    fold, then the product; proofs/fp_error.py's logit term) and exp's own 2 c_exp u. Weights
+    off by a factor (1 + d) move O by at most d (max|v| + max|o|). |s| <= |scale| ||q_i|| ||k_j||
+    (Cauchy-Schwarz), capped by a softcap, plus the largest finite additive mask entry."""
+    q, k = np.abs(to_np(inputs.q)), np.abs(to_np(inputs.k))
+    with np.errstate(over="ignore", invalid="ignore"):
+        qn = np.sqrt(np.nan_to_num((q * q).sum(-1), posinf=np.inf)).max(axis=-1, initial=0.0)
+        kn = np.repeat(np.sqrt(np.nan_to_num((k * k).sum(-1), posinf=np.inf)).max(axis=-1, initial=0.0), rep, axis=1)
+    scale = abs(spec.resolve_scale(inputs.scale, inputs.q.shape[-1]))
+    smax = scale * qn * kn
+    cap = spec.normalize_softcap(inputs.softcap)
+    if cap is not None:
+        smax = np.minimum(smax, cap)
+    if inputs.attn_mask is not None and not str(getattr(inputs.attn_mask, "dtype", "")).endswith("bool"):
+        m = np.abs(to_np(inputs.attn_mask))
+        smax = smax + (np.where(np.isfinite(m), m, 0.0).max(initial=0.0) if m.size else 0.0)
+    return np.nan_to_num(2.0 * u_acc * smax + 2.0 * c_exp * u_acc, nan=np.inf, posinf=np.inf)
 
 
 def describe_tightness(err, tol) -> str:

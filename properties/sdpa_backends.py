@@ -54,6 +54,12 @@ PROBES: dict = {}
 _DECLARED: dict = {}
 
 
+def _rows_aligned(t) -> bool:
+    """Every row (last dim) of t starts on a 16-byte boundary."""
+    elt = t.element_size()
+    return t.data_ptr() % 16 == 0 and all((st * elt) % 16 == 0 for st in t.stride()[:-1])
+
+
 def _call(backend, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     import torch
     from torch.nn.attention import sdpa_kernel
@@ -144,6 +150,12 @@ def _backend(name, backend_name, *, devices=("cuda",)):
     backend = getattr(SDPBackend, backend_name)
 
     def fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if name == "flash" and not all(_rows_aligned(t) for t in (query, key, value) if t.shape[-1] % 8 == 0):
+            from .gen import Undeclared
+
+            # E % 8 == 0 is not padded by torch: its flash kernel dies with "misaligned address" and
+            # poisons the CUDA context for every later call (docs/findings.md F2); reported, not run
+            raise Undeclared("flash: q/k/v rows not 16-byte aligned (declared outside the domain: docs/findings.md F2)")
         return _call(backend, query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                      scale=scale, enable_gqa=enable_gqa)
 
