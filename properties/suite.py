@@ -374,7 +374,7 @@ def replay(name, case, *, target=None, profile="ci", example_timeout=None):
     t = load_target(target)
     ctx = _context(t, profile, example_timeout=limit)
     try:
-        _run_example(ctx, PROPERTIES[name].check, case)
+        _run_example(ctx, PROPERTIES[name].check, case, name)
     except _TimedOut as exc:
         raise TargetTimeout(_timeout_message(name, limit, exc)) from None
     return True
@@ -422,6 +422,10 @@ class _Abandon(BaseException):
     ``except Exception`` does not swallow it)."""
 
 
+class _Flush(BaseException):
+    """Delivered to the caller's own thread to clear CPython's pending-async-exception flag."""
+
+
 class _TimedOut(BaseException):
     """An example ran past its limit. A BaseException, so Hypothesis lets it through at once
     instead of shrinking (every shrink step would wait out the limit again)."""
@@ -432,8 +436,9 @@ class _TimedOut(BaseException):
 
 
 class _Worker(threading.Thread):
-    def __init__(self, fn, args):
-        super().__init__(name="flashproof-example", daemon=True)
+    def __init__(self, fn, args, name):
+        # named after the property, so a stack dump (or a test target) can tell which one hangs
+        super().__init__(name=f"flashproof-example:{name}", daemon=True)
         self.fn, self.args, self.exc = fn, args, None
         torch = __import__("sys").modules.get("torch")
         # grad mode and the CUDA device are per thread in torch: carry the caller's over
@@ -463,17 +468,32 @@ def _stop(worker, grace=1.0) -> bool:
     except Exception:  # not CPython: the worker is abandoned
         pass
     worker.join(grace)
-    return not worker.is_alive()
+    if not worker.is_alive():
+        return True
+    # Stuck in C: withdraw the exception. CPython 3.11 keeps an interpreter-wide "async exception
+    # pending" flag that only a thread consuming one clears, and while it stays set the caller's
+    # eval loop can spin (measured: Hypothesis's shrinker never returned), so consume one here.
+    try:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident), None)
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.get_ident()), ctypes.py_object(_Flush))
+        for _ in range(10 ** 6):  # delivered at this loop's first eval-breaker check
+            pass
+    except _Flush:
+        pass
+    except Exception:
+        pass
+    return False
 
 
-def _run_example(ctx, fn, case):
-    """``fn(ctx, case)`` under ``ctx.example_timeout``: its exception is re-raised here; past the
-    limit, _TimedOut (and a worker that could not be stopped is recorded in ctx.abandoned)."""
+def _run_example(ctx, fn, case, name):
+    """``fn(ctx, case)`` (property ``name``) under ``ctx.example_timeout``: its exception is
+    re-raised here; past the limit, _TimedOut (and a worker that could not be stopped is recorded
+    in ctx.abandoned). The worker thread is named ``flashproof-example:<property>``."""
     limit = ctx.example_timeout
     if not limit:
         fn(ctx, case)
         return
-    w = _Worker(fn, (ctx, case))
+    w = _Worker(fn, (ctx, case), name)
     w.start()
     try:
         w.join(limit)
@@ -486,7 +506,7 @@ def _run_example(ctx, fn, case):
                  "outside the target's forward call: in its decode or backward, or in flashproof's own checks")
         stopped = _stop(w)
         if not stopped:
-            ctx.abandoned.append((getattr(fn, "__name__", "?"), w))
+            ctx.abandoned.append((name, w))
         raise _TimedOut(limit, stopped, where)
     exc, w.exc = w.exc, None
     if exc is not None:
@@ -654,7 +674,7 @@ def save_reproducer(ctx, name, case, *, status, message, minimal=True) -> str:
             f"if __name__ == '__main__':\n"
             + "".join("    " + line + "\n" for line in missing.splitlines())
             + f"    try:\n"
-            f"        replay({name!r}, CASE, target=TARGET, profile={profile!r})\n"
+            f"        replay({name!r}, CASE, target=TARGET, profile={profile!r}, example_timeout={ctx.example_timeout or 0!r})\n"
             f"    except Violation as exc:\n"
             f"        print(f'reproduced: {{type(exc).__name__}}: {{exc}}')\n"
             f"        sys.exit(1)\n"
@@ -806,7 +826,7 @@ def run_property(p: Property, target: Target, *, profile="ci", ctx: Context | No
         state["case"] = case
         t = time.perf_counter()
         try:
-            _run_example(ctx, p.check, case)
+            _run_example(ctx, p.check, case, p.name)
         except Violation as exc:
             if not state["file"] and not known:  # on disk before shrinking starts: a kill keeps it
                 state["file"] = _save(ctx, p.name, case, FAILED, str(exc), minimal=False)
