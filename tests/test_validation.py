@@ -1028,6 +1028,9 @@ def cuda_only():
 _BROKEN = 'raise RuntimeError("fpv_broken fails at import on purpose")\n'
 _TARGETS = '''\
 """SDPA-signature targets that misbehave in one way each."""
+import threading
+import time
+
 import torch
 import torch.nn.functional as F
 
@@ -1059,6 +1062,12 @@ def returns_none(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=Fal
 
 def returns_numpy(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     return _sdpa(query, key, value, attn_mask, is_causal, scale, enable_gqa).numpy()
+
+
+def hangs(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    if threading.current_thread().name.startswith("flashproof-example:"):  # in the suite, not load_target's probe
+        time.sleep(10 ** 6)
+    return _sdpa(query, key, value, attn_mask, is_causal, scale, enable_gqa)
 '''
 TARGET_MODULES = {"fpv_light.py": _LIGHT, "fpv_broken.py": _BROKEN, "fpv_targets.py": _TARGETS}
 
@@ -1154,6 +1163,15 @@ CLI = [
       "torch.Tensor", cost=2.5),
     C("check-returns-numpy", "target output type", ["check", "fpv_targets:returns_numpy", *SEL], 1,
       "torch.Tensor", cost=2.5),
+    C("check-target-hangs", "target hangs", ["check", "fpv_targets:hangs", "--select", "output_within_error_bound",
+                                             "--example-timeout", "1", "--quiet"], 1,
+      "did not finish within the per-example time limit of 1 s", cost=3),
+    C("check-example-timeout-negative", "usage", ["check", SDPA, "--example-timeout", "-1"], 2,
+      "--example-timeout must be >= 0 seconds", cost=0.3),
+    C("check-example-timeout-not-a-number", "usage", ["check", SDPA, "--example-timeout", "soon"], 2,
+      "--example-timeout: not a number of seconds: 'soon'", cost=0.3),
+    C("check-state-dir-is-a-file", "output path", ["check", SDPA, "--select", "invalid_window_rejected", "--state-dir",
+                                                   "{tmp}/fpv_light.py"], 2, "fpv_light.py", one_line=True, cost=1),
     C("check-json-unwritable", "output path", ["check", SDPA, "--select", "invalid_window_rejected", "--quiet",
                                                "--json", "{tmp}/fpv_light.py/out.json"], 2, "out.json",
       one_line=True, cost=2),
@@ -1178,6 +1196,8 @@ PLUGIN = [
     C("plugin-not-callable", "target not callable", ["--flashproof-target=fpv_light:NOT_CALLABLE", "-k",
                                                      "lse_is_natural_log"], USAGE_ERROR,
       "not a Target or a callable", plugin=True, cost=1.5),
+    C("plugin-bad-example-timeout", "usage", ["--flashproof-example-timeout=-2", "-k", "lse_is_natural_log"],
+      USAGE_ERROR, "--flashproof-example-timeout must be >= 0 seconds", plugin=True, cost=1.5),
     C("plugin-target-raises", "target raises", ["--flashproof-target=fpv_targets:raising", "-k",
                                                 "test_output_within_error_bound"], 1,
       "raised RuntimeError on a valid input: fpv boom from the target", plugin=True, cost=3.5),
@@ -1275,8 +1295,10 @@ Conventions
   gradients w.r.t. attn_mask). Every check runs before any kernel launch or heavy work.
 - CLI exit codes: 0 ok, 1 the target violated the spec or its bound, 2 flashproof could not run
   (bad target string, import error, missing attribute, not callable, no device, usage error).
-  A target that raises, returns the wrong shape/dtype/type or NaN on a valid input is a violation
-  (exit 1). The pytest plugin should turn a target that cannot be loaded into a usage error (exit 4).
+  A target that raises, returns the wrong shape/dtype/type or NaN on a valid input, or whose example
+  runs past `--example-timeout`, is a violation (exit 1); `check` interrupted by Ctrl-C exits 130
+  (docs/robustness.md). The pytest plugin should turn a target that cannot be loaded into a usage
+  error (exit 4).
 - NaN policy (spec/README.md): NaN/inf in an allowed q, k or v propagates by IEEE rules to the rows
   that attend it and only those; masked or padded positions never influence anything.
 - Meta tensors stand in for a second device on this CPU-only machine. Under the Triton
@@ -1284,7 +1306,7 @@ Conventions
 - CLI target modules used by the tests: `fpv_light` (no torch: `NOT_CALLABLE = 42`, factories that
   raise / return an int / declare only CUDA), `fpv_broken` (raises at import), `fpv_targets`
   (SDPA-signature callables: `raising`, `wrong_shape`, `wrong_dtype`, `nan_out`, `returns_none`,
-  `returns_numpy`).
+  `returns_numpy`, `hangs` (sleeps inside the suite's examples)).
 """
 
 
