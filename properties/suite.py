@@ -674,7 +674,8 @@ def save_reproducer(ctx, name, case, *, status, message, minimal=True) -> str:
             f"if __name__ == '__main__':\n"
             + "".join("    " + line + "\n" for line in missing.splitlines())
             + f"    try:\n"
-            f"        replay({name!r}, CASE, target=TARGET, profile={profile!r}, example_timeout={ctx.example_timeout or 0!r})\n"
+            f"        replay({name!r}, CASE, target=TARGET, profile={profile!r},\n"
+            f"               example_timeout={ctx.example_timeout or 0!r})\n"
             f"    except Violation as exc:\n"
             f"        print(f'reproduced: {{type(exc).__name__}}: {{exc}}')\n"
             f"        sys.exit(1)\n"
@@ -847,6 +848,10 @@ def run_property(p: Property, target: Target, *, profile="ci", ctx: Context | No
         db = {"database": DirectoryBasedExampleDatabase(os.fspath(ctx.database))}
     fn = settings(base_settings, max_examples=max(1, round(base_settings.max_examples * p.examples)), **db)(fn)
     fn._hypothesis_internal_database_key = _db_key(p.name, target, profile)
+    if base_settings.derandomize:  # what @seed sets, without the database=None that @seed adds (--db must work)
+        from .profiles import DERANDOMIZED_SEED
+
+        fn._hypothesis_internal_use_seed = DERANDOMIZED_SEED
     base = profile.replace("flashproof-", "")
     from hypothesis.reporting import with_reporter
 
