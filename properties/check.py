@@ -134,8 +134,8 @@ def run(args) -> int:
         print(f"flashproof check: could not run the suite: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, old_term)
+        if main_thread:  # None: the previous handler was not set from Python
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if old_term is None else old_term)
     print()
     if interrupted is not None:
         done = sum(o.status != NOT_RUN for o in res.outcomes)
