@@ -211,6 +211,14 @@ def _paged_strategy(ctx):
         lambda x: Case(problem=x[0].problem, extra=x[0].extra + (("page", x[1]), ("shuffle_seed", x[2]))))
 
 
+def _paged_problem(ctx, case):
+    """The inputs of a paged case, its per-sequence lengths (host and device) and its page size."""
+    inp = build(case.problem, device=ctx.device)
+    lens = _seqlens(case, inp.k.shape[2], inp.q.shape[0])
+    sl = _torch().as_tensor(lens, dtype=_torch().int32, device=inp.k.device)
+    return inp, lens, sl, case.get("page")
+
+
 @prop("paged_shuffle_bitwise",
       asserts="moving the physical KV pages (and rewriting the block table), with NaN in unused pages and past "
               "each sequence's end, gives bitwise the same O and LSE, within the bound of the exact values",
@@ -221,12 +229,7 @@ def _paged_strategy(ctx):
                                        ("shuffle_seed", 0)))],
       needs=_needs_paged, bound="bitwise; running_forward_bound per sequence")
 def paged_shuffle_bitwise(ctx, case):
-    torch = _torch()
-    inp = build(case.problem, device=ctx.device)
-    b, lmax = inp.q.shape[0], inp.k.shape[2]
-    lens = _seqlens(case, lmax, b)
-    sl = torch.as_tensor(lens, dtype=torch.int32, device=inp.k.device)
-    page = case.get("page")
+    inp, lens, sl, page = _paged_problem(ctx, case)
     rng = np.random.default_rng(case.get("shuffle_seed"))
     kp0, vp0, t0 = _paged_layout(inp, lens, page, rng, spare=2, fill=math.nan)
     kp1, vp1, t1 = _paged_layout(inp, lens, page, rng, spare=3, fill=math.nan)
@@ -247,12 +250,7 @@ def paged_shuffle_bitwise(ctx, case):
                                        ("shuffle_seed", 1)))],
       needs=_needs_paged, bound="bitwise")
 def paged_garbage_in_unused_pages(ctx, case):
-    torch = _torch()
-    inp = build(case.problem, device=ctx.device)
-    b, lmax = inp.q.shape[0], inp.k.shape[2]
-    lens = _seqlens(case, lmax, b)
-    sl = torch.as_tensor(lens, dtype=torch.int32, device=inp.k.device)
-    page = case.get("page")
+    inp, lens, sl, page = _paged_problem(ctx, case)
     seed = case.get("shuffle_seed")
     kp0, vp0, t0 = _paged_layout(inp, lens, page, np.random.default_rng(seed), spare=3, fill=0.0)
     kp1, vp1, t1 = _paged_layout(inp, lens, page, np.random.default_rng(seed), spare=3, fill=math.nan)
