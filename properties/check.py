@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import sys
@@ -46,13 +45,12 @@ def add_arguments(parser):
 
 
 def _seconds(text):
+    from .profiles import parse_seconds
+
     try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--example-timeout: not a number of seconds: {text!r}") from None
-    if math.isnan(x) or x < 0:
-        raise argparse.ArgumentTypeError(f"--example-timeout must be >= 0 seconds (0: no limit), got {text!r}")
-    return x
+        return parse_seconds(text, option="--example-timeout")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class _Terminated(KeyboardInterrupt):

@@ -15,8 +15,6 @@ so it imports nothing heavy at module level (no torch, triton or hypothesis). It
   ``<state dir>/hypothesis``). An interrupted session resumes with pytest's own ``--lf``; the
   database replays saved failures first.
 """
-import math
-
 import pytest
 
 __all__ = ["pytest_addoption", "pytest_configure", "pytest_report_header", "flashproof_target",
@@ -44,13 +42,12 @@ def _example_timeout(config):
     text = config.getoption("flashproof_example_timeout", None)
     if text is None:
         return None
+    from .profiles import parse_seconds
+
     try:
-        x = float(text)
-    except ValueError:
-        raise pytest.UsageError(f"--flashproof-example-timeout: not a number of seconds: {text!r}") from None
-    if math.isnan(x) or x < 0:
-        raise pytest.UsageError(f"--flashproof-example-timeout must be >= 0 seconds (0: no limit), got {text!r}")
-    return x
+        return parse_seconds(text, option="--flashproof-example-timeout")
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _state_dir(config):

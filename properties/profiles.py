@@ -10,8 +10,8 @@ name) and as ``flashproof-<name>``. The shape limits of each live in strategies.
 """
 from __future__ import annotations
 
-__all__ = ["PROFILES", "SHRINK_SECONDS", "EXAMPLE_TIMEOUT", "DERANDOMIZED_SEED", "register_profiles", "settings_for",
-           "default_profile", "limits_for"]
+__all__ = ["PROFILES", "SHRINK_SECONDS", "EXAMPLE_TIMEOUT", "DERANDOMIZED_SEED", "parse_seconds", "register_profiles",
+           "settings_for", "default_profile", "limits_for"]
 
 #: hypothesis.settings keyword arguments of each profile.
 PROFILES = {
@@ -77,3 +77,17 @@ def limits_for(profile: str):
 
 def default_profile(device: str = "cpu") -> str:
     return "gpu" if str(device).startswith("cuda") else "ci"
+
+
+def parse_seconds(text, *, option: str) -> float:
+    """A per-example time limit given as text: seconds >= 0 (0: no limit); ValueError naming
+    ``option`` otherwise. One parser for ``flashproof check`` and the pytest plugin."""
+    import math
+
+    try:
+        x = float(text)
+    except ValueError:
+        raise ValueError(f"{option}: not a number of seconds: {text!r}") from None
+    if math.isnan(x) or x < 0:
+        raise ValueError(f"{option} must be >= 0 seconds (0: no limit), got {text!r}")
+    return x
