@@ -26,7 +26,7 @@ FWD = {
     64: [(bm, bn, w, s) for bm in (64, 128) for bn in (64, 128) for w in (4, 8) for s in (2, 3, 4)],
     256: [(bm, bn, w, s) for bm in (64, 128) for bn in (32, 64) for w in (4, 8) for s in (1, 2)],
 }
-# --quick: the leaders of the full sweep (benchmarks/results/tune-h100.md) to re-check a change
+# --quick: the leaders of the full sweep (benchmarks/results/tune-h100-run1.md) to re-check a change
 FWD_QUICK = {
     128: [(128, 128, 8, 2), (128, 64, 4, 2), (128, 64, 8, 3), (64, 64, 4, 2)],
     64: [(128, 128, 4, 2), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3)],
@@ -73,20 +73,16 @@ def _call(task, q, k, v):
 
 def compile_one(task):
     """Worker: build the kernels of one task on a small input (same specialization)."""
+    import torch
+
     try:
         q, k, v = _inputs(task[1], 1, H, 256, grad=task[0] == "bwd")
         o, bwd = _call(task, q, k, v)
         if bwd is not None:
-            bwd(torch_randn_like(o))
+            bwd(torch.randn_like(o))
         return task, None
     except Exception as exc:  # noqa: BLE001 - a refused config is a result
         return task, f"{type(exc).__name__}: {str(exc)[:160]}"
-
-
-def torch_randn_like(x):
-    import torch
-
-    return torch.randn_like(x)
 
 
 def kernel_resources():

@@ -473,7 +473,7 @@ def _backward_with(q, k, v, bias, o, lse2, do, dlse, plan: _Plan, cfg: TileConfi
                 lse2, delta, dk, dv, *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias),
                 *do.stride(), *dk.stride(), *dv.stride(), *scalars, **common)
     # dQ keeps block_n queries resident and streams block_m keys: both kernels hold the larger
-    # block and stream the smaller (benchmarks/results/tune-h100.md).
+    # block and stream the smaller (measured: benchmarks/results/tune-h200-run2.log).
     _launch(_bwd_dq_kernel, (triton.cdiv(lq, cfg.block_n), h, b), q, k, v, bias_t, do, lse2,
             delta, dq, *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias),
             *do.stride(), *dq.stride(), *scalars, **dict(common, BLOCK_M=cfg.block_n, BLOCK_N=cfg.block_m))

@@ -148,7 +148,7 @@ def _first_fit(candidates, *, head_dim, head_dim_v, dtype, backward=False) -> Ti
 
 def default_forward_config(*, head_dim, head_dim_v, dtype, interpret: bool, causal: bool = False) -> TileConfig:
     """Heuristic forward tiles. Interpreter: fixed 32x32 (few, cheap numpy steps). fp16/bf16 on
-    the GPU: the fastest config of the H100 sweep (benchmarks/results/tune-h100.md, bf16 B8 H16
+    the GPU: the fastest config of the H100 sweep (benchmarks/results/tune-h100-run1.md, bf16 B8 H16
     L4096), first fit when the shared memory of a larger head dim rules it out."""
     if interpret:
         return TileConfig(32, 32, 4, 1)
@@ -166,7 +166,8 @@ def default_forward_config(*, head_dim, head_dim_v, dtype, interpret: bool, caus
 
 def default_backward_config(*, head_dim, head_dim_v, dtype, interpret: bool) -> TileConfig:
     """Backward tiles: block_n rows stay resident (keys in dK/dV, queries in dQ) while block_m
-    rows stream; fp16/bf16 from the same H100 sweep."""
+    rows stream; fp16/bf16 from the same H100 sweep (taken before dQ's blocks were swapped; the
+    swapped kernel's sweep, tune-h200-run2.log, ran on an H200 and has not re-chosen them)."""
     if interpret:
         return TileConfig(32, 32, 4, 1)
     d = max(head_block(head_dim), head_block(head_dim_v))
