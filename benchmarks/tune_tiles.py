@@ -28,14 +28,15 @@ FWD = {
 }
 # --quick: the leaders of the full sweep (benchmarks/results/tune-h100-run1.md) to re-check a change
 FWD_QUICK = {
-    128: [(128, 128, 8, 2), (128, 64, 4, 2), (128, 64, 8, 3), (64, 64, 4, 2)],
-    64: [(128, 128, 4, 2), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3)],
-    256: [(128, 64, 8, 1), (64, 64, 4, 1), (64, 32, 4, 2)],
+    128: [(128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 4, 2), (128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2)],
+    64: [(128, 128, 4, 2), (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3)],
+    256: [(128, 64, 8, 1), (128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 4, 1), (64, 32, 4, 2)],
 }
 # block_n rows resident, block_m rows streamed, in both backward kernels
 BWD = {
-    128: [(bm, bn, w, s) for bm in (16, 32, 64, 128) for bn in (64, 128) for w in (4, 8) for s in (1, 2, 3)],
+    128: [(bm, bn, w, s) for bm in (16, 32, 64) for bn in (64, 128) for w in (4, 8) for s in (1, 2, 3)],
     64: [(bm, bn, w, s) for bm in (16, 32, 64, 128) for bn in (64, 128) for w in (4, 8) for s in (1, 2, 3)],
+    256: [(bm, bn, w, s) for bm in (16, 32, 64) for bn in (32, 64) for w in (4, 8) for s in (1, 2)],
 }
 BWD_CAUSAL = (128,)
 
@@ -112,12 +113,14 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=12)
     ap.add_argument("--only", choices=("fwd", "bwd"))
     ap.add_argument("--quick", action="store_true", help="forward: only the leaders of the full sweep")
+    ap.add_argument("--E", type=int, nargs="*", help="only these head dims")
+    ap.add_argument("--causal", type=int, choices=(0, 1), help="only causal (1) or non-causal (0)")
     a = ap.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix="fp-tune-"))
     import multiprocessing as mp
 
-    todo = tasks(a.only, a.quick)
+    todo = [t for t in tasks(a.only, a.quick) if (not a.E or t[1] in a.E) and (a.causal is None or t[2] == bool(a.causal))]
     t0 = time.time()
     refused = {}
     with mp.get_context("spawn").Pool(a.jobs) as pool:
@@ -132,6 +135,22 @@ def main(argv=None):
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from flashproof.bench import attention_flops
+
+    def write():
+        resources = kernel_resources()
+        meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
+                    triton=__import__("triton").__version__, shape=dict(B=B, H=H, L=L, dtype="bfloat16"),
+                    date=time.strftime("%Y-%m-%d"), command="python3 benchmarks/tune_tiles.py " + " ".join(argv or sys.argv[1:]))
+        json.dump(dict(meta=meta, rows=rows, resources=resources), open(os.path.join(a.out, "tune.json"), "w"), indent=1)
+        with open(os.path.join(a.out, "tune.md"), "w") as f:
+            f.write(f"# Tile sweep: {meta['device']}\n\n{meta['date']} · torch {meta['torch']} · triton {meta['triton']} · "
+                    f"bf16 B{B} H{H} L{L} · `{meta['command']}`\n\n| pass | E | causal | impl | config | TFLOP/s | note |\n"
+                    "|---|---|---|---|---|---|---|\n")
+            for r in sorted(rows, key=lambda r: (r["kind"], r["E"], r["causal"], -(r.get("tflops") or 0))):
+                f.write(f"| {r['kind']} | {r['E']} | {int(r['causal'])} | {r['impl']} | {r['cfg'] or ''} | "
+                        f"{r['tflops']:.0f} | |\n" if r.get("tflops") else
+                        f"| {r['kind']} | {r['E']} | {int(r['causal'])} | {r['impl']} | {r['cfg'] or ''} | - | "
+                        f"{r.get('error', '')[:80]} |\n")
 
     rows = []
     shapes = sorted({(t[0], t[1], t[2]) for t in todo})
@@ -181,20 +200,7 @@ def main(argv=None):
         print(f"{kind} E={e} causal={int(causal)} peers " + " ".join(f"{k}={v:.0f}" if v else f"{k}=-"
               for k, v in peers.items()) + " | best " + ", ".join(f"{r['cfg']}={r['tflops']:.0f}" for r in ours[:3]),
               flush=True)
-    resources = kernel_resources()
-    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
-                triton=__import__("triton").__version__, shape=dict(B=B, H=H, L=L, dtype="bfloat16"),
-                date=time.strftime("%Y-%m-%d"), command="python3 benchmarks/tune_tiles.py " + " ".join(argv or sys.argv[1:]))
-    json.dump(dict(meta=meta, rows=rows, resources=resources), open(os.path.join(a.out, "tune.json"), "w"), indent=1)
-    with open(os.path.join(a.out, "tune.md"), "w") as f:
-        f.write(f"# Tile sweep: {meta['device']}\n\n{meta['date']} · torch {meta['torch']} · triton {meta['triton']} · "
-                f"bf16 B{B} H{H} L{L} · `{meta['command']}`\n\n| pass | E | causal | impl | config | TFLOP/s | note |\n"
-                "|---|---|---|---|---|---|---|\n")
-        for r in sorted(rows, key=lambda r: (r["kind"], r["E"], r["causal"], -(r.get("tflops") or 0))):
-            f.write(f"| {r['kind']} | {r['E']} | {int(r['causal'])} | {r['impl']} | {r['cfg'] or ''} | "
-                    f"{r['tflops']:.0f} | |\n" if r.get("tflops") else
-                    f"| {r['kind']} | {r['E']} | {int(r['causal'])} | {r['impl']} | {r['cfg'] or ''} | - | "
-                    f"{r.get('error', '')[:80]} |\n")
+        write()  # after every shape: a run cut short keeps what it timed
     return 0
 
 

@@ -16,7 +16,7 @@ from triton.runtime.errors import OutOfResources
 from flashproof import spec
 
 from .blocks import (LN2, acc_add, finalize, key_range, load2d, logits, masked_block, masked_mma, mma,
-                     mma_acc, query_range, round_to, span)
+                     mma_acc, nonfinite, query_range, rerun_flag, round_to, skip_program, span)
 from .runtime import interpreting
 from .tiles import (TileConfig, backward_config, check_tile_config, default_forward_config,
                     head_block)
@@ -33,7 +33,7 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n, k_rows, v_row
               E: tl.constexpr, EV: tl.constexpr,
               BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
               SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-              UPCAST: tl.constexpr):
+              UPCAST: tl.constexpr, EXACT: tl.constexpr):
     """One key block folded into the running state (m, l, acc): spec.online.merge of the
     block's state, in log2 units (proofs/rescaling.py, theorem 1: the rescaling identity); exact
     for any tiling by proofs/merge_algebra.py, theorem 2 (merge is a commutative monoid and a
@@ -68,7 +68,7 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n, k_rows, v_row
                offs_n, LK, offs_dv, EV, MASKED, EV != BLOCK_DV)
     pv = round_to(p, v.dtype, UPCAST)
     if MASKED:
-        acc = acc * alpha[:, None] + masked_mma(pv, v, s != -float("inf"), PRECISION, UPCAST)
+        acc = acc * alpha[:, None] + masked_mma(pv, v, s != -float("inf"), PRECISION, UPCAST, EXACT)
     elif v.dtype == tl.float32:
         # fp32: one product tile per block, so the FMA chain is Lk / BLOCK_N + BLOCK_N long
         acc = acc * alpha[:, None] + mma(pv, v, PRECISION, UPCAST)
@@ -78,14 +78,18 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n, k_rows, v_row
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, BIAS, O, LSE2,
+def _fwd_kernel(RERUN, Q, K, V, BIAS, O, LSE2,
                 sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
                 sbb, sbh, sbm, sbn, sob, soh, som, sod,
                 H, GROUP, LQ, LK, DIAG, LEFT, RIGHT, QK_SCALE, OUT_SCALE,
                 E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LEFT: tl.constexpr,
                 HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
-                PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                PRECISION: tl.constexpr, UPCAST: tl.constexpr, EXACT: tl.constexpr):
+    # two passes (blocks.rerun_flag): the exact one recomputes only the programs the fast one flagged
+    pid = (tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(0) + tl.program_id(0)
+    if skip_program(RERUN, pid, EXACT):
+        return
     if HAS_RIGHT:
         # causal: the longest rows first, so the short ones fill the last wave
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -118,15 +122,17 @@ def _fwd_kernel(Q, K, V, BIAS, O, LSE2,
                                   offs_n.to(tl.int64) * skn, offs_n.to(tl.int64) * svn, offs_m, lo, hi,
                                   skd, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
                                   E, EV, BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS,
-                                  PRECISION, UPCAST)
+                                  PRECISION, UPCAST, EXACT)
     for n in range(fstart, fend, BLOCK_N):
         offs_n = n + tl.arange(0, BLOCK_N)
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n,
                                   offs_n.to(tl.int64) * skn, offs_n.to(tl.int64) * svn, offs_m, lo, hi,
                                   skd, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
                                   E, EV, BLOCK_DK, BLOCK_DV, False, SOFTCAP, HAS_BIAS,
-                                  PRECISION, UPCAST)
+                                  PRECISION, UPCAST, EXACT)
     o, lse2 = finalize(acc, l_i, m_i)
+    if not EXACT:
+        rerun_flag(RERUN, pid, nonfinite(o, offs_m < LQ), EXACT)
     o_ptrs = O + b64 * sob + h.to(tl.int64) * soh + offs_m[:, None].to(tl.int64) * som \
         + offs_dv[None, :].to(tl.int64) * sod
     tl.store(o_ptrs, round_to(o, O.dtype.element_ty, UPCAST), mask=(offs_m[:, None] < LQ) & (offs_dv[None, :] < EV))
@@ -165,7 +171,7 @@ def _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta
                E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr,
                BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
                SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-               UPCAST: tl.constexpr, KAHAN: tl.constexpr):
+               UPCAST: tl.constexpr, KAHAN: tl.constexpr, EXACT: tl.constexpr):
     """dK, dV of one key block from one query block, with P^T recomputed from the saved LSE
     (dV = P^T dO, dK = scale dS^T Q: proofs/backward.py, theorem 4)."""
     offs_m = m + tl.arange(0, BLOCK_M)
@@ -197,7 +203,7 @@ def _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta
                 offs_m, LQ, offs_dv, EV, MASKED, EV != BLOCK_DV)
     if MASKED:
         keep = st != -float("inf")
-        dv, cv = acc_add(dv, cv, masked_mma(round_to(pt, do.dtype, UPCAST), do, keep, PRECISION, UPCAST), KAHAN)
+        dv, cv = acc_add(dv, cv, masked_mma(round_to(pt, do.dtype, UPCAST), do, keep, PRECISION, UPCAST, EXACT), KAHAN)
     else:
         dv, cv = mma_acc(dv, cv, round_to(pt, do.dtype, UPCAST), do, PRECISION, UPCAST, KAHAN)
     # [BLOCK_N, BLOCK_M]
@@ -208,14 +214,14 @@ def _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta
     q = tl.trans(qt)
     if MASKED:
         dst = tl.where(keep, dst, 0.0)
-        dk, ck = acc_add(dk, ck, masked_mma(round_to(dst, q.dtype, UPCAST), q, keep, PRECISION, UPCAST), KAHAN)
+        dk, ck = acc_add(dk, ck, masked_mma(round_to(dst, q.dtype, UPCAST), q, keep, PRECISION, UPCAST, EXACT), KAHAN)
     else:
         dk, ck = mma_acc(dk, ck, round_to(dst, q.dtype, UPCAST), q, PRECISION, UPCAST, KAHAN)
     return dk, dv, ck, cv
 
 
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
+def _bwd_dkdv_kernel(RERUN, Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
                      sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
                      sbb, sbh, sbm, sbn, sdb, sdh, sdm, sdd,
                      sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd,
@@ -223,9 +229,13 @@ def _bwd_dkdv_kernel(Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
                      E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LEFT: tl.constexpr,
                      HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     PRECISION: tl.constexpr, UPCAST: tl.constexpr, KAHAN: tl.constexpr):
+                     PRECISION: tl.constexpr, UPCAST: tl.constexpr, KAHAN: tl.constexpr,
+                     EXACT: tl.constexpr):
     """One key block of one KV head: loops over the GROUP query heads sharing it and over the
     query blocks that attend it; no atomics, so the result is bitwise deterministic."""
+    pid = (tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(0) + tl.program_id(0)
+    if skip_program(RERUN, pid, EXACT):
+        return
     pid_n = tl.program_id(0)
     hk = tl.program_id(1)
     b = tl.program_id(2)
@@ -263,13 +273,15 @@ def _bwd_dkdv_kernel(Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
             dk, dv, ck, cv = _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta_base, m,
                                 offs_n, ilo, ihi, sqm, sqd, sdm, sdd, sbm, sbn, LQ, LK, QK_SCALE,
                                 OUT_SCALE, E, EV, BLOCK_M, BLOCK_DK, BLOCK_DV, True, SOFTCAP,
-                                HAS_BIAS, PRECISION, UPCAST, KAHAN)
+                                HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT)
         for m in range(fstart, fend, BLOCK_M):
             dk, dv, ck, cv = _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta_base, m,
                                 offs_n, ilo, ihi, sqm, sqd, sdm, sdd, sbm, sbn, LQ, LK, QK_SCALE,
                                 OUT_SCALE, E, EV, BLOCK_M, BLOCK_DK, BLOCK_DV, False, SOFTCAP,
-                                HAS_BIAS, PRECISION, UPCAST, KAHAN)
+                                HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT)
     dk = dk * DS_SCALE
+    if not EXACT:
+        rerun_flag(RERUN, pid, tl.maximum(nonfinite(dk, offs_n < LK), nonfinite(dv, offs_n < LK)), EXACT)
     nmask = offs_n[:, None] < LK
     tl.store(DK + b64 * sdkb + hk.to(tl.int64) * sdkh + offs_n[:, None].to(tl.int64) * sdkn
              + offs_dk[None, :].to(tl.int64) * sdkd, round_to(dk, DK.dtype.element_ty, UPCAST),
@@ -285,7 +297,7 @@ def _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, l
              E: tl.constexpr, EV: tl.constexpr, BLOCK_N: tl.constexpr,
              BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
              SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-             UPCAST: tl.constexpr, KAHAN: tl.constexpr):
+             UPCAST: tl.constexpr, KAHAN: tl.constexpr, EXACT: tl.constexpr):
     """dQ of one query block from one key block (dQ = scale dS K: proofs/backward.py, theorem 4)."""
     offs_n = n + tl.arange(0, BLOCK_N)
     offs_dk = tl.arange(0, BLOCK_DK)
@@ -318,21 +330,25 @@ def _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, l
     if MASKED:
         keep = s != -float("inf")
         ds = tl.where(keep, ds, 0.0)
-        dq, cq = acc_add(dq, cq, masked_mma(round_to(ds, k.dtype, UPCAST), k, keep, PRECISION, UPCAST), KAHAN)
+        dq, cq = acc_add(dq, cq, masked_mma(round_to(ds, k.dtype, UPCAST), k, keep, PRECISION, UPCAST, EXACT), KAHAN)
     else:
         dq, cq = mma_acc(dq, cq, round_to(ds, k.dtype, UPCAST), k, PRECISION, UPCAST, KAHAN)
     return dq, cq
 
 
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, BIAS, DO, LSE2, DELTA, DQ,
+def _bwd_dq_kernel(RERUN, Q, K, V, BIAS, DO, LSE2, DELTA, DQ,
                    sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
                    sbb, sbh, sbm, sbn, sdb, sdh, sdm, sdd, sdqb, sdqh, sdqm, sdqd,
                    H, GROUP, LQ, LK, DIAG, LEFT, RIGHT, QK_SCALE, OUT_SCALE, DS_SCALE,
                    E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LEFT: tl.constexpr,
                    HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
-                   PRECISION: tl.constexpr, UPCAST: tl.constexpr, KAHAN: tl.constexpr):
+                   PRECISION: tl.constexpr, UPCAST: tl.constexpr, KAHAN: tl.constexpr,
+                   EXACT: tl.constexpr):
+    pid = (tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(0) + tl.program_id(0)
+    if skip_program(RERUN, pid, EXACT):
+        return
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
@@ -365,12 +381,14 @@ def _bwd_dq_kernel(Q, K, V, BIAS, DO, LSE2, DELTA, DQ,
         dq, cq = _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base,
                       masked_block(t, start, n_lead, fend, BLOCK_N), offs_m, lo, hi,
                       skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE, E, EV, BLOCK_N,
-                      BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS, PRECISION, UPCAST, KAHAN)
+                      BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT)
     for n in range(fstart, fend, BLOCK_N):
         dq, cq = _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, lo, hi,
                       skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE, E, EV, BLOCK_N,
-                      BLOCK_DK, BLOCK_DV, False, SOFTCAP, HAS_BIAS, PRECISION, UPCAST, KAHAN)
+                      BLOCK_DK, BLOCK_DV, False, SOFTCAP, HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT)
     dq = dq * DS_SCALE
+    if not EXACT:
+        rerun_flag(RERUN, pid, nonfinite(dq, offs_m < LQ), EXACT)
     tl.store(DQ + b64 * sdqb + h.to(tl.int64) * sdqh + offs_m[:, None].to(tl.int64) * sdqm
              + offs_dk[None, :].to(tl.int64) * sdqd, round_to(dq, DQ.dtype.element_ty, UPCAST),
              mask=(offs_m[:, None] < LQ) & (offs_dk[None, :] < E))
@@ -409,6 +427,16 @@ def _launch(kernel, grid, *args, num_warps, num_stages, **meta):
                          f"{e}; use smaller block_m/block_n or fewer num_stages") from e
 
 
+def _launch_passes(kernel, grid, *args, **meta):
+    """The fast pass, then the exact pass over the programs whose output it flagged non-finite
+    (blocks.rerun_flag); device-side only, no host sync."""
+    if min(grid) <= 0:
+        return
+    rerun = torch.empty(grid[0] * grid[1] * grid[2], dtype=torch.int32, device=args[0].device)
+    _launch(kernel, grid, rerun, *args, EXACT=False, **meta)
+    _launch(kernel, grid, rerun, *args, EXACT=True, **meta)
+
+
 def _bias_strides(bias):
     return (0, 0, 0, 0) if bias is None else tuple(bias.stride())
 
@@ -420,7 +448,7 @@ def _forward(q, k, v, bias, plan: _Plan):
     lse2 = torch.empty((b, h, lq), dtype=torch.float32, device=q.device)
     cfg = plan.fwd
     grid = (triton.cdiv(lq, cfg.block_m), h, b)
-    _launch(_fwd_kernel, grid, q, k, v, q if bias is None else bias, o, lse2,
+    _launch_passes(_fwd_kernel, grid, q, k, v, q if bias is None else bias, o, lse2,
             *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias), *o.stride(),
             h, h // hkv, lq, lk, plan.diag, plan.left, plan.right, plan.qk_scale, plan.out_scale,
             E=e, EV=ev, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_DK=head_block(e),
@@ -469,12 +497,12 @@ def _backward_with(q, k, v, bias, o, lse2, do, dlse, plan: _Plan, cfg: TileConfi
         dk.zero_()
         dv.zero_()
     else:
-        _launch(_bwd_dkdv_kernel, (triton.cdiv(lk, cfg.block_n), hkv, b), q, k, v, bias_t, do,
+        _launch_passes(_bwd_dkdv_kernel, (triton.cdiv(lk, cfg.block_n), hkv, b), q, k, v, bias_t, do,
                 lse2, delta, dk, dv, *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias),
                 *do.stride(), *dk.stride(), *dv.stride(), *scalars, **common)
     # dQ keeps block_n queries resident and streams block_m keys: both kernels hold the larger
     # block and stream the smaller (measured: benchmarks/results/tune-h200-run2.log).
-    _launch(_bwd_dq_kernel, (triton.cdiv(lq, cfg.block_n), h, b), q, k, v, bias_t, do, lse2,
+    _launch_passes(_bwd_dq_kernel, (triton.cdiv(lq, cfg.block_n), h, b), q, k, v, bias_t, do, lse2,
             delta, dq, *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias),
             *do.stride(), *dq.stride(), *scalars, **dict(common, BLOCK_M=cfg.block_n, BLOCK_N=cfg.block_m))
     return dq, dk, dv

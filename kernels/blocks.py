@@ -24,6 +24,9 @@ __all__ = [
     "acc_add",
     "mma_acc",
     "finalize",
+    "nonfinite",
+    "rerun_flag",
+    "skip_program",
 ]
 
 LOG2E = 1.4426950408889634
@@ -150,14 +153,22 @@ def logits(s, QK_SCALE, OUT_SCALE, SOFTCAP: tl.constexpr):
 
 
 @triton.jit
-def masked_mma(a, b, keep, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def masked_mma(a, b, keep, PRECISION: tl.constexpr, UPCAST: tl.constexpr, EXACT: tl.constexpr):
     """sum_k a[m, k] b[k, n] over the pairs with keep[m, k] only, with IEEE non-finite results.
 
     A plain dot would add 0 * NaN = NaN from a dropped pair (a = 0 there). Non-finite b entries
     are zeroed for the main product; if the tile has any, indicator products (exact small
     counts) re-create what IEEE gives over the kept pairs: NaN from a NaN, from 0 * inf or from
     +inf + -inf, else +-inf with the sign of a * b. spec/README.md, "NaN and inf policy".
+
+    EXACT=False (the fast pass, see ``rerun_flag``): the plain dot. It is the exact result when
+    b is finite; otherwise every output entry that meets a non-finite b is itself non-finite, so
+    the program's output is non-finite and ``rerun_flag`` sends it to the exact pass. The
+    re-creation costs registers (spills in every hot loop, benchmarks/results/h100.md) and is
+    needed only for non-finite inputs.
     """
+    if not EXACT:
+        return mma(a, b, PRECISION, UPCAST)
     if UPCAST:  # the interpreter also compares bf16 as raw bits; fp32 is exact
         a = a.to(tl.float32)
         b = b.to(tl.float32)
@@ -253,3 +264,34 @@ def finalize(acc, l_i, m_i):
     o = tl.where(empty[:, None], 0.0, acc / l_safe[:, None])
     lse2 = tl.where(empty, -float("inf"), m_i + tl.log2(l_safe))
     return o, lse2
+
+
+@triton.jit
+def nonfinite(x, valid_rows):
+    """1 if x has a NaN or inf in a valid row, else 0 (the fast pass' rerun flag of one tile)."""
+    bad = (x != x) | (tl.abs(x) == float("inf"))
+    return tl.max(tl.max(tl.where(bad & valid_rows[:, None], 1, 0), axis=1), axis=0)
+
+
+@triton.jit
+def rerun_flag(RERUN, pid, flag, EXACT: tl.constexpr):
+    """Fast pass: record whether this program's output (``nonfinite`` of its tiles) has a NaN or
+    inf; the exact pass then recomputes only those programs (masked_mma's EXACT).
+
+    Sound because non-finite is absorbing through the rest of the kernel: rescaling
+    (inf * 0 = NaN), MMA accumulation, division by l > 0 and the final scale keep it, and the
+    only place a row is overwritten is finalize's empty row (O = 0), which is the exact answer
+    there. So a fast-pass tile that differs from the exact one is non-finite and gets rerun;
+    a legitimately non-finite one is rerun too and comes out the same."""
+    if not EXACT:
+        tl.store(RERUN + pid, flag)
+
+
+@triton.jit
+def skip_program(RERUN, pid, EXACT: tl.constexpr):
+    """Exact pass: True for the programs the fast pass did not flag (they return at once)."""
+    if EXACT:
+        skip = tl.load(RERUN + pid) == 0
+    else:
+        skip = False
+    return skip

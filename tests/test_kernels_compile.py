@@ -23,7 +23,7 @@ _SCRIPT = textwrap.dedent('''
     A = sys.modules["flashproof.kernels.attention"]
     D = sys.modules["flashproof.kernels.decode"]
     ptr = {n: "*bf16" for n in "Q K V BIAS O DO DQ DK DV".split()}
-    ptr.update({n: "*fp32" for n in "LSE2 DELTA DLSE MS ACC LS".split()}, SEQLENS="*i32", BT="*i32")
+    ptr.update({n: "*fp32" for n in "LSE2 DELTA DLSE MS ACC LS".split()}, SEQLENS="*i32", BT="*i32", RERUN="*i32")
     floats = {"QK_SCALE", "OUT_SCALE", "DS_SCALE"}
 
     def build(fn, consts):
@@ -35,9 +35,10 @@ _SCRIPT = textwrap.dedent('''
 
     c = dict(E=40, EV=24, BLOCK_M=32, BLOCK_N=32, BLOCK_DK=64, BLOCK_DV=32, HAS_LEFT=True, HAS_RIGHT=True,
              SOFTCAP=True, HAS_BIAS=True, PRECISION="tf32", UPCAST=False)
-    build(A._fwd_kernel, c)
-    build(A._bwd_dq_kernel, dict(c, KAHAN=False))
-    build(A._bwd_dkdv_kernel, dict(c, KAHAN=True))
+    for exact in (False, True):  # the fast pass and the exact pass (blocks.rerun_flag)
+        build(A._fwd_kernel, dict(c, EXACT=exact))
+        build(A._bwd_dq_kernel, dict(c, KAHAN=False, EXACT=exact))
+        build(A._bwd_dkdv_kernel, dict(c, KAHAN=True, EXACT=exact))
     build(A._bwd_delta_kernel, dict(EV=24, BLOCK_M=32, BLOCK_DV=32, HAS_DLSE=True))
     build(D._decode_kernel, dict(E=40, EV=24, BLOCK_M=16, BLOCK_N=32, BLOCK_DK=64, BLOCK_DV=32, HAS_LEFT=True,
                                  HAS_RIGHT=True, BOTTOM_RIGHT=True, SOFTCAP=False, HAS_SEQLENS=True, PAGED=True,
