@@ -15,8 +15,8 @@ from triton.runtime.errors import OutOfResources
 
 from flashproof import spec
 
-from .blocks import (LN2, acc_add, finalize, key_range, load2d, logits, masked_block, masked_mma, mma,
-                     mma_acc, nonfinite, query_range, rerun_flag, round_to, skip_program, span)
+from .blocks import (LN2, finalize, key_range, load2d, logits, masked_block, masked_mma, masked_mma_acc,
+                     mma, mma_acc, nonfinite, query_range, rerun_flag, round_to, skip_program, span)
 from .runtime import interpreting
 from .tiles import (TileConfig, backward_config, check_tile_config, default_forward_config,
                     head_block)
@@ -68,7 +68,7 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n, k_rows, v_row
                offs_n, LK, offs_dv, EV, MASKED, EV != BLOCK_DV)
     pv = round_to(p, v.dtype, UPCAST)
     if MASKED:
-        acc = acc * alpha[:, None] + masked_mma(pv, v, s != -float("inf"), PRECISION, UPCAST, EXACT)
+        acc = masked_mma(acc * alpha[:, None], pv, v, s != -float("inf"), PRECISION, UPCAST, EXACT)
     elif v.dtype == tl.float32:
         # fp32: one product tile per block, so the FMA chain is Lk / BLOCK_N + BLOCK_N long
         acc = acc * alpha[:, None] + mma(pv, v, PRECISION, UPCAST)
@@ -203,7 +203,7 @@ def _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta
                 offs_m, LQ, offs_dv, EV, MASKED, EV != BLOCK_DV)
     if MASKED:
         keep = st != -float("inf")
-        dv, cv = acc_add(dv, cv, masked_mma(round_to(pt, do.dtype, UPCAST), do, keep, PRECISION, UPCAST, EXACT), KAHAN)
+        dv, cv = masked_mma_acc(dv, cv, round_to(pt, do.dtype, UPCAST), do, keep, PRECISION, UPCAST, KAHAN, EXACT)
     else:
         dv, cv = mma_acc(dv, cv, round_to(pt, do.dtype, UPCAST), do, PRECISION, UPCAST, KAHAN)
     # [BLOCK_N, BLOCK_M]
@@ -214,7 +214,7 @@ def _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta
     q = tl.trans(qt)
     if MASKED:
         dst = tl.where(keep, dst, 0.0)
-        dk, ck = acc_add(dk, ck, masked_mma(round_to(dst, q.dtype, UPCAST), q, keep, PRECISION, UPCAST, EXACT), KAHAN)
+        dk, ck = masked_mma_acc(dk, ck, round_to(dst, q.dtype, UPCAST), q, keep, PRECISION, UPCAST, KAHAN, EXACT)
     else:
         dk, ck = mma_acc(dk, ck, round_to(dst, q.dtype, UPCAST), q, PRECISION, UPCAST, KAHAN)
     return dk, dv, ck, cv
@@ -330,7 +330,7 @@ def _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, l
     if MASKED:
         keep = s != -float("inf")
         ds = tl.where(keep, ds, 0.0)
-        dq, cq = acc_add(dq, cq, masked_mma(round_to(ds, k.dtype, UPCAST), k, keep, PRECISION, UPCAST, EXACT), KAHAN)
+        dq, cq = masked_mma_acc(dq, cq, round_to(ds, k.dtype, UPCAST), k, keep, PRECISION, UPCAST, KAHAN, EXACT)
     else:
         dq, cq = mma_acc(dq, cq, round_to(ds, k.dtype, UPCAST), k, PRECISION, UPCAST, KAHAN)
     return dq, cq

@@ -19,6 +19,7 @@ __all__ = [
     "tanh",
     "logits",
     "masked_mma",
+    "masked_mma_acc",
     "load2d",
     "round_to",
     "acc_add",
@@ -153,27 +154,31 @@ def logits(s, QK_SCALE, OUT_SCALE, SOFTCAP: tl.constexpr):
 
 
 @triton.jit
-def masked_mma(a, b, keep, PRECISION: tl.constexpr, UPCAST: tl.constexpr, EXACT: tl.constexpr):
-    """sum_k a[m, k] b[k, n] over the pairs with keep[m, k] only, with IEEE non-finite results.
+def masked_mma(acc, a, b, keep, PRECISION: tl.constexpr, UPCAST: tl.constexpr, EXACT: tl.constexpr):
+    """acc + sum_k a[m, k] b[k, n] over the pairs with keep[m, k] only, with IEEE non-finite
+    results; the sum is accumulated inside the MMA.
 
     A plain dot would add 0 * NaN = NaN from a dropped pair (a = 0 there). Non-finite b entries
     are zeroed for the main product; if the tile has any, indicator products (exact small
     counts) re-create what IEEE gives over the kept pairs: NaN from a NaN, from 0 * inf or from
-    +inf + -inf, else +-inf with the sign of a * b. spec/README.md, "NaN and inf policy".
+    +inf + -inf, else +-inf with the sign of a * b, added to acc. spec/README.md, "NaN and inf
+    policy".
 
     EXACT=False (the fast pass, see ``rerun_flag``): the plain dot. It is the exact result when
     b is finite; otherwise every output entry that meets a non-finite b is itself non-finite, so
     the program's output is non-finite and ``rerun_flag`` sends it to the exact pass. The
     re-creation costs registers (spills in every hot loop, benchmarks/results/h100.md) and is
-    needed only for non-finite inputs.
+    needed only for non-finite inputs. Both passes issue the same MMA with acc as accumulator,
+    so on finite data they agree bitwise (a garbage-free tile must not depend on the pass).
     """
     if not EXACT:
-        return mma(a, b, PRECISION, UPCAST)
+        out, _c = mma_acc(acc, 0.0, a, b, PRECISION, UPCAST, False)
+        return out
     if UPCAST:  # the interpreter also compares bf16 as raw bits; fp32 is exact
         a = a.to(tl.float32)
         b = b.to(tl.float32)
     fin = (b == b) & (tl.abs(b) != float("inf"))
-    out = mma(a, tl.where(fin, b, 0.0), PRECISION, UPCAST)
+    out, _c = mma_acc(acc, 0.0, a, tl.where(fin, b, 0.0), PRECISION, UPCAST, False)
     n_bad = tl.sum(tl.sum(tl.where(fin, 0, 1), axis=1), axis=0)
     if n_bad > 0:
         # sa = sign(a) on kept pairs, sb = sign(b) on infinite b: dot(sa, sb) = pos - neg and
@@ -187,13 +192,24 @@ def masked_mma(a, b, keep, PRECISION: tl.constexpr, UPCAST: tl.constexpr, EXACT:
         diff = tl.dot(sa, sb)
         both = tl.dot(tl.abs(sa), tl.abs(sb))
         # NaN from a NaN b, or from 0 * inf
-        nan = tl.dot(kk, bnan) + tl.dot(sz, tl.abs(sb))
+        nan = (tl.dot(kk, bnan) + tl.dot(sz, tl.abs(sb))) > 0
         pos = both + diff > 0
         neg = both - diff > 0
-        out = tl.where(pos, float("inf"), out)
-        out = tl.where(neg, -float("inf"), out)
-        out = tl.where((nan > 0) | (pos & neg), float("nan"), out)
+        fix = tl.where(nan | (pos & neg), float("nan"), tl.where(pos, float("inf"), -float("inf")))
+        # IEEE with the accumulator too: -inf + inf and NaN + inf are NaN
+        out = tl.where(nan | pos | neg, acc + fix, out)
     return out
+
+
+@triton.jit
+def masked_mma_acc(acc, comp, a, b, keep, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                   KAHAN: tl.constexpr, EXACT: tl.constexpr):
+    """mma_acc over the kept pairs only (masked_mma); KAHAN (fp32) adds the product compensated."""
+    if KAHAN:
+        acc, comp = acc_add(acc, comp, masked_mma(tl.zeros_like(acc), a, b, keep, PRECISION, UPCAST, EXACT), True)
+    else:
+        acc = masked_mma(acc, a, b, keep, PRECISION, UPCAST, EXACT)
+    return acc, comp
 
 
 @triton.jit
