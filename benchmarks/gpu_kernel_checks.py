@@ -596,6 +596,20 @@ def group_small():
         return dict(ok=bool(torch.isfinite(o1).all() and torch.isfinite(o2).all()))
     _record("small", "decode contiguous + paged (unused table entries out of range)", dec)
 
+    def dec_unvalidated():
+        # validate=False: a used page id past k_cache and a seqlen past the capacity are never
+        # followed (the sanitizer sees no out-of-range read); those sequences come back NaN.
+        lens = torch.tensor([1000, 29, 64], dtype=torch.int32, device=DEV)
+        qd = _rand(3, 4, 1, 64, dtype=torch.float16, gen=g)
+        kp = _rand(20, 2, 13, 64, dtype=torch.float16, gen=g)
+        table = torch.tensor([[99, 99, 99, 99, 99], [3, 7, 10**6, 99, 99], [0, 1, 2, 4, 5]], dtype=torch.int32,
+                             device=DEV)
+        good = decode(qd, kp, kp, seqlens=torch.tensor([0, 0, 64], dtype=torch.int32, device=DEV),
+                      block_table=table, num_splits=2)
+        o = decode(qd, kp, kp, seqlens=lens, block_table=table, num_splits=2, validate=False)
+        return dict(ok=bool(torch.isnan(o[:2]).all() and torch.equal(o[2], good[2])))
+    _record("small", "decode validate=False: out-of-range page and seqlen give NaN, no stray read", dec_unvalidated)
+
 
 GROUPS = {
     "forward": group_forward, "backward": group_backward, "special": group_special,

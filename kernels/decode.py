@@ -31,7 +31,7 @@ def _decode_kernel(Q, K, V, O, LSE2, MS, SEQLENS, BT,
                    sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
                    sbt0, sbt1, sob, soh, sos, som, sod, slb, slh, sls, slm,
                    GROUP, LQ, LK, LEFT, RIGHT, QK_SCALE, OUT_SCALE, NUM_SPLITS, NUM_RBLOCKS,
-                   PAGE_SIZE,
+                   PAGE_SIZE, NUM_PAGES,
                    E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LEFT: tl.constexpr,
                    HAS_RIGHT: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr,
@@ -40,7 +40,9 @@ def _decode_kernel(Q, K, V, O, LSE2, MS, SEQLENS, BT,
     """One split's online-softmax state. FINALIZE (one split): (o, lse2) in O, LSE2. Otherwise
     the raw state spec.online.State (m, l, acc) in log2 units: acc in O, l in LSE2, m in MS
     (unnormalized, so the merge adds no rounding beyond a single pass's rescales).
-    K/V dim 0 is the batch, or the physical page if PAGED."""
+    K/V dim 0 is the batch, or the physical page if PAGED. A seqlen outside [0, LK] or a used
+    page outside [0, NUM_PAGES) is never followed (clamped) and makes the state NaN: decode's
+    validate=False contract (the host check is skipped there)."""
     pid = tl.program_id(0)
     hk = tl.program_id(1)
     b = tl.program_id(2)
@@ -48,8 +50,11 @@ def _decode_kernel(Q, K, V, O, LSE2, MS, SEQLENS, BT,
     pid_r = pid % NUM_RBLOCKS
     b64 = b.to(tl.int64)
     if HAS_SEQLENS:
-        lk = tl.load(SEQLENS + b).to(tl.int32)
+        lk_in = tl.load(SEQLENS + b).to(tl.int64)
+        bad = (lk_in < 0) | (lk_in > LK)
+        lk = tl.minimum(tl.maximum(lk_in, 0), LK).to(tl.int32)
     else:
+        bad = tl.program_id(0) < 0  # False, as a scalar tensor (a loop-carried value)
         lk = LK
     if BOTTOM_RIGHT:  # spec.Mask.diagonal with this sequence's own length
         diag = lk - LQ
@@ -86,13 +91,17 @@ def _decode_kernel(Q, K, V, O, LSE2, MS, SEQLENS, BT,
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     for t in range(0, n_masked):
         offs_n = masked_block(t, start, n_lead, fend, BLOCK_N) + tl.arange(0, BLOCK_N)
-        k_rows, v_rows = _kv_rows(BT, b64, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE, PAGED, True)
+        k_rows, v_rows, bad_page = _kv_rows(BT, b64, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE,
+                                            NUM_PAGES, PAGED, True)
+        bad = bad | bad_page
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, Q, offs_n, k_rows, v_rows, i, lo, hi,
                                   skd, svd, 0, 0, LQ, lk, QK_SCALE, OUT_SCALE, E, EV, BLOCK_DK, BLOCK_DV,
                                   True, SOFTCAP, False, PRECISION, UPCAST, True)
     for n in range(fstart, fend, BLOCK_N):
         offs_n = n + tl.arange(0, BLOCK_N)
-        k_rows, v_rows = _kv_rows(BT, b64, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE, PAGED, False)
+        k_rows, v_rows, bad_page = _kv_rows(BT, b64, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE,
+                                            NUM_PAGES, PAGED, False)
+        bad = bad | bad_page
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, Q, offs_n, k_rows, v_rows, i, lo, hi,
                                   skd, svd, 0, 0, LQ, lk, QK_SCALE, OUT_SCALE, E, EV, BLOCK_DK, BLOCK_DV,
                                   False, SOFTCAP, False, PRECISION, UPCAST, True)
@@ -100,6 +109,10 @@ def _decode_kernel(Q, K, V, O, LSE2, MS, SEQLENS, BT,
     o_ptrs = O + row_o[:, None] + offs_dv[None, :].to(tl.int64) * sod
     row_l = b64 * slb + h.to(tl.int64) * slh + split.to(tl.int64) * sls + i.to(tl.int64) * slm
     omask = valid[:, None] & (offs_dv[None, :] < EV)
+    # invalid seqlen or page (validate=False): NaN, never a plausible number; NaN merges to NaN
+    acc = tl.where(bad, float("nan"), acc)
+    l_i = tl.where(bad, float("nan"), l_i)
+    m_i = tl.where(bad, float("nan"), m_i)
     if FINALIZE:
         # spec.online.finalize; an empty sequence gives o = 0, lse = -inf.
         o, lse2 = finalize(acc, l_i, m_i)
@@ -113,10 +126,12 @@ def _decode_kernel(Q, K, V, O, LSE2, MS, SEQLENS, BT,
 
 
 @triton.jit
-def _kv_rows(BT, b64, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE,
+def _kv_rows(BT, b64, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE, NUM_PAGES,
              PAGED: tl.constexpr, MASKED: tl.constexpr):
-    """Offsets of keys offs_n in the cache. Paged: physical page block_table[b, j // PAGE_SIZE];
-    entries past the sequence are never read (their pages may hold garbage)."""
+    """Offsets of keys offs_n in the cache, and whether a used key's page is out of range.
+    Paged: physical page block_table[b, j // PAGE_SIZE]; entries past the sequence are never
+    read (their pages may hold garbage); an out-of-range page reads page 0 instead (the caller
+    turns the result into NaN)."""
     if PAGED:
         slot = offs_n // PAGE_SIZE
         if MASKED:
@@ -124,13 +139,17 @@ def _kv_rows(BT, b64, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE,
         else:
             page = tl.load(BT + b64 * sbt0 + slot.to(tl.int64) * sbt1)
         page = page.to(tl.int64)
+        out = (page < 0) | (page >= NUM_PAGES)
+        bad = tl.max(tl.where(out & (offs_n < lk), 1, 0), axis=0) > 0
+        page = tl.where(out, 0, page)
         within = (offs_n - slot * PAGE_SIZE).to(tl.int64)
         k_rows = page * skb + within * skn
         v_rows = page * svb + within * svn
     else:
+        bad = tl.program_id(0) < 0  # False, as a scalar tensor
         k_rows = offs_n.to(tl.int64) * skn
         v_rows = offs_n.to(tl.int64) * svn
-    return k_rows, v_rows
+    return k_rows, v_rows, bad
 
 
 @triton.jit
@@ -183,8 +202,9 @@ def _check_int(x, name, lo=None):
     return int(x)
 
 
-def _check_cache(q, k_cache, v_cache, seqlens, block_table, page_size):
-    """Validate the cache layout; returns (dims, capacity, lk_max, page_size or 0)."""
+def _check_cache(q, k_cache, v_cache, seqlens, block_table, page_size, validate=True):
+    """Validate the cache layout; returns (dims, capacity, lk_max, page_size or 0). validate=False
+    skips the two checks that read device values on the host (seqlens range, used pages)."""
     for x, n in ((q, "q"), (k_cache, "k_cache"), (v_cache, "v_cache")):
         check_tensor(x, n)
         if x.dim() != 4:
@@ -230,11 +250,13 @@ def _check_cache(q, k_cache, v_cache, seqlens, block_table, page_size):
         if seqlens.device != q.device:
             raise ValueError(f"seqlens is on {seqlens.device}, q on {q.device}")
         lens = seqlens
+        if not validate:
+            return dims, capacity, capacity, ps
         lo, hi = (int(x) for x in torch.aminmax(seqlens)) if b else (0, 0)
         if lo < 0 or hi > capacity:
             raise ValueError(f"seqlens must lie in [0, {capacity}] (the cache's capacity), got [{lo}, {hi}]")
         lk_max = hi
-    if block_table is not None and b:
+    if block_table is not None and b and validate:
         used = torch.as_tensor(capacity if lens is None else lens, device=q.device)
         n_pages = (used + ps - 1) // ps
         slot = torch.arange(block_table.shape[1], device=q.device)[None, :]
@@ -251,7 +273,7 @@ def _check_cache(q, k_cache, v_cache, seqlens, block_table, page_size):
 
 def decode(q, k_cache, v_cache, *, seqlens=None, block_table=None, page_size=None, num_splits=None,
            causal="bottom_right", alignment=None, window=None, scale=None, softcap=None,
-           return_lse=False, block_n=None):
+           return_lse=False, block_n=None, validate=True):
     """Attention of a few new query tokens against a KV cache, split over the keys (flash-decoding).
 
     Args:
@@ -271,13 +293,22 @@ def decode(q, k_cache, v_cache, *, seqlens=None, block_table=None, page_size=Non
         alignment, window, scale, softcap: as in :func:`flashproof.kernels.attention`.
         return_lse: also return the natural-log LSE (float32, (B, H, Lq)).
         block_n: keys per tile (power of two 16..256); default from a heuristic.
+        validate: check seqlens and the used block_table entries on the host (a ValueError
+            naming the bad entry; costs device-to-host syncs). False: no host sync, so a call
+            can be captured in a CUDA graph; the kernel still never reads outside the cache or
+            the table: a sequence whose seqlen is outside [0, capacity] or that uses a page
+            outside k_cache gets NaN output and LSE, the other sequences are unaffected.
 
     Returns:
         o (B, H, Lq, Ev) in q's dtype, or (o, lse). Not differentiable (inference only).
     """
-    dims, capacity, lk_max, ps = _check_cache(q, k_cache, v_cache, seqlens, block_table, page_size)
-    if not isinstance(return_lse, bool):
-        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
+    for name, flag in (("return_lse", return_lse), ("validate", validate)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    dims, capacity, lk_max, ps = _check_cache(q, k_cache, v_cache, seqlens, block_table, page_size, validate)
+    if not validate and block_table is not None and k_cache.shape[0] == 0:
+        raise ValueError("k_cache has no pages; validate=False needs at least one (an unused page 0 is read "
+                         "in place of an out-of-range one)")
     mask = spec.make_mask(causal=causal, window=window, alignment=alignment)
     scale = spec.resolve_scale(scale, dims.e)
     cap = spec.normalize_softcap(softcap)
@@ -319,6 +350,7 @@ def decode(q, k_cache, v_cache, *, seqlens=None, block_table=None, page_size=Non
             out_m, lse2 if seqlens is None else seqlens, bt, *q.stride(), *k_cache.stride(),
             *v_cache.stride(), *(bt.stride() if paged else (0, 0)), *so, *sl,
             group, lq, capacity, left, right, qk_scale, out_scale, num_splits, n_rblocks, max(ps, 1),
+            k_cache.shape[0] if paged else 0,
             E=dims.e, EV=ev, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DK=head_block(dims.e),
             BLOCK_DV=head_block(ev), HAS_LEFT=has_left, HAS_RIGHT=has_right,
             BOTTOM_RIGHT=mask.alignment == spec.BOTTOM_RIGHT, SOFTCAP=cap is not None,

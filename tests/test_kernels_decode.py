@@ -167,3 +167,45 @@ def test_decode_validation():
         decode(q, kp, kp, block_table=table, page_size=3, seqlens=torch.tensor([8, 4]))
     with pytest.raises(TypeError, match="block_table"):
         decode(q, kp, kp, block_table=table.float())
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")  # the interpreter reducing the NaN state
+@pytest.mark.parametrize("splits", [1, 3])
+def test_decode_unvalidated_never_reads_out_of_range_and_poisons_only_bad_sequences(splits):
+    """validate=False (no host sync, CUDA-graph capturable): on valid input it is bitwise the
+    validated call; a used page outside k_cache or a seqlen outside [0, capacity] gives NaN
+    output and LSE for that sequence only (the kernel reads page 0 / clamps instead), never a
+    plausible number."""
+    g = torch.Generator().manual_seed(21)
+    lens = [37, 50, 9]
+    q = rand(3, 4, 1, 32, dtype=torch.float16, gen=g)
+    k, v = _cache(3, 2, 64, 32, 32, lens, torch.float16, g)
+    kp, vp, table = _paginate(k, v, lens, 16, g)
+    seqlens = torch.tensor(lens, dtype=torch.int32)
+    kw = dict(seqlens=seqlens, block_table=table, num_splits=splits, block_n=16, return_lse=True)
+    o0, l0 = decode(q, kp, vp, **kw)
+    o1, l1 = decode(q, kp, vp, validate=False, **kw)
+    assert torch.equal(o0, o1) and torch.equal(l0, l1)
+    bad_table = table.clone()
+    bad_table[1, 2] = kp.shape[0]  # sequence 1 uses slot 2 (keys 32..47): one past the last page
+    bad_table[2, 0] = -1           # sequence 2 uses slot 0
+    kw["block_table"] = bad_table
+    with pytest.raises(ValueError, match=r"block_table\[1, 2\]"):
+        decode(q, kp, vp, **kw)
+    o2, l2 = decode(q, kp, vp, validate=False, **kw)
+    assert torch.equal(o2[0], o0[0]) and torch.equal(l2[0], l0[0])
+    assert torch.isnan(o2[1:]).all() and torch.isnan(l2[1:]).all()
+    # seqlens beyond the capacity (max_pages * page_size) or negative
+    cap = table.shape[1] * 16
+    kw.update(block_table=table, seqlens=torch.tensor([37, cap + 1, -1], dtype=torch.int32))
+    with pytest.raises(ValueError, match="seqlens"):
+        decode(q, kp, vp, **kw)
+    o3, l3 = decode(q, kp, vp, validate=False, **kw)
+    assert torch.equal(o3[0], o0[0]) and torch.isnan(o3[1:]).all() and torch.isnan(l3[1:]).all()
+    # contiguous cache: the same seqlens contract
+    o4, _ = decode(q, k, v, seqlens=torch.tensor([37, 65, 9], dtype=torch.int32), num_splits=splits,
+                   block_n=16, return_lse=True, validate=False)
+    o5, _ = decode(q, k, v, seqlens=seqlens, num_splits=splits, block_n=16, return_lse=True)
+    assert torch.equal(o4[0], o5[0]) and torch.equal(o4[2], o5[2]) and torch.isnan(o4[1]).all()
+    with pytest.raises(TypeError, match="validate"):
+        decode(q, k, v, validate=1)
