@@ -26,7 +26,7 @@ FWD = {
     64: [(bm, bn, w, s) for bm in (64, 128) for bn in (64, 128) for w in (4, 8) for s in (2, 3, 4)],
     256: [(bm, bn, w, s) for bm in (64, 128) for bn in (32, 64) for w in (4, 8) for s in (1, 2)],
 }
-# --quick: the leaders of the full sweep (benchmarks/results/tune-h100-run1.md) to re-check a change
+# --quick: the leaders of the full sweeps (benchmarks/results/tune-h100-run1.md, tune-h100-run3.md) to re-check a change
 FWD_QUICK = {
     128: [(128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 4, 2), (128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2)],
     64: [(128, 128, 4, 2), (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3)],
