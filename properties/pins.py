@@ -60,3 +60,8 @@ pin("lse_is_natural_log",
     Case(problem=Problem(shape=Shape(e=8, ev=8), mask=MaskSpec(attn_mask="additive"), softcap=5.0),
          tile=(("block_m", 16), ("block_n", 16))),
     found="tiled_peer at the deep profile (suite false alarm, fixed)")
+
+# torch SDPA math (CPU, fp32): batched calls are not bitwise batch invariant (docs/findings.md F4).
+pin("batch_invariant",
+    Case(problem=Problem(shape=Shape(batch=2, lq=5, lk=5, e=24, ev=24), dtype="float32")),
+    found="torch CPU SDPA math backend, fp32, H=1 (the suite's math peer now calls it per batch element)")

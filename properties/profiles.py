@@ -31,6 +31,8 @@ EXAMPLE_TIMEOUT = {"ci": 60, "gpu": 120, "deep": 300}
 #: Random seed of a derandomized profile (ci). Hypothesis derives it from the source of the test
 #: function, which is suite.run_property's inner closure: every edit of it changed the examples ci
 #: draws (one edit let a mutant survive). Pinned to that digest under the last 52/52 mutation score.
+#: The mutation score no longer rests on it: 52/52 with every peer passing at seeds 12345, 777 and 2026
+#: too (session 3; gradients' alignment corner and the per-batch math peer, docs/findings.md F4).
 DERANDOMIZED_SEED = int("f2e26f543ca292d62f54f58af6551d139aec19acc81fa0ed9b67aaaad3bd9a4bc1ef022b8a4975930aaf"
                         "699536ce5708", 16)
 

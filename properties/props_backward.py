@@ -99,10 +99,16 @@ def _grad_strategy(ctx, **kw):
 
 def _grad_corners(ctx):
     al = ctx.target.alignments
-    return [corner(ctx, shape=Shape(1, 2, 1 if ctx.target.gqa else 2, 9, 21, 40, 40), seed=1300,
-                   mask=MaskSpec(causal=al[0]) if al else MaskSpec(), extra=(("do_seed", 0),)),
-            corner(ctx, shape=Shape(1, 1, 1, 5, 17, 16, 16), regime=Regime("very_negative", -1e4, 1.0), seed=1301,
-                   extra=(("do_seed", 1),))]
+    out = [corner(ctx, shape=Shape(1, 2, 1 if ctx.target.gqa else 2, 9, 21, 40, 40), seed=1300,
+                  mask=MaskSpec(causal=al[0]) if al else MaskSpec(), extra=(("do_seed", 0),)),
+           corner(ctx, shape=Shape(1, 1, 1, 5, 17, 16, 16), regime=Regime("very_negative", -1e4, 1.0), seed=1301,
+                  extra=(("do_seed", 1),))]
+    if len(al) > 1:
+        # every declared alignment with Lq < Lk, where they differ: a backward that recomputes P
+        # under another alignment than the forward's (bug class 6) fails here whatever the draws
+        out += [corner(ctx, shape=Shape(1, 2, 2, 6, 15, 8, 8), seed=1302 + i, mask=MaskSpec(causal=a),
+                       extra=(("do_seed", 2),)) for i, a in enumerate(al[1:])]
+    return out
 
 
 @prop("gradients_match_reference",

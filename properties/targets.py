@@ -420,6 +420,9 @@ TORCH_CPU_DEVIATIONS: dict = {
     "nan_propagates_only_to_attending_rows":
         "torch's CPU SDPA returns 0 (not NaN) for a row whose q contains NaN, and NaN for a fully masked "
         "row whose q is NaN; the spec propagates NaN to exactly the rows that attend it",
+    "batch_invariant":
+        "torch's CPU SDPA (default dispatch and the math backend, fp32) is not bitwise batch invariant: at "
+        "B=2 H=1 Lq=Lk=5 E=24 a row's O differs by 1 ulp from the same row run alone (docs/findings.md F4)",
 }
 _TORCH_CPU_GRAD_NAN = (
     "torch's CPU SDPA backward returns NaN in dQ/dK/dV at logits near 1e30 (bf16 q, k ~ 1e15: the spread "

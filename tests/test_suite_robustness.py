@@ -50,8 +50,14 @@ NAN_CALLS = [0]
 
 
 def _sdpa(q, k, v, attn_mask, is_causal, scale, enable_gqa):
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
-                                          enable_gqa=enable_gqa)
+    # one call per batch element: torch's batched CPU SDPA is not bitwise batch invariant (docs/findings.md F4)
+    m = [attn_mask[b:b + 1] if attn_mask is not None and attn_mask.dim() == 4 and attn_mask.shape[0] > 1
+         else attn_mask for b in range(q.shape[0])]
+    return torch.cat([F.scaled_dot_product_attention(q[b:b + 1], k[b:b + 1], v[b:b + 1], attn_mask=m[b],
+                                                     is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+                      for b in range(q.shape[0])]) if q.shape[0] else \
+        F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
+                                       enable_gqa=enable_gqa)
 
 
 def _running():

@@ -9,8 +9,10 @@ those values zeroed (bitwise the same result for every row that does not read th
 masked terms are exact zeros either way), and each row that does read one (its q, or a k/v
 of an allowed key) is recomputed by one SDPA call over its allowed keys only (IEEE propagation
 within the allowed set, masked keys dropped, as spec says).
-Declared as plain SDPA callables (top-left causal, attn_mask, scale, GQA via enable_gqa), with
-backward through torch autograd, and an fp32 accumulator (fp64 is at least as accurate).
+Each batch element is one SDPA call: torch's batched math path is not bitwise batch invariant
+(docs/findings.md F4). Declared as plain SDPA callables (top-left causal, attn_mask, scale, GQA
+via enable_gqa), with backward through torch autograd, and an fp32 accumulator (fp64 is at least
+as accurate).
 """
 from __future__ import annotations
 
@@ -26,6 +28,16 @@ def sdpa_math(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     """torch SDPA (math backend) evaluated in ``compute`` precision; O in the input dtype."""
     if dropout_p:
         raise ValueError(f"dropout_p must be 0 for a deterministic peer, got {dropout_p}")
+    if query.shape[0] > 1:
+        # torch's batched CPU math path is not bitwise batch invariant (docs/findings.md F4): a
+        # row's O depends on its batch-mates, which spec's batch invariance forbids
+        parts = []
+        for b in range(query.shape[0]):
+            m = attn_mask[b:b + 1] if attn_mask is not None and attn_mask.dim() == 4 and attn_mask.shape[0] > 1 \
+                else attn_mask
+            parts.append(sdpa_math(query[b:b + 1], key[b:b + 1], value[b:b + 1], m, dropout_p, is_causal, scale,
+                                   enable_gqa, compute=compute))
+        return torch.cat(parts)
     dt = query.dtype
     q, k, v = (t.to(compute) for t in (query, key, value))
     mask = attn_mask
