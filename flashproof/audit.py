@@ -43,6 +43,8 @@ class Impl:
     reason: str = ""
     sweeps: tuple | None = None  # None: every sweep; else only these (FlexAttention recompiles per shape)
     lengths: tuple | None = None  # None: every L; else only these
+    # (tile, head_dim, dtype) -> whether the implementation accepts that tile config there; None: all
+    accepts_tile: Callable | None = None
 
 
 def _kernel_impl():
@@ -54,7 +56,13 @@ def _kernel_impl():
 
     cfgs = [dict(c) if isinstance(c, dict) else dict(zip(("block_m", "block_n", "num_warps", "num_stages"), c))
             for c in getattr(kernels, "TILE_CONFIGS", [])]
-    return Impl("flashproof", fn, "kernel", "fp32", cfgs)
+
+    def accepts(tile, head_dim, dtype):
+        # a config the kernel refuses for these dims (shared memory) is a clear error, not a cell to judge
+        return kernels.accepts_tile_config(tuple(tile[n] for n in ("block_m", "block_n", "num_warps", "num_stages")),
+                                           head_dim=head_dim, dtype=dtype)
+
+    return Impl("flashproof", fn, "kernel", "fp32", cfgs, accepts_tile=accepts)
 
 
 def _naive_impl():
@@ -337,7 +345,8 @@ def audit(impls, *, device="cpu", dtypes=("bfloat16", "float16", "float32"), qui
             if dt not in imp.dtypes or (imp.sweeps is not None and sweep not in imp.sweeps) or \
                     (imp.lengths is not None and L not in imp.lengths):
                 continue
-            tiles = (imp.tile_configs[:: max(1, len(imp.tile_configs) // 3)][:3] if use_tiles else []) or [{}]
+            cand = [t for t in imp.tile_configs if imp.accepts_tile is None or imp.accepts_tile(t, E, q.dtype)]
+            tiles = (cand[:: max(1, len(cand) // 3)][:3] if use_tiles else []) or [{}]
             for tile in tiles:
                 key = imp.name + ("" if not tile else " " + ",".join(f"{a}={x}" for a, x in tile.items()))
                 try:

@@ -97,3 +97,25 @@ def test_sampled_row_bound_equals_full_bound_on_its_rows(monkeypatch):
     assert np.isnan(np.delete(part, rows, axis=2)).all()
     m = audit.measure(full, full, dtype="bfloat16", bound=part)
     assert m["bound_elements"] == 2 * 7 * 16 and m["violations"] == 0
+
+
+def test_tiling_sweep_judges_only_configs_the_kernel_accepts():
+    """The default audit (README's first command) picks tile configs the kernel accepts for the
+    cell's head dim and dtype: a refused config (shared memory, fp32 at E=64) is the kernel's
+    clear error, not a violation. Adding two configs to TILE_CONFIGS once shifted the pick onto
+    refused fp32 configs and failed `make audit`."""
+    imp = audit._kernel_impl()
+    imp.sweeps = ("tiling",)
+    rep = audit.audit([audit._naive_impl(), imp], dtypes=("float32",), quick=True, progress=False)
+    assert not rep["violations"] and not rep["errors"], (rep["violations"], rep["errors"])
+    ran = {r["impl"] for r in rep["cells"] if r["impl"].startswith("flashproof ")}
+    assert len(ran) == 3, ran
+
+
+def test_default_audit_passes(tmp_path):
+    """README's first command (`make audit` = `flashproof audit` on its embedded default) passes:
+    exit 0 and a PASS verdict (about 30 s on 2 cores)."""
+    from flashproof.cli import main
+
+    assert main(["audit", "--out", str(tmp_path / "audit-out")]) == 0
+    assert "Verdict: PASS" in open(tmp_path / "audit-out" / "report.md").read()
