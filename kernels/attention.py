@@ -87,8 +87,7 @@ def _fwd_kernel(RERUN, Q, K, V, BIAS, O, LSE2,
                 HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
                 PRECISION: tl.constexpr, UPCAST: tl.constexpr, EXACT: tl.constexpr):
     # two passes (blocks.rerun_flag): the exact one recomputes only the programs the fast one flagged
-    pid = (tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(0) + tl.program_id(0)
-    if skip_program(RERUN, pid, EXACT):
+    if skip_program(RERUN, EXACT):
         return
     if HAS_RIGHT:
         # causal: the longest rows first, so the short ones fill the last wave
@@ -132,7 +131,7 @@ def _fwd_kernel(RERUN, Q, K, V, BIAS, O, LSE2,
                                   PRECISION, UPCAST, EXACT)
     o, lse2 = finalize(acc, l_i, m_i)
     if not EXACT:
-        rerun_flag(RERUN, pid, nonfinite(o, offs_m < LQ), EXACT)
+        rerun_flag(RERUN, nonfinite(o, offs_m < LQ))
     o_ptrs = O + b64 * sob + h.to(tl.int64) * soh + offs_m[:, None].to(tl.int64) * som \
         + offs_dv[None, :].to(tl.int64) * sod
     tl.store(o_ptrs, round_to(o, O.dtype.element_ty, UPCAST), mask=(offs_m[:, None] < LQ) & (offs_dv[None, :] < EV))
@@ -233,8 +232,7 @@ def _bwd_dkdv_kernel(RERUN, Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
                      EXACT: tl.constexpr):
     """One key block of one KV head: loops over the GROUP query heads sharing it and over the
     query blocks that attend it; no atomics, so the result is bitwise deterministic."""
-    pid = (tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(0) + tl.program_id(0)
-    if skip_program(RERUN, pid, EXACT):
+    if skip_program(RERUN, EXACT):
         return
     pid_n = tl.program_id(0)
     hk = tl.program_id(1)
@@ -281,7 +279,7 @@ def _bwd_dkdv_kernel(RERUN, Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
                                 HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT)
     dk = dk * DS_SCALE
     if not EXACT:
-        rerun_flag(RERUN, pid, tl.maximum(nonfinite(dk, offs_n < LK), nonfinite(dv, offs_n < LK)), EXACT)
+        rerun_flag(RERUN, tl.maximum(nonfinite(dk, offs_n < LK), nonfinite(dv, offs_n < LK)))
     nmask = offs_n[:, None] < LK
     tl.store(DK + b64 * sdkb + hk.to(tl.int64) * sdkh + offs_n[:, None].to(tl.int64) * sdkn
              + offs_dk[None, :].to(tl.int64) * sdkd, round_to(dk, DK.dtype.element_ty, UPCAST),
@@ -346,8 +344,7 @@ def _bwd_dq_kernel(RERUN, Q, K, V, BIAS, DO, LSE2, DELTA, DQ,
                    HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
                    PRECISION: tl.constexpr, UPCAST: tl.constexpr, KAHAN: tl.constexpr,
                    EXACT: tl.constexpr):
-    pid = (tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(0) + tl.program_id(0)
-    if skip_program(RERUN, pid, EXACT):
+    if skip_program(RERUN, EXACT):
         return
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
@@ -388,7 +385,7 @@ def _bwd_dq_kernel(RERUN, Q, K, V, BIAS, DO, LSE2, DELTA, DQ,
                       BLOCK_DK, BLOCK_DV, False, SOFTCAP, HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT)
     dq = dq * DS_SCALE
     if not EXACT:
-        rerun_flag(RERUN, pid, nonfinite(dq, offs_m < LQ), EXACT)
+        rerun_flag(RERUN, nonfinite(dq, offs_m < LQ))
     tl.store(DQ + b64 * sdqb + h.to(tl.int64) * sdqh + offs_m[:, None].to(tl.int64) * sdqm
              + offs_dk[None, :].to(tl.int64) * sdqd, round_to(dq, DQ.dtype.element_ty, UPCAST),
              mask=(offs_m[:, None] < LQ) & (offs_dk[None, :] < E))
@@ -516,8 +513,7 @@ def _plan(q, k, v, *, mask, scale, softcap, block_m, block_n, num_warps, num_sta
     cap = spec.normalize_softcap(softcap)
     diag, left, right, has_left, has_right = mask_args(mask, lq, lk)
     interp = interpreting()
-    d = default_forward_config(head_dim=e, head_dim_v=ev, dtype=q.dtype, interpret=interp,
-                               causal=bool(mask.causal))
+    d = default_forward_config(head_dim=e, head_dim_v=ev, dtype=q.dtype, interpret=interp)
     forced = any(x is not None for x in (block_m, block_n, num_warps, num_stages))
     fwd = TileConfig(d.block_m if block_m is None else block_m, d.block_n if block_n is None else block_n,
                      d.num_warps if num_warps is None else num_warps,

@@ -290,7 +290,13 @@ def nonfinite(x, valid_rows):
 
 
 @triton.jit
-def rerun_flag(RERUN, pid, flag, EXACT: tl.constexpr):
+def _program_index():
+    """This program's index in the flattened 3-D grid (one rerun flag per program)."""
+    return (tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(0) + tl.program_id(0)
+
+
+@triton.jit
+def rerun_flag(RERUN, flag):
     """Fast pass: record whether this program's output (``nonfinite`` of its tiles) has a NaN or
     inf; the exact pass then recomputes only those programs (masked_mma's EXACT).
 
@@ -299,15 +305,14 @@ def rerun_flag(RERUN, pid, flag, EXACT: tl.constexpr):
     only place a row is overwritten is finalize's empty row (O = 0), which is the exact answer
     there. So a fast-pass tile that differs from the exact one is non-finite and gets rerun;
     a legitimately non-finite one is rerun too and comes out the same."""
-    if not EXACT:
-        tl.store(RERUN + pid, flag)
+    tl.store(RERUN + _program_index(), flag)
 
 
 @triton.jit
-def skip_program(RERUN, pid, EXACT: tl.constexpr):
+def skip_program(RERUN, EXACT: tl.constexpr):
     """Exact pass: True for the programs the fast pass did not flag (they return at once)."""
     if EXACT:
-        skip = tl.load(RERUN + pid) == 0
+        skip = tl.load(RERUN + _program_index()) == 0
     else:
         skip = False
     return skip

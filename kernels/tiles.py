@@ -148,11 +148,12 @@ def _first_fit(candidates, *, head_dim, head_dim_v, dtype, backward=False) -> Ti
     return TileConfig(16, 16, 4, 1)  # fits every dtype and E <= 256
 
 
-def default_forward_config(*, head_dim, head_dim_v, dtype, interpret: bool, causal: bool = False) -> TileConfig:
+def default_forward_config(*, head_dim, head_dim_v, dtype, interpret: bool) -> TileConfig:
     """Heuristic forward tiles. Interpreter: fixed 32x32 (few, cheap numpy steps). fp16/bf16 on
-    the GPU: the fastest config of the H100 sweep of the two-pass kernels (causal and not;
-    benchmarks/results/tune-h100-run3.md, bf16 B8 H16 L4096), first fit when the shared memory of
-    a larger head dim rules it out."""
+    the GPU: the fastest config of the H100 sweep of the two-pass kernels
+    (benchmarks/results/tune-h100-run3.md, bf16 B8 H16 L4096), one for causal and not (it led both
+    at E <= 128; at E = 256 (128,32,8,2) led causal by 2%), first fit when the shared memory of a
+    larger head dim rules it out."""
     if interpret:
         return TileConfig(32, 32, 4, 1)
     d = max(head_block(head_dim), head_block(head_dim_v))
