@@ -250,12 +250,12 @@ def _check_cache(q, k_cache, v_cache, seqlens, block_table, page_size, validate=
         if seqlens.device != q.device:
             raise ValueError(f"seqlens is on {seqlens.device}, q on {q.device}")
         lens = seqlens
-        if not validate:
-            return dims, capacity, capacity, ps
-        lo, hi = (int(x) for x in torch.aminmax(seqlens)) if b else (0, 0)
-        if lo < 0 or hi > capacity:
-            raise ValueError(f"seqlens must lie in [0, {capacity}] (the cache's capacity), got [{lo}, {hi}]")
-        lk_max = hi
+        lk_max = capacity
+        if validate:
+            lo, hi = (int(x) for x in torch.aminmax(seqlens)) if b else (0, 0)
+            if lo < 0 or hi > capacity:
+                raise ValueError(f"seqlens must lie in [0, {capacity}] (the cache's capacity), got [{lo}, {hi}]")
+            lk_max = hi
     if block_table is not None and b and validate:
         used = torch.as_tensor(capacity if lens is None else lens, device=q.device)
         n_pages = (used + ps - 1) // ps
