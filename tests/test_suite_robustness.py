@@ -46,18 +46,16 @@ import time
 import torch
 import torch.nn.functional as F
 
+from mutants.peers import per_batch_element  # tests/ is on the path (conftest; PYTHONPATH for the CLI runs)
+
 NAN_CALLS = [0]
 
 
 def _sdpa(q, k, v, attn_mask, is_causal, scale, enable_gqa):
-    # one call per batch element: torch's batched CPU SDPA is not bitwise batch invariant (docs/findings.md F4)
-    m = [attn_mask[b:b + 1] if attn_mask is not None and attn_mask.dim() == 4 and attn_mask.shape[0] > 1
-         else attn_mask for b in range(q.shape[0])]
-    return torch.cat([F.scaled_dot_product_attention(q[b:b + 1], k[b:b + 1], v[b:b + 1], attn_mask=m[b],
-                                                     is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
-                      for b in range(q.shape[0])]) if q.shape[0] else \
-        F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
-                                       enable_gqa=enable_gqa)
+    def one(q, k, v, m):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=is_causal, scale=scale,
+                                              enable_gqa=enable_gqa)
+    return per_batch_element(one, q, k, v, attn_mask) if q.shape[0] > 1 else one(q, k, v, attn_mask)
 
 
 def _running():
@@ -358,7 +356,8 @@ class _Proc:
 
 def _env(tdir, **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "FPR_"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(tdir)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    env["PYTHONPATH"] = os.pathsep.join([str(tdir), str(Path(__file__).parent)]
+                                        + [p for p in [os.environ.get("PYTHONPATH")] if p])
     env.update(extra)
     return env
 

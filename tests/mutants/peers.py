@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["sdpa_math_fp32", "sdpa_math_fp64", "sdpa_math"]
+__all__ = ["sdpa_math_fp32", "sdpa_math_fp64", "sdpa_math", "per_batch_element"]
 
 
 def sdpa_math(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
@@ -29,15 +29,8 @@ def sdpa_math(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     if dropout_p:
         raise ValueError(f"dropout_p must be 0 for a deterministic peer, got {dropout_p}")
     if query.shape[0] > 1:
-        # torch's batched CPU math path is not bitwise batch invariant (docs/findings.md F4): a
-        # row's O depends on its batch-mates, which spec's batch invariance forbids
-        parts = []
-        for b in range(query.shape[0]):
-            m = attn_mask[b:b + 1] if attn_mask is not None and attn_mask.dim() == 4 and attn_mask.shape[0] > 1 \
-                else attn_mask
-            parts.append(sdpa_math(query[b:b + 1], key[b:b + 1], value[b:b + 1], m, dropout_p, is_causal, scale,
-                                   enable_gqa, compute=compute))
-        return torch.cat(parts)
+        return per_batch_element(lambda q, k, v, m: sdpa_math(q, k, v, m, dropout_p, is_causal, scale, enable_gqa,
+                                                              compute=compute), query, key, value, attn_mask)
     dt = query.dtype
     q, k, v = (t.to(compute) for t in (query, key, value))
     mask = attn_mask
@@ -53,6 +46,18 @@ def sdpa_math(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                                            enable_gqa=enable_gqa)
         o = _fix_nonfinite_rows(o, q, k, v, mask, is_causal, scale, enable_gqa)
     return o.to(dt)
+
+
+def per_batch_element(sdpa, query, key, value, attn_mask):
+    """sdpa(q, k, v, mask) called once per batch element (a per-element slice of a 4-D mask) and
+    concatenated: torch's batched CPU SDPA is not bitwise batch invariant (docs/findings.md F4),
+    a row's O depends on its batch-mates, which spec's batch invariance forbids."""
+    parts = []
+    for b in range(query.shape[0]):
+        m = attn_mask[b:b + 1] if attn_mask is not None and attn_mask.dim() == 4 and attn_mask.shape[0] > 1 \
+            else attn_mask
+        parts.append(sdpa(query[b:b + 1], key[b:b + 1], value[b:b + 1], m))
+    return torch.cat(parts)
 
 
 def _fix_nonfinite_rows(o, q, k, v, mask, is_causal, scale, enable_gqa):
