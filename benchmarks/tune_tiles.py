@@ -66,10 +66,18 @@ def _call(task, q, k, v):
     from flashproof import kernels
 
     kind, e, causal, (bm, bn, w, s) = task
+    _set_loads()
     o = kernels.attention(q, k, v, causal=causal, block_m=bm, block_n=bn, num_warps=w, num_stages=s)
     if kind == "bwd":
         return o, lambda do: torch.autograd.grad(o, (q, k, v), do, retain_graph=True)
     return o, None
+
+
+def _set_loads():
+    """--tma-backward, in this process and in the compile workers (which inherit the environment)."""
+    A = sys.modules["flashproof.kernels.attention"]
+    if os.environ.get("FP_TUNE_TMA_BACKWARD"):
+        A.TMA_BACKWARD = os.environ["FP_TUNE_TMA_BACKWARD"] == "1"
 
 
 def compile_one(task):
@@ -115,7 +123,11 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="forward: only the leaders of the full sweep")
     ap.add_argument("--E", type=int, nargs="*", help="only these head dims")
     ap.add_argument("--causal", type=int, choices=(0, 1), help="only causal (1) or non-causal (0)")
+    ap.add_argument("--tma-backward", type=int, choices=(0, 1),
+                    help="backward kernels read through tensor descriptors (1) or pointers (0); default: the kernel's")
     a = ap.parse_args(argv)
+    if a.tma_backward is not None:
+        os.environ["FP_TUNE_TMA_BACKWARD"] = str(a.tma_backward)
     os.makedirs(a.out, exist_ok=True)
     os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix="fp-tune-"))
     import multiprocessing as mp

@@ -22,28 +22,39 @@ from .tiles import (TileConfig, backward_config, check_tile_config, default_forw
                     head_block)
 from .validate import check_qkv, logit_scales, mask_args
 
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - triton < 3.4 has no host-side descriptors
+    TensorDescriptor = None
+
 __all__ = ["attention"]
 
 
 # ----------------------------------------------------------------------------- jit kernels
 
 @triton.jit
-def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n, k_rows, v_rows, offs_m, lo, hi,
-              skd, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
-              E: tl.constexpr, EV: tl.constexpr,
+def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n, k_rows, v_rows, kv_b, kv_h, n,
+              offs_m, lo, hi, skd, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
+              E: tl.constexpr, EV: tl.constexpr, BLOCK_N: tl.constexpr,
               BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
               SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-              UPCAST: tl.constexpr, EXACT: tl.constexpr):
+              UPCAST: tl.constexpr, EXACT: tl.constexpr, TMA: tl.constexpr):
     """One key block folded into the running state (m, l, acc): spec.online.merge of the
     block's state, in log2 units (proofs/rescaling.py, theorem 1: the rescaling identity); exact
     for any tiling by proofs/merge_algebra.py, theorem 2 (merge is a commutative monoid and a
     homomorphism from key-block concatenation). Key j of the block lives at k_base + k_rows[j]
-    (v_base + v_rows[j]): strided rows here, paged rows in decode."""
+    (v_base + v_rows[j]): strided rows here, paged rows in decode. TMA: k_base and v_base are
+    the (B, Hkv, Lk, E) tensor descriptors instead, and the block is keys n .. n + BLOCK_N of
+    head (kv_b, kv_h), read by the copy engine, which zero-fills what load2d masks."""
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    # [BLOCK_DK, BLOCK_N]
-    kt = load2d(k_base + offs_dk[:, None].to(tl.int64) * skd + k_rows[None, :],
-                offs_dk, E, offs_n, LK, E != BLOCK_DK, MASKED)
+    if TMA:
+        # [BLOCK_DK, BLOCK_N]
+        kt = tl.trans(k_base.load([kv_b, kv_h, n, 0]).reshape(BLOCK_N, BLOCK_DK))
+    else:
+        # [BLOCK_DK, BLOCK_N]
+        kt = load2d(k_base + offs_dk[:, None].to(tl.int64) * skd + k_rows[None, :],
+                    offs_dk, E, offs_n, LK, E != BLOCK_DK, MASKED)
     # [BLOCK_M, BLOCK_N]
     s, _t = logits(mma(q, kt, PRECISION, UPCAST), QK_SCALE, OUT_SCALE, SOFTCAP)
     if HAS_BIAS:
@@ -63,9 +74,13 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n, k_rows, v_row
     # one rounding per logit in every tile, no fma(q.k, c, -m): its residual can under/overflow exp2(max)
     p = tl.exp2(s - m_sh[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    # [BLOCK_N, BLOCK_DV]
-    v = load2d(v_base + v_rows[:, None] + offs_dv[None, :].to(tl.int64) * svd,
-               offs_n, LK, offs_dv, EV, MASKED, EV != BLOCK_DV)
+    if TMA:
+        # [BLOCK_N, BLOCK_DV]
+        v = v_base.load([kv_b, kv_h, n, 0]).reshape(BLOCK_N, BLOCK_DV)
+    else:
+        # [BLOCK_N, BLOCK_DV]
+        v = load2d(v_base + v_rows[:, None] + offs_dv[None, :].to(tl.int64) * svd,
+                   offs_n, LK, offs_dv, EV, MASKED, EV != BLOCK_DV)
     pv = round_to(p, v.dtype, UPCAST)
     if MASKED:
         acc = masked_mma(acc * alpha[:, None], pv, v, s != -float("inf"), PRECISION, UPCAST, EXACT)
@@ -85,7 +100,8 @@ def _fwd_kernel(RERUN, Q, K, V, BIAS, O, LSE2,
                 E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LEFT: tl.constexpr,
                 HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
-                PRECISION: tl.constexpr, UPCAST: tl.constexpr, EXACT: tl.constexpr):
+                PRECISION: tl.constexpr, UPCAST: tl.constexpr, EXACT: tl.constexpr,
+                TMA: tl.constexpr):
     # two passes (blocks.rerun_flag): the exact one recomputes only the programs the fast one flagged
     if skip_program(RERUN, EXACT):
         return
@@ -102,8 +118,12 @@ def _fwd_kernel(RERUN, Q, K, V, BIAS, O, LSE2,
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
     q_base = Q + b64 * sqb + h.to(tl.int64) * sqh
-    k_base = K + b64 * skb + hk.to(tl.int64) * skh
-    v_base = V + b64 * svb + hk.to(tl.int64) * svh
+    if TMA:
+        k_base = K
+        v_base = V
+    else:
+        k_base = K + b64 * skb + hk.to(tl.int64) * skh
+        v_base = V + b64 * svb + hk.to(tl.int64) * svh
     bias_base = BIAS + b64 * sbb + h.to(tl.int64) * sbh
     # [BLOCK_M, BLOCK_DK]
     q = load2d(q_base + offs_m[:, None].to(tl.int64) * sqm + offs_dk[None, :].to(tl.int64) * sqd,
@@ -116,19 +136,20 @@ def _fwd_kernel(RERUN, Q, K, V, BIAS, O, LSE2,
     # [BLOCK_M, BLOCK_DV]
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     for t in range(0, n_masked):
-        offs_n = masked_block(t, start, n_lead, fend, BLOCK_N) + tl.arange(0, BLOCK_N)
+        n = masked_block(t, start, n_lead, fend, BLOCK_N)
+        offs_n = n + tl.arange(0, BLOCK_N)
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n,
-                                  offs_n.to(tl.int64) * skn, offs_n.to(tl.int64) * svn, offs_m, lo, hi,
-                                  skd, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
-                                  E, EV, BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS,
-                                  PRECISION, UPCAST, EXACT)
+                                  offs_n.to(tl.int64) * skn, offs_n.to(tl.int64) * svn, b, hk, n,
+                                  offs_m, lo, hi, skd, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
+                                  E, EV, BLOCK_N, BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS,
+                                  PRECISION, UPCAST, EXACT, TMA)
     for n in range(fstart, fend, BLOCK_N):
         offs_n = n + tl.arange(0, BLOCK_N)
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n,
-                                  offs_n.to(tl.int64) * skn, offs_n.to(tl.int64) * svn, offs_m, lo, hi,
-                                  skd, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
-                                  E, EV, BLOCK_DK, BLOCK_DV, False, SOFTCAP, HAS_BIAS,
-                                  PRECISION, UPCAST, EXACT)
+                                  offs_n.to(tl.int64) * skn, offs_n.to(tl.int64) * svn, b, hk, n,
+                                  offs_m, lo, hi, skd, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
+                                  E, EV, BLOCK_N, BLOCK_DK, BLOCK_DV, False, SOFTCAP, HAS_BIAS,
+                                  PRECISION, UPCAST, EXACT, TMA)
     o, lse2 = finalize(acc, l_i, m_i)
     if not EXACT:
         rerun_flag(RERUN, nonfinite(o, offs_m < LQ))
@@ -165,20 +186,25 @@ def _bwd_delta_kernel(O, DO, DLSE, DELTA, sob, soh, som, sod, sdb, sdh, sdm, sdd
 
 
 @triton.jit
-def _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta_base, m, offs_n, ilo, ihi,
-               sqm, sqd, sdm, sdd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
+def _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta_base, b, h, m, offs_n,
+               ilo, ihi, sqm, sqd, sdm, sdd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
                E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr,
                BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
                SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-               UPCAST: tl.constexpr, KAHAN: tl.constexpr, EXACT: tl.constexpr):
+               UPCAST: tl.constexpr, KAHAN: tl.constexpr, EXACT: tl.constexpr, TMA: tl.constexpr):
     """dK, dV of one key block from one query block, with P^T recomputed from the saved LSE
-    (dV = P^T dO, dK = scale dS^T Q: proofs/backward.py, theorem 4)."""
+    (dV = P^T dO, dK = scale dS^T Q: proofs/backward.py, theorem 4). TMA: q_base and do_base are
+    the Q and dO tensor descriptors (_fwd_tile), the block is rows m .. m + BLOCK_M of (b, h)."""
     offs_m = m + tl.arange(0, BLOCK_M)
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    # [BLOCK_DK, BLOCK_M]
-    qt = load2d(q_base + offs_dk[:, None].to(tl.int64) * sqd + offs_m[None, :].to(tl.int64) * sqm,
-                offs_dk, E, offs_m, LQ, E != BLOCK_DK, MASKED)
+    if TMA:
+        # [BLOCK_DK, BLOCK_M]
+        qt = tl.trans(q_base.load([b, h, m, 0]).reshape(BLOCK_M, BLOCK_DK))
+    else:
+        # [BLOCK_DK, BLOCK_M]
+        qt = load2d(q_base + offs_dk[:, None].to(tl.int64) * sqd + offs_m[None, :].to(tl.int64) * sqm,
+                    offs_dk, E, offs_m, LQ, E != BLOCK_DK, MASKED)
     # [BLOCK_N, BLOCK_M]
     st, tt = logits(mma(k, qt, PRECISION, UPCAST), QK_SCALE, OUT_SCALE, SOFTCAP)
     if HAS_BIAS:
@@ -197,9 +223,13 @@ def _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta
     # Empty rows have LSE -inf: P = 0 there, never exp2(-inf - -inf).
     empty = lse2 == -float("inf")
     pt = tl.where(empty[None, :], 0.0, tl.exp2(st - tl.where(empty, 0.0, lse2)[None, :]))
-    # [BLOCK_M, BLOCK_DV]
-    do = load2d(do_base + offs_m[:, None].to(tl.int64) * sdm + offs_dv[None, :].to(tl.int64) * sdd,
-                offs_m, LQ, offs_dv, EV, MASKED, EV != BLOCK_DV)
+    if TMA:
+        # [BLOCK_M, BLOCK_DV]
+        do = do_base.load([b, h, m, 0]).reshape(BLOCK_M, BLOCK_DV)
+    else:
+        # [BLOCK_M, BLOCK_DV]
+        do = load2d(do_base + offs_m[:, None].to(tl.int64) * sdm + offs_dv[None, :].to(tl.int64) * sdd,
+                    offs_m, LQ, offs_dv, EV, MASKED, EV != BLOCK_DV)
     if MASKED:
         keep = st != -float("inf")
         dv, cv = masked_mma_acc(dv, cv, round_to(pt, do.dtype, UPCAST), do, keep, PRECISION, UPCAST, KAHAN, EXACT)
@@ -229,7 +259,7 @@ def _bwd_dkdv_kernel(RERUN, Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
                      BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LEFT: tl.constexpr,
                      HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
                      PRECISION: tl.constexpr, UPCAST: tl.constexpr, KAHAN: tl.constexpr,
-                     EXACT: tl.constexpr):
+                     EXACT: tl.constexpr, TMA: tl.constexpr):
     """One key block of one KV head: loops over the GROUP query heads sharing it and over the
     query blocks that attend it; no atomics, so the result is bitwise deterministic."""
     if skip_program(RERUN, EXACT):
@@ -261,22 +291,26 @@ def _bwd_dkdv_kernel(RERUN, Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
         cv = 0.0
     for g in range(0, GROUP):
         h = hk * GROUP + g
-        q_base = Q + b64 * sqb + h.to(tl.int64) * sqh
-        do_base = DO + b64 * sdb + h.to(tl.int64) * sdh
+        if TMA:
+            q_base = Q
+            do_base = DO
+        else:
+            q_base = Q + b64 * sqb + h.to(tl.int64) * sqh
+            do_base = DO + b64 * sdb + h.to(tl.int64) * sdh
         bias_base = BIAS + b64 * sbb + h.to(tl.int64) * sbh
         lse_base = LSE2 + (b64 * H + h) * LQ
         delta_base = DELTA + (b64 * H + h) * LQ
         for t in range(0, n_masked):
             m = masked_block(t, start, n_lead, fend, BLOCK_M)
-            dk, dv, ck, cv = _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta_base, m,
-                                offs_n, ilo, ihi, sqm, sqd, sdm, sdd, sbm, sbn, LQ, LK, QK_SCALE,
+            dk, dv, ck, cv = _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta_base, b, h,
+                                m, offs_n, ilo, ihi, sqm, sqd, sdm, sdd, sbm, sbn, LQ, LK, QK_SCALE,
                                 OUT_SCALE, E, EV, BLOCK_M, BLOCK_DK, BLOCK_DV, True, SOFTCAP,
-                                HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT)
+                                HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT, TMA)
         for m in range(fstart, fend, BLOCK_M):
-            dk, dv, ck, cv = _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta_base, m,
-                                offs_n, ilo, ihi, sqm, sqd, sdm, sdd, sbm, sbn, LQ, LK, QK_SCALE,
+            dk, dv, ck, cv = _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta_base, b, h,
+                                m, offs_n, ilo, ihi, sqm, sqd, sdm, sdd, sbm, sbn, LQ, LK, QK_SCALE,
                                 OUT_SCALE, E, EV, BLOCK_M, BLOCK_DK, BLOCK_DV, False, SOFTCAP,
-                                HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT)
+                                HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT, TMA)
     dk = dk * DS_SCALE
     if not EXACT:
         rerun_flag(RERUN, tl.maximum(nonfinite(dk, offs_n < LK), nonfinite(dv, offs_n < LK)))
@@ -290,19 +324,24 @@ def _bwd_dkdv_kernel(RERUN, Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
 
 
 @triton.jit
-def _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, lo, hi,
+def _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base, b, hk, n, offs_m, lo, hi,
              skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
              E: tl.constexpr, EV: tl.constexpr, BLOCK_N: tl.constexpr,
              BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
              SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-             UPCAST: tl.constexpr, KAHAN: tl.constexpr, EXACT: tl.constexpr):
-    """dQ of one query block from one key block (dQ = scale dS K: proofs/backward.py, theorem 4)."""
+             UPCAST: tl.constexpr, KAHAN: tl.constexpr, EXACT: tl.constexpr, TMA: tl.constexpr):
+    """dQ of one query block from one key block (dQ = scale dS K: proofs/backward.py, theorem 4).
+    TMA: k_base and v_base are the K and V tensor descriptors (_fwd_tile)."""
     offs_n = n + tl.arange(0, BLOCK_N)
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    # [BLOCK_DK, BLOCK_N]
-    kt = load2d(k_base + offs_dk[:, None].to(tl.int64) * skd + offs_n[None, :].to(tl.int64) * skn,
-                offs_dk, E, offs_n, LK, E != BLOCK_DK, MASKED)
+    if TMA:
+        # [BLOCK_DK, BLOCK_N]
+        kt = tl.trans(k_base.load([b, hk, n, 0]).reshape(BLOCK_N, BLOCK_DK))
+    else:
+        # [BLOCK_DK, BLOCK_N]
+        kt = load2d(k_base + offs_dk[:, None].to(tl.int64) * skd + offs_n[None, :].to(tl.int64) * skn,
+                    offs_dk, E, offs_n, LK, E != BLOCK_DK, MASKED)
     # [BLOCK_M, BLOCK_N]
     s, t = logits(mma(q, kt, PRECISION, UPCAST), QK_SCALE, OUT_SCALE, SOFTCAP)
     if HAS_BIAS:
@@ -316,9 +355,13 @@ def _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, l
     # Empty rows have LSE -inf: P = 0 there, never exp2(-inf - -inf).
     empty = lse2 == -float("inf")
     p = tl.where(empty[:, None], 0.0, tl.exp2(s - tl.where(empty, 0.0, lse2)[:, None]))
-    # [BLOCK_DV, BLOCK_N]
-    vt = load2d(v_base + offs_dv[:, None].to(tl.int64) * svd + offs_n[None, :].to(tl.int64) * svn,
-                offs_dv, EV, offs_n, LK, EV != BLOCK_DV, MASKED)
+    if TMA:
+        # [BLOCK_DV, BLOCK_N]
+        vt = tl.trans(v_base.load([b, hk, n, 0]).reshape(BLOCK_N, BLOCK_DV))
+    else:
+        # [BLOCK_DV, BLOCK_N]
+        vt = load2d(v_base + offs_dv[:, None].to(tl.int64) * svd + offs_n[None, :].to(tl.int64) * svn,
+                    offs_dv, EV, offs_n, LK, EV != BLOCK_DV, MASKED)
     # [BLOCK_M, BLOCK_N]
     dp = mma(do, vt, PRECISION, UPCAST)
     ds = p * (dp - delta[:, None])
@@ -343,7 +386,7 @@ def _bwd_dq_kernel(RERUN, Q, K, V, BIAS, DO, LSE2, DELTA, DQ,
                    BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LEFT: tl.constexpr,
                    HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
                    PRECISION: tl.constexpr, UPCAST: tl.constexpr, KAHAN: tl.constexpr,
-                   EXACT: tl.constexpr):
+                   EXACT: tl.constexpr, TMA: tl.constexpr):
     if skip_program(RERUN, EXACT):
         return
     pid_m = tl.program_id(0)
@@ -363,8 +406,12 @@ def _bwd_dq_kernel(RERUN, Q, K, V, BIAS, DO, LSE2, DELTA, DQ,
     row = (b64 * H + h) * LQ
     lse2 = tl.load(LSE2 + row + offs_m, mask=offs_m < LQ, other=0.0)
     delta = tl.load(DELTA + row + offs_m, mask=offs_m < LQ, other=0.0)
-    k_base = K + b64 * skb + hk.to(tl.int64) * skh
-    v_base = V + b64 * svb + hk.to(tl.int64) * svh
+    if TMA:
+        k_base = K
+        v_base = V
+    else:
+        k_base = K + b64 * skb + hk.to(tl.int64) * skh
+        v_base = V + b64 * svb + hk.to(tl.int64) * svh
     bias_base = BIAS + b64 * sbb + h.to(tl.int64) * sbh
     lo, hi = key_range(offs_m, LQ, LK, DIAG, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT)
     start, n_lead, n_masked, fstart, fend = span(lo, hi, offs_m < LQ, BLOCK_N, HAS_BIAS)
@@ -375,14 +422,14 @@ def _bwd_dq_kernel(RERUN, Q, K, V, BIAS, DO, LSE2, DELTA, DQ,
     else:
         cq = 0.0
     for t in range(0, n_masked):
-        dq, cq = _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base,
+        dq, cq = _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base, b, hk,
                       masked_block(t, start, n_lead, fend, BLOCK_N), offs_m, lo, hi,
                       skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE, E, EV, BLOCK_N,
-                      BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT)
+                      BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT, TMA)
     for n in range(fstart, fend, BLOCK_N):
-        dq, cq = _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base, n, offs_m, lo, hi,
+        dq, cq = _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base, b, hk, n, offs_m, lo, hi,
                       skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE, E, EV, BLOCK_N,
-                      BLOCK_DK, BLOCK_DV, False, SOFTCAP, HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT)
+                      BLOCK_DK, BLOCK_DV, False, SOFTCAP, HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT, TMA)
     dq = dq * DS_SCALE
     if not EXACT:
         rerun_flag(RERUN, nonfinite(dq, offs_m < LQ))
@@ -409,6 +456,8 @@ class _Plan:
     bwd: TileConfig
     precision: str
     upcast: bool
+    tma_fwd: bool  # tensor-descriptor loads where the layout allows (_tma_descriptor)
+    tma_bwd: bool
 
 
 def _launch(kernel, grid, *args, num_warps, num_stages, **meta):
@@ -429,9 +478,30 @@ def _launch_passes(kernel, grid, *args, **meta):
     (blocks.rerun_flag); device-side only, no host sync."""
     if min(grid) <= 0:
         return
-    rerun = torch.empty(grid[0] * grid[1] * grid[2], dtype=torch.int32, device=args[0].device)
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))  # args[0] may be a descriptor
+    rerun = torch.empty(grid[0] * grid[1] * grid[2], dtype=torch.int32, device=device)
     _launch(kernel, grid, rerun, *args, EXACT=False, **meta)
     _launch(kernel, grid, rerun, *args, EXACT=True, **meta)
+
+
+def _tma_descriptor(t, block_rows, block_cols):
+    """A (B, H, L, D) tensor's descriptor for the copy engine (TMA), blocks of
+    [1, 1, block_rows, block_cols] zero-filled past L and D; None where the layout breaks TMA's
+    rules (16-byte aligned base and strides, unit last stride, no empty dimension)."""
+    if TensorDescriptor is None or t.dtype not in (torch.float16, torch.bfloat16) or t.numel() == 0:
+        return None
+    if not interpreting() and torch.cuda.get_device_capability(t.device)[0] < 9:
+        return None
+    es = t.element_size()
+    if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st <= 0 or (st * es) % 16 for st in t.stride()[:-1]):
+        return None
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, block_rows, block_cols])
+
+
+# Kernels read K/V (Q/dO in dK/dV) through tensor descriptors where _tma_descriptor allows: on the
+# H100 the re-tuned descriptor configs beat the best pointer ones (benchmarks/results/tma-h100.md).
+TMA_FORWARD = True
+TMA_BACKWARD = True
 
 
 def _bias_strides(bias):
@@ -445,13 +515,17 @@ def _forward(q, k, v, bias, plan: _Plan):
     lse2 = torch.empty((b, h, lq), dtype=torch.float32, device=q.device)
     cfg = plan.fwd
     grid = (triton.cdiv(lq, cfg.block_m), h, b)
-    _launch_passes(_fwd_kernel, grid, q, k, v, q if bias is None else bias, o, lse2,
+    k_desc = _tma_descriptor(k, cfg.block_n, head_block(e)) if plan.tma_fwd else None
+    v_desc = _tma_descriptor(v, cfg.block_n, head_block(ev)) if plan.tma_fwd else None
+    tma = k_desc is not None and v_desc is not None
+    _launch_passes(_fwd_kernel, grid, q, k_desc if tma else k, v_desc if tma else v,
+            q if bias is None else bias, o, lse2,
             *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias), *o.stride(),
             h, h // hkv, lq, lk, plan.diag, plan.left, plan.right, plan.qk_scale, plan.out_scale,
             E=e, EV=ev, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_DK=head_block(e),
             BLOCK_DV=head_block(ev), HAS_LEFT=plan.has_left, HAS_RIGHT=plan.has_right,
             SOFTCAP=plan.softcap, HAS_BIAS=bias is not None, PRECISION=plan.precision,
-            UPCAST=plan.upcast, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            UPCAST=plan.upcast, TMA=tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return o, lse2
 
 
@@ -494,14 +568,21 @@ def _backward_with(q, k, v, bias, o, lse2, do, dlse, plan: _Plan, cfg: TileConfi
         dk.zero_()
         dv.zero_()
     else:
-        _launch_passes(_bwd_dkdv_kernel, (triton.cdiv(lk, cfg.block_n), hkv, b), q, k, v, bias_t, do,
-                lse2, delta, dk, dv, *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias),
-                *do.stride(), *dk.stride(), *dv.stride(), *scalars, **common)
+        q_desc = _tma_descriptor(q, cfg.block_m, head_block(e)) if plan.tma_bwd else None
+        do_desc = _tma_descriptor(do, cfg.block_m, head_block(ev)) if plan.tma_bwd else None
+        tma = q_desc is not None and do_desc is not None
+        _launch_passes(_bwd_dkdv_kernel, (triton.cdiv(lk, cfg.block_n), hkv, b), q_desc if tma else q, k, v,
+                bias_t, do_desc if tma else do, lse2, delta, dk, dv, *q.stride(), *k.stride(), *v.stride(),
+                *_bias_strides(bias), *do.stride(), *dk.stride(), *dv.stride(), *scalars, TMA=tma, **common)
     # dQ keeps block_n queries resident and streams block_m keys: both kernels hold the larger
     # block and stream the smaller (measured: benchmarks/results/tune-h200-run2.log).
-    _launch_passes(_bwd_dq_kernel, (triton.cdiv(lq, cfg.block_n), h, b), q, k, v, bias_t, do, lse2,
-            delta, dq, *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias),
-            *do.stride(), *dq.stride(), *scalars, **dict(common, BLOCK_M=cfg.block_n, BLOCK_N=cfg.block_m))
+    k_desc = _tma_descriptor(k, cfg.block_m, head_block(e)) if plan.tma_bwd else None
+    v_desc = _tma_descriptor(v, cfg.block_m, head_block(ev)) if plan.tma_bwd else None
+    tma = k_desc is not None and v_desc is not None
+    _launch_passes(_bwd_dq_kernel, (triton.cdiv(lq, cfg.block_n), h, b), q, k_desc if tma else k,
+            v_desc if tma else v, bias_t, do, lse2, delta, dq, *q.stride(), *k.stride(), *v.stride(),
+            *_bias_strides(bias), *do.stride(), *dq.stride(), *scalars, TMA=tma,
+            **dict(common, BLOCK_M=cfg.block_n, BLOCK_N=cfg.block_m))
     return dq, dk, dv
 
 
@@ -526,7 +607,7 @@ def _plan(q, k, v, *, mask, scale, softcap, block_m, block_n, num_warps, num_sta
     precision = "ieee" if (q.dtype == torch.float32 and not allow_tf32) else "tf32"
     qk_scale, out_scale = logit_scales(scale, cap)
     return _Plan(diag, left, right, has_left, has_right, qk_scale, out_scale, scale, cap is not None,
-                 fwd, bwd, precision, interp and q.dtype == torch.bfloat16)
+                 fwd, bwd, precision, interp and q.dtype == torch.bfloat16, TMA_FORWARD, TMA_BACKWARD)
 
 
 # ----------------------------------------------------------------------------- autograd

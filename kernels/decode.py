@@ -94,17 +94,17 @@ def _decode_kernel(Q, K, V, O, LSE2, MS, SEQLENS, BT,
         k_rows, v_rows, bad_page = _kv_rows(BT, b64, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE,
                                             NUM_PAGES, PAGED, True)
         bad = bad | bad_page
-        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, Q, offs_n, k_rows, v_rows, i, lo, hi,
-                                  skd, svd, 0, 0, LQ, lk, QK_SCALE, OUT_SCALE, E, EV, BLOCK_DK, BLOCK_DV,
-                                  True, SOFTCAP, False, PRECISION, UPCAST, True)
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, Q, offs_n, k_rows, v_rows, 0, 0, 0, i, lo,
+                                  hi, skd, svd, 0, 0, LQ, lk, QK_SCALE, OUT_SCALE, E, EV, BLOCK_N, BLOCK_DK,
+                                  BLOCK_DV, True, SOFTCAP, False, PRECISION, UPCAST, True, False)
     for n in range(fstart, fend, BLOCK_N):
         offs_n = n + tl.arange(0, BLOCK_N)
         k_rows, v_rows, bad_page = _kv_rows(BT, b64, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE,
                                             NUM_PAGES, PAGED, False)
         bad = bad | bad_page
-        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, Q, offs_n, k_rows, v_rows, i, lo, hi,
-                                  skd, svd, 0, 0, LQ, lk, QK_SCALE, OUT_SCALE, E, EV, BLOCK_DK, BLOCK_DV,
-                                  False, SOFTCAP, False, PRECISION, UPCAST, True)
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, Q, offs_n, k_rows, v_rows, 0, 0, 0, i, lo,
+                                  hi, skd, svd, 0, 0, LQ, lk, QK_SCALE, OUT_SCALE, E, EV, BLOCK_N, BLOCK_DK,
+                                  BLOCK_DV, False, SOFTCAP, False, PRECISION, UPCAST, True, False)
     row_o = b64 * sob + h.to(tl.int64) * soh + split.to(tl.int64) * sos + i.to(tl.int64) * som
     o_ptrs = O + row_o[:, None] + offs_dv[None, :].to(tl.int64) * sod
     row_l = b64 * slb + h.to(tl.int64) * slh + split.to(tl.int64) * sls + i.to(tl.int64) * slm

@@ -150,10 +150,9 @@ def _first_fit(candidates, *, head_dim, head_dim_v, dtype, backward=False) -> Ti
 
 def default_forward_config(*, head_dim, head_dim_v, dtype, interpret: bool) -> TileConfig:
     """Heuristic forward tiles. Interpreter: fixed 32x32 (few, cheap numpy steps). fp16/bf16 on
-    the GPU: the fastest config of the H100 sweep of the two-pass kernels
-    (benchmarks/results/tune-h100-run3.md, bf16 B8 H16 L4096), one for causal and not (it led both
-    at E <= 128; at E = 256 (128,32,8,2) led causal by 2%), first fit when the shared memory of a
-    larger head dim rules it out."""
+    the GPU: the fastest config of the H100 sweep of the two-pass kernels with K/V read through
+    tensor descriptors (benchmarks/results/tune-h100-run4.md, bf16 B8 H16 L4096), which led causal
+    and not at every E; first fit when the shared memory of a larger head dim rules it out."""
     if interpret:
         return TileConfig(32, 32, 4, 1)
     d = max(head_block(head_dim), head_block(head_dim_v))
@@ -162,27 +161,27 @@ def default_forward_config(*, head_dim, head_dim_v, dtype, interpret: bool) -> T
     elif d <= 64:
         cands = [(128, 64, 4, 3)]
     elif d <= 128:
-        cands = [(128, 64, 8, 3), (128, 64, 4, 2)]
+        cands = [(128, 64, 4, 2)]
     else:
-        cands = [(64, 32, 4, 2)]
+        cands = [(64, 64, 4, 1), (64, 32, 4, 2)]
     return _first_fit(cands, head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype)
 
 
 def default_backward_config(*, head_dim, head_dim_v, dtype, interpret: bool) -> TileConfig:
     """Backward tiles: block_n rows stay resident (keys in dK/dV, queries in dQ) while block_m
-    rows stream; fp16/bf16 from the same H100 sweep (tune-h100-run3.md: causal and not at E=128,
-    non-causal at E=64 and 256)."""
+    rows stream; fp16/bf16 from the same H100 sweep with tensor-descriptor loads
+    (tune-h100-run4.md: causal and not at E=128, non-causal at E=64 and 256)."""
     if interpret:
         return TileConfig(32, 32, 4, 1)
     d = max(head_block(head_dim), head_block(head_dim_v))
     if dtype == torch.float32:
         cands = [(32, 32, 4, 1), (16, 32, 4, 1), (16, 16, 4, 1)]
     elif d <= 64:
-        cands = [(32, 128, 4, 3), (64, 64, 4, 3)]
+        cands = [(64, 64, 4, 3), (32, 128, 4, 3)]
     elif d <= 128:
-        cands = [(64, 128, 8, 2), (64, 64, 4, 2), (32, 64, 4, 2)]
+        cands = [(64, 64, 4, 2), (32, 64, 4, 2)]
     else:
-        cands = [(32, 64, 8, 2), (32, 32, 4, 1), (16, 32, 4, 1)]
+        cands = [(64, 32, 4, 2), (32, 32, 4, 1), (16, 32, 4, 1)]
     return _first_fit(cands, head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype, backward=True)
 
 

@@ -280,6 +280,66 @@ def test_exact_pass_reruns_only_the_flagged_programs(monkeypatch):
     assert torch.equal(g1[0][0, 0, :20], g0[0][0, 0, :20]), "dQ of rows that never see the NaN"
 
 
+def test_tma_descriptor_only_where_the_copy_engine_can_read():
+    """attention._tma_descriptor: a (B, H, L, D) descriptor of [1, 1, rows, head block] blocks for
+    16-bit tensors whose base and strides are 16-byte aligned with a unit last stride; None (the
+    pointer loads) for everything else, never an error."""
+    import sys
+    A = sys.modules["flashproof.kernels.attention"]
+    t = torch.zeros(2, 3, 40, 64, dtype=torch.bfloat16)
+    d = A._tma_descriptor(t, 32, 64)
+    assert d is not None and list(d.shape) == [2, 3, 40, 64] and list(d.block_shape) == [1, 1, 32, 64]
+    assert A._tma_descriptor(t.half(), 16, 64) is not None
+    assert A._tma_descriptor(t[:, :, :, :40], 32, 64) is not None, "E=40 inside a 64-wide row: 128-byte stride"
+    flat = torch.zeros(2 * 3 * 40 * 64 + 8, dtype=torch.bfloat16)
+    for bad in (t.float(),                                       # fp32 keeps the pointer loads
+                t.transpose(2, 3),                               # last stride not 1
+                torch.zeros(2, 3, 40, 20, dtype=torch.bfloat16),  # 40-byte row stride
+                flat[1:1 + t.numel()].view(2, 3, 40, 64),        # base 2 bytes off alignment
+                t[:, :1].expand(2, 3, 40, 64),                   # stride 0 (broadcast heads)
+                torch.zeros(2, 3, 0, 64, dtype=torch.bfloat16)):  # no keys
+        assert A._tma_descriptor(bad, 32, 64) is None, (bad.shape, bad.stride(), bad.dtype)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("causal,window", [(True, None), ("bottom_right", None), (False, (5, 2))])
+def test_descriptor_and_pointer_loads_agree_bitwise(monkeypatch, dtype, causal, window):
+    """The same kernels reading K/V (Q/dO in dK/dV) through tensor descriptors or through masked
+    pointer loads give bitwise the same output, LSE and gradients, with NaN in the memory past Lk
+    and past E that the copy engine's zero fill and the pointer masks must both keep out."""
+    import sys
+    A = sys.modules["flashproof.kernels.attention"]
+    real, used = A._launch, set()
+
+    def spy(kernel, grid, *args, **meta):
+        if meta.get("TMA"):
+            used.add(kernel.fn.__name__)
+        return real(kernel, grid, *args, **meta)
+
+    monkeypatch.setattr(A, "_launch", spy)
+    g = torch.Generator().manual_seed(5)
+
+    def padded(b, h, n, e):  # NaN past n rows and past e columns of each head
+        x = torch.full((b, h, n + 16, 64), float("nan"), dtype=dtype)
+        x[:, :, :n, :e] = torch.randn(b, h, n, e, generator=g).to(dtype)
+        return x[:, :, :n, :e]
+
+    q, k, v, do = padded(2, 4, 21, 40), padded(2, 2, 37, 40), padded(2, 2, 37, 40), padded(2, 4, 21, 40)
+    res = {}
+    for tma in (True, False):
+        monkeypatch.setattr(A, "TMA_FORWARD", tma)
+        monkeypatch.setattr(A, "TMA_BACKWARD", tma)
+        qq, kk, vv = (x.detach().requires_grad_(True) for x in (q, k, v))
+        o, lse = attention(qq, kk, vv, causal=causal, window=window, return_lse=True, block_m=16, block_n=16)
+        res[tma] = (o, lse) + torch.autograd.grad(o, (qq, kk, vv), do)
+        if tma:
+            assert used == {"_fwd_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"}, used
+    for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), res[True], res[False]):
+        assert torch.equal(a, b), name
+        assert not torch.isnan(a).any(), f"{name}: NaN from memory that is never attended"
+
+
 def test_deterministic_bitwise():
     g = torch.Generator().manual_seed(9)
     q, k, v = rand(2, 4, 33, 40, dtype=torch.bfloat16, gen=g), rand(2, 2, 29, 40, dtype=torch.bfloat16, gen=g), \

@@ -26,19 +26,23 @@ _SCRIPT = textwrap.dedent('''
     ptr.update({n: "*fp32" for n in "LSE2 DELTA DLSE MS ACC LS".split()}, SEQLENS="*i32", BT="*i32", RERUN="*i32")
     floats = {"QK_SCALE", "OUT_SCALE", "DS_SCALE"}
 
-    def build(fn, consts):
-        sig = {n: "constexpr" if n in consts else ptr.get(n) or ("fp32" if n in floats else
-               "i64" if n.startswith("s") else "i32") for n in fn.arg_names}
+    def build(fn, consts, desc=()):
+        sig = {n: "constexpr" if n in consts else desc[n] if n in desc else ptr.get(n) or ("fp32" if n in floats
+               else "i64" if n.startswith("s") else "i32") for n in fn.arg_names}
         k = triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                            options=dict(num_warps=4, num_stages=2, enable_fp_fusion=False))
         print(fn.__name__, "smem", k.metadata.shared, flush=True)
 
     c = dict(E=40, EV=24, BLOCK_M=32, BLOCK_N=32, BLOCK_DK=64, BLOCK_DV=32, HAS_LEFT=True, HAS_RIGHT=True,
              SOFTCAP=True, HAS_BIAS=True, PRECISION="tf32", UPCAST=False)
+    # K, V (Q, dO in dK/dV) as tensor descriptors of [1, 1, rows, head block] (attention._tma_descriptor)
+    kv = {"K": "tensordesc<bf16[1, 1, 32, 64]>", "V": "tensordesc<bf16[1, 1, 32, 32]>"}
+    qdo = {"Q": "tensordesc<bf16[1, 1, 32, 64]>", "DO": "tensordesc<bf16[1, 1, 32, 32]>"}
     for exact in (False, True):  # the fast pass and the exact pass (blocks.rerun_flag)
-        build(A._fwd_kernel, dict(c, EXACT=exact))
-        build(A._bwd_dq_kernel, dict(c, KAHAN=False, EXACT=exact))
-        build(A._bwd_dkdv_kernel, dict(c, KAHAN=True, EXACT=exact))
+        for tma in (False, True):
+            build(A._fwd_kernel, dict(c, EXACT=exact, TMA=tma), kv if tma else ())
+            build(A._bwd_dq_kernel, dict(c, KAHAN=False, EXACT=exact, TMA=tma), kv if tma else ())
+            build(A._bwd_dkdv_kernel, dict(c, KAHAN=True, EXACT=exact, TMA=tma), qdo if tma else ())
     build(A._bwd_delta_kernel, dict(EV=24, BLOCK_M=32, BLOCK_DV=32, HAS_DLSE=True))
     build(D._decode_kernel, dict(E=40, EV=24, BLOCK_M=16, BLOCK_N=32, BLOCK_DK=64, BLOCK_DV=32, HAS_LEFT=True,
                                  HAS_RIGHT=True, BOTTOM_RIGHT=True, SOFTCAP=False, HAS_SEQLENS=True, PAGED=True,
