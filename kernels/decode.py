@@ -35,8 +35,8 @@ def _decode_kernel(Q, K, V, O, LSE2, MS, SEQLENS, BT,
                    E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LEFT: tl.constexpr,
                    HAS_RIGHT: tl.constexpr, BOTTOM_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr,
-                   HAS_SEQLENS: tl.constexpr, PAGED: tl.constexpr, FINALIZE: tl.constexpr,
-                   PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                   HAS_SEQLENS: tl.constexpr, PAGED: tl.constexpr, PAGE_TILES: tl.constexpr,
+                   FINALIZE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """One split's online-softmax state. FINALIZE (one split): (o, lse2) in O, LSE2. Otherwise
     the raw state spec.online.State (m, l, acc) in log2 units: acc in O, l in LSE2, m in MS
     (unnormalized, so the merge adds no rounding beyond a single pass's rescales).
@@ -90,17 +90,18 @@ def _decode_kernel(Q, K, V, O, LSE2, MS, SEQLENS, BT,
     # [BLOCK_M, BLOCK_DV]
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     for t in range(0, n_masked):
-        offs_n = masked_block(t, start, n_lead, fend, BLOCK_N) + tl.arange(0, BLOCK_N)
-        k_rows, v_rows, bad_page = _kv_rows(BT, b64, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE,
-                                            NUM_PAGES, PAGED, True)
+        n = masked_block(t, start, n_lead, fend, BLOCK_N)
+        offs_n = n + tl.arange(0, BLOCK_N)
+        k_rows, v_rows, bad_page = _kv_rows(BT, b64, n, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE,
+                                            NUM_PAGES, PAGED, PAGE_TILES, True)
         bad = bad | bad_page
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, Q, offs_n, k_rows, v_rows, 0, 0, 0, i, lo,
                                   hi, skd, svd, 0, 0, LQ, lk, QK_SCALE, OUT_SCALE, E, EV, BLOCK_N, BLOCK_DK,
                                   BLOCK_DV, True, SOFTCAP, False, PRECISION, UPCAST, True, False)
     for n in range(fstart, fend, BLOCK_N):
         offs_n = n + tl.arange(0, BLOCK_N)
-        k_rows, v_rows, bad_page = _kv_rows(BT, b64, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE,
-                                            NUM_PAGES, PAGED, False)
+        k_rows, v_rows, bad_page = _kv_rows(BT, b64, n, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE,
+                                            NUM_PAGES, PAGED, PAGE_TILES, False)
         bad = bad | bad_page
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, Q, offs_n, k_rows, v_rows, 0, 0, 0, i, lo,
                                   hi, skd, svd, 0, 0, LQ, lk, QK_SCALE, OUT_SCALE, E, EV, BLOCK_N, BLOCK_DK,
@@ -126,13 +127,23 @@ def _decode_kernel(Q, K, V, O, LSE2, MS, SEQLENS, BT,
 
 
 @triton.jit
-def _kv_rows(BT, b64, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE, NUM_PAGES,
-             PAGED: tl.constexpr, MASKED: tl.constexpr):
-    """Offsets of keys offs_n in the cache, and whether a used key's page is out of range.
-    Paged: physical page block_table[b, j // PAGE_SIZE]; entries past the sequence are never
-    read (their pages may hold garbage); an out-of-range page reads page 0 instead (the caller
-    turns the result into NaN)."""
-    if PAGED:
+def _kv_rows(BT, b64, n, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE, NUM_PAGES,
+             PAGED: tl.constexpr, PAGE_TILES: tl.constexpr, MASKED: tl.constexpr):
+    """Offsets of keys offs_n = n + arange(BLOCK_N) in the cache, and whether a used key's page is
+    out of range. Paged: physical page block_table[b, j // PAGE_SIZE]; entries past the sequence
+    are never read (their pages may hold garbage); an out-of-range page reads page 0 instead (the
+    caller turns the result into NaN). PAGE_TILES (page_size a multiple of BLOCK_N): the tile
+    lies in one page, read once (n < lk: visited tiles start inside the sequence), and its rows
+    are contiguous there."""
+    if PAGED and PAGE_TILES:
+        slot = n // PAGE_SIZE
+        page = tl.load(BT + b64 * sbt0 + slot.to(tl.int64) * sbt1).to(tl.int64)
+        bad = (page < 0) | (page >= NUM_PAGES)
+        page = tl.where(bad, 0, page)
+        within = (offs_n - slot * PAGE_SIZE).to(tl.int64)
+        k_rows = page * skb + within * skn
+        v_rows = page * svb + within * svn
+    elif PAGED:
         slot = offs_n // PAGE_SIZE
         if MASKED:
             page = tl.load(BT + b64 * sbt0 + slot.to(tl.int64) * sbt1, mask=offs_n < lk, other=0)
@@ -354,7 +365,8 @@ def decode(q, k_cache, v_cache, *, seqlens=None, block_table=None, page_size=Non
             E=dims.e, EV=ev, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DK=head_block(dims.e),
             BLOCK_DV=head_block(ev), HAS_LEFT=has_left, HAS_RIGHT=has_right,
             BOTTOM_RIGHT=mask.alignment == spec.BOTTOM_RIGHT, SOFTCAP=cap is not None,
-            HAS_SEQLENS=seqlens is not None, PAGED=paged, FINALIZE=num_splits == 1,
+            HAS_SEQLENS=seqlens is not None, PAGED=paged, PAGE_TILES=paged and ps % block_n == 0,
+            FINALIZE=num_splits == 1,
             PRECISION=precision, UPCAST=interp and q.dtype == torch.bfloat16, num_warps=4, num_stages=2)
     if num_splits > 1:
         bm = 16

@@ -44,9 +44,10 @@ _SCRIPT = textwrap.dedent('''
             build(A._bwd_dq_kernel, dict(c, KAHAN=False, EXACT=exact, TMA=tma), kv if tma else ())
             build(A._bwd_dkdv_kernel, dict(c, KAHAN=True, EXACT=exact, TMA=tma), qdo if tma else ())
     build(A._bwd_delta_kernel, dict(EV=24, BLOCK_M=32, BLOCK_DV=32, HAS_DLSE=True))
-    build(D._decode_kernel, dict(E=40, EV=24, BLOCK_M=16, BLOCK_N=32, BLOCK_DK=64, BLOCK_DV=32, HAS_LEFT=True,
-                                 HAS_RIGHT=True, BOTTOM_RIGHT=True, SOFTCAP=False, HAS_SEQLENS=True, PAGED=True,
-                                 FINALIZE=False, PRECISION="tf32", UPCAST=False))
+    for page_tiles in (False, True):
+        build(D._decode_kernel, dict(E=40, EV=24, BLOCK_M=16, BLOCK_N=32, BLOCK_DK=64, BLOCK_DV=32, HAS_LEFT=True,
+                                     HAS_RIGHT=True, BOTTOM_RIGHT=True, SOFTCAP=False, HAS_SEQLENS=True, PAGED=True,
+                                     PAGE_TILES=page_tiles, FINALIZE=False, PRECISION="tf32", UPCAST=False))
     build(D._merge_kernel, dict(EV=24, BLOCK_M=16, BLOCK_DV=32, UPCAST=False))
 ''')
 

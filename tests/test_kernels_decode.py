@@ -78,7 +78,7 @@ def test_decode_contiguous_and_paged(dtype, h, hkv, lq, e, ev, lens, causal, win
                     return_lse=True, block_n=bn)
     assert torch.isfinite(o).all()
     _check_per_sequence(o, lse, q, k, v, lens, causal=causal, window=window)
-    for ps in (1, 7):
+    for ps in (1, 7, bn, 2 * bn):  # pages of whole tiles read one table entry per tile (PAGE_TILES)
         kp, vp, table = _paginate(k, v, lens, ps, g)
         o2, lse2 = decode(q, kp, vp, seqlens=seqlens, block_table=table, page_size=ps,
                           num_splits=splits, causal=causal, window=window, return_lse=True, block_n=bn)
