@@ -1,9 +1,10 @@
 """Where the time goes: per-kernel GPU time (torch.profiler) of the default forward and backward,
 and the compiler's register / spill / shared-memory report of each compiled kernel.
 
-    python3 benchmarks/profile_kernels.py --out DIR
+    python3 benchmarks/profile_kernels.py --out DIR [--E 128 64]
 
-Shapes: bf16 B8 H16 L4096, E 64 and 128, causal and not (the bench's shapes). Writes
+Shapes: bf16 B8 H16 L4096, E 64 and 128 (or --E), causal and not (the bench's shapes). One E
+per run tells the kernels of the compiler report apart (triton 3.6 reports no constants). Writes
 DIR/profile.json and prints one line per (case, kernel).
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ B, H, L = 8, 16, 4096
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
+    ap.add_argument("--E", type=int, nargs="+", default=[128, 64])
     a = ap.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     import torch
@@ -30,7 +32,7 @@ def main(argv=None):
     from tune_tiles import kernel_resources
 
     cases = []
-    for e in (128, 64):
+    for e in a.E:
         for causal in (False, True):
             g = torch.Generator(device="cuda").manual_seed(0)
             q, k, v = (torch.randn(B, H, L, e, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
