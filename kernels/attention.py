@@ -15,8 +15,9 @@ from triton.runtime.errors import OutOfResources
 
 from flashproof import spec
 
-from .blocks import (LN2, finalize, key_range, load2d, logits, masked_block, masked_mma, masked_mma_acc,
-                     mma, mma_acc, nonfinite, query_range, rerun_flag, round_to, skip_program, span)
+from .blocks import (LN2, finalize, head_base, key_range, load2d, logits, masked_block, masked_mma,
+                     masked_mma_acc, mma, mma_acc, nonfinite, query_range, rerun_flag, round_to, skip_program,
+                     span)
 from .runtime import interpreting
 from .tiles import (TileConfig, backward_config, check_tile_config, default_forward_config,
                     head_block)
@@ -118,12 +119,8 @@ def _fwd_kernel(RERUN, Q, K, V, BIAS, O, LSE2,
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
     q_base = Q + b64 * sqb + h.to(tl.int64) * sqh
-    if TMA:
-        k_base = K
-        v_base = V
-    else:
-        k_base = K + b64 * skb + hk.to(tl.int64) * skh
-        v_base = V + b64 * svb + hk.to(tl.int64) * svh
+    k_base = head_base(K, b64, hk, skb, skh, TMA)
+    v_base = head_base(V, b64, hk, svb, svh, TMA)
     bias_base = BIAS + b64 * sbb + h.to(tl.int64) * sbh
     # [BLOCK_M, BLOCK_DK]
     q = load2d(q_base + offs_m[:, None].to(tl.int64) * sqm + offs_dk[None, :].to(tl.int64) * sqd,
@@ -291,12 +288,8 @@ def _bwd_dkdv_kernel(RERUN, Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
         cv = 0.0
     for g in range(0, GROUP):
         h = hk * GROUP + g
-        if TMA:
-            q_base = Q
-            do_base = DO
-        else:
-            q_base = Q + b64 * sqb + h.to(tl.int64) * sqh
-            do_base = DO + b64 * sdb + h.to(tl.int64) * sdh
+        q_base = head_base(Q, b64, h, sqb, sqh, TMA)
+        do_base = head_base(DO, b64, h, sdb, sdh, TMA)
         bias_base = BIAS + b64 * sbb + h.to(tl.int64) * sbh
         lse_base = LSE2 + (b64 * H + h) * LQ
         delta_base = DELTA + (b64 * H + h) * LQ
@@ -406,12 +399,8 @@ def _bwd_dq_kernel(RERUN, Q, K, V, BIAS, DO, LSE2, DELTA, DQ,
     row = (b64 * H + h) * LQ
     lse2 = tl.load(LSE2 + row + offs_m, mask=offs_m < LQ, other=0.0)
     delta = tl.load(DELTA + row + offs_m, mask=offs_m < LQ, other=0.0)
-    if TMA:
-        k_base = K
-        v_base = V
-    else:
-        k_base = K + b64 * skb + hk.to(tl.int64) * skh
-        v_base = V + b64 * svb + hk.to(tl.int64) * svh
+    k_base = head_base(K, b64, hk, skb, skh, TMA)
+    v_base = head_base(V, b64, hk, svb, svh, TMA)
     bias_base = BIAS + b64 * sbb + h.to(tl.int64) * sbh
     lo, hi = key_range(offs_m, LQ, LK, DIAG, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT)
     start, n_lead, n_masked, fstart, fend = span(lo, hi, offs_m < LQ, BLOCK_N, HAS_BIAS)

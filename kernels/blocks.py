@@ -21,6 +21,7 @@ __all__ = [
     "masked_mma",
     "masked_mma_acc",
     "load2d",
+    "head_base",
     "round_to",
     "acc_add",
     "mma_acc",
@@ -226,6 +227,17 @@ def load2d(ptrs, r, R, c, C, CHECK_R: tl.constexpr, CHECK_C: tl.constexpr):
         else:
             x = tl.load(ptrs)
     return x
+
+
+@triton.jit
+def head_base(X, b64, h, sxb, sxh, TMA: tl.constexpr):
+    """Where X's (batch, head) slice starts: a pointer, or X itself when it is a tensor
+    descriptor (TMA), whose loads take batch and head as coordinates."""
+    if TMA:
+        out = X
+    else:
+        out = X + b64 * sxb + h.to(tl.int64) * sxh
+    return out
 
 
 @triton.jit
