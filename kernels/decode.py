@@ -135,23 +135,21 @@ def _kv_rows(BT, b64, n, offs_n, lk, sbt0, sbt1, skb, skn, svb, svn, PAGE_SIZE, 
     caller turns the result into NaN). PAGE_TILES (page_size a multiple of BLOCK_N): the tile
     lies in one page, read once (n < lk: visited tiles start inside the sequence), and its rows
     are contiguous there."""
-    if PAGED and PAGE_TILES:
-        slot = n // PAGE_SIZE
-        page = tl.load(BT + b64 * sbt0 + slot.to(tl.int64) * sbt1).to(tl.int64)
-        bad = (page < 0) | (page >= NUM_PAGES)
-        page = tl.where(bad, 0, page)
-        within = (offs_n - slot * PAGE_SIZE).to(tl.int64)
-        k_rows = page * skb + within * skn
-        v_rows = page * svb + within * svn
-    elif PAGED:
-        slot = offs_n // PAGE_SIZE
-        if MASKED:
-            page = tl.load(BT + b64 * sbt0 + slot.to(tl.int64) * sbt1, mask=offs_n < lk, other=0)
+    if PAGED:
+        if PAGE_TILES:
+            slot = n // PAGE_SIZE
+            page = tl.load(BT + b64 * sbt0 + slot.to(tl.int64) * sbt1).to(tl.int64)
+            out = (page < 0) | (page >= NUM_PAGES)
+            bad = out
         else:
-            page = tl.load(BT + b64 * sbt0 + slot.to(tl.int64) * sbt1)
-        page = page.to(tl.int64)
-        out = (page < 0) | (page >= NUM_PAGES)
-        bad = tl.max(tl.where(out & (offs_n < lk), 1, 0), axis=0) > 0
+            slot = offs_n // PAGE_SIZE
+            if MASKED:
+                page = tl.load(BT + b64 * sbt0 + slot.to(tl.int64) * sbt1, mask=offs_n < lk, other=0)
+            else:
+                page = tl.load(BT + b64 * sbt0 + slot.to(tl.int64) * sbt1)
+            page = page.to(tl.int64)
+            out = (page < 0) | (page >= NUM_PAGES)
+            bad = tl.max(tl.where(out & (offs_n < lk), 1, 0), axis=0) > 0
         page = tl.where(out, 0, page)
         within = (offs_n - slot * PAGE_SIZE).to(tl.int64)
         k_rows = page * skb + within * skn
