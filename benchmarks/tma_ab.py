@@ -60,7 +60,7 @@ def bitwise(A, log):
             res = {}
             for tma in (True, False):
                 plan, res[tma] = _run(A, q, k, v, do, causal=causal, window=window, tma=tma)
-            used = A._tma_descriptor(k, plan.fwd.block_n, A.head_block(e)) is not None
+            used = A._tma_descriptor(k, plan.fwd.block_n) is not None
             ok = all(_same(x, y) for x, y in zip(res[True], res[False]))
             finite = all(bool(t.isfinite().all()) for t in res[True][:1] + res[True][2:])
             out.append(dict(dtype=str(dt), shape=[b, h, hk, lq, lk, e], causal=str(causal), window=window,

@@ -473,9 +473,9 @@ def _launch_passes(kernel, grid, *args, **meta):
     _launch(kernel, grid, rerun, *args, EXACT=True, **meta)
 
 
-def _tma_descriptor(t, block_rows, block_cols):
+def _tma_descriptor(t, block_rows):
     """A (B, H, L, D) tensor's descriptor for the copy engine (TMA), blocks of
-    [1, 1, block_rows, block_cols] zero-filled past L and D; None where the layout breaks TMA's
+    [1, 1, block_rows, head_block(D)] zero-filled past L and D; None where the layout breaks TMA's
     rules (16-byte aligned base and strides, unit last stride, no empty dimension)."""
     if TensorDescriptor is None or t.dtype not in (torch.float16, torch.bfloat16) or t.numel() == 0:
         return None
@@ -484,7 +484,17 @@ def _tma_descriptor(t, block_rows, block_cols):
     es = t.element_size()
     if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st <= 0 or (st * es) % 16 for st in t.stride()[:-1]):
         return None
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, block_rows, block_cols])
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, block_rows, head_block(t.shape[-1])])
+
+
+def _tma_pair(x, y, block_rows, enabled):
+    """(x, y, True) as tensor descriptors when enabled and both layouts allow TMA (one kernel
+    reads both the same way), else (x, y, False)."""
+    if enabled:
+        dx, dy = _tma_descriptor(x, block_rows), _tma_descriptor(y, block_rows)
+        if dx is not None and dy is not None:
+            return dx, dy, True
+    return x, y, False
 
 
 # Kernels read K/V (Q/dO in dK/dV) through tensor descriptors where _tma_descriptor allows: on the
@@ -504,11 +514,8 @@ def _forward(q, k, v, bias, plan: _Plan):
     lse2 = torch.empty((b, h, lq), dtype=torch.float32, device=q.device)
     cfg = plan.fwd
     grid = (triton.cdiv(lq, cfg.block_m), h, b)
-    k_desc = _tma_descriptor(k, cfg.block_n, head_block(e)) if plan.tma_fwd else None
-    v_desc = _tma_descriptor(v, cfg.block_n, head_block(ev)) if plan.tma_fwd else None
-    tma = k_desc is not None and v_desc is not None
-    _launch_passes(_fwd_kernel, grid, q, k_desc if tma else k, v_desc if tma else v,
-            q if bias is None else bias, o, lse2,
+    k_arg, v_arg, tma = _tma_pair(k, v, cfg.block_n, plan.tma_fwd)
+    _launch_passes(_fwd_kernel, grid, q, k_arg, v_arg, q if bias is None else bias, o, lse2,
             *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias), *o.stride(),
             h, h // hkv, lq, lk, plan.diag, plan.left, plan.right, plan.qk_scale, plan.out_scale,
             E=e, EV=ev, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_DK=head_block(e),
@@ -557,20 +564,16 @@ def _backward_with(q, k, v, bias, o, lse2, do, dlse, plan: _Plan, cfg: TileConfi
         dk.zero_()
         dv.zero_()
     else:
-        q_desc = _tma_descriptor(q, cfg.block_m, head_block(e)) if plan.tma_bwd else None
-        do_desc = _tma_descriptor(do, cfg.block_m, head_block(ev)) if plan.tma_bwd else None
-        tma = q_desc is not None and do_desc is not None
-        _launch_passes(_bwd_dkdv_kernel, (triton.cdiv(lk, cfg.block_n), hkv, b), q_desc if tma else q, k, v,
-                bias_t, do_desc if tma else do, lse2, delta, dk, dv, *q.stride(), *k.stride(), *v.stride(),
+        q_arg, do_arg, tma = _tma_pair(q, do, cfg.block_m, plan.tma_bwd)
+        _launch_passes(_bwd_dkdv_kernel, (triton.cdiv(lk, cfg.block_n), hkv, b), q_arg, k, v,
+                bias_t, do_arg, lse2, delta, dk, dv, *q.stride(), *k.stride(), *v.stride(),
                 *_bias_strides(bias), *do.stride(), *dk.stride(), *dv.stride(), *scalars, TMA=tma, **common)
     # dQ keeps block_n queries resident and streams block_m keys: both kernels hold the larger
     # block and stream the smaller (measured: benchmarks/results/tune-h200-run2.log).
-    k_desc = _tma_descriptor(k, cfg.block_m, head_block(e)) if plan.tma_bwd else None
-    v_desc = _tma_descriptor(v, cfg.block_m, head_block(ev)) if plan.tma_bwd else None
-    tma = k_desc is not None and v_desc is not None
-    _launch_passes(_bwd_dq_kernel, (triton.cdiv(lq, cfg.block_n), h, b), q, k_desc if tma else k,
-            v_desc if tma else v, bias_t, do, lse2, delta, dq, *q.stride(), *k.stride(), *v.stride(),
-            *_bias_strides(bias), *do.stride(), *dq.stride(), *scalars, TMA=tma,
+    k_arg, v_arg, tma = _tma_pair(k, v, cfg.block_m, plan.tma_bwd)
+    _launch_passes(_bwd_dq_kernel, (triton.cdiv(lq, cfg.block_n), h, b), q, k_arg, v_arg, bias_t, do, lse2,
+            delta, dq, *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias), *do.stride(),
+            *dq.stride(), *scalars, TMA=tma,
             **dict(common, BLOCK_M=cfg.block_n, BLOCK_N=cfg.block_m))
     return dq, dk, dv
 

@@ -287,10 +287,10 @@ def test_tma_descriptor_only_where_the_copy_engine_can_read():
     import sys
     A = sys.modules["flashproof.kernels.attention"]
     t = torch.zeros(2, 3, 40, 64, dtype=torch.bfloat16)
-    d = A._tma_descriptor(t, 32, 64)
+    d = A._tma_descriptor(t, 32)
     assert d is not None and list(d.shape) == [2, 3, 40, 64] and list(d.block_shape) == [1, 1, 32, 64]
-    assert A._tma_descriptor(t.half(), 16, 64) is not None
-    assert A._tma_descriptor(t[:, :, :, :40], 32, 64) is not None, "E=40 inside a 64-wide row: 128-byte stride"
+    assert A._tma_descriptor(t.half(), 16) is not None
+    assert A._tma_descriptor(t[:, :, :, :40], 32) is not None, "E=40 inside a 64-wide row: 128-byte stride"
     flat = torch.zeros(2 * 3 * 40 * 64 + 8, dtype=torch.bfloat16)
     for bad in (t.float(),                                       # fp32 keeps the pointer loads
                 t.transpose(2, 3),                               # last stride not 1
@@ -298,7 +298,7 @@ def test_tma_descriptor_only_where_the_copy_engine_can_read():
                 flat[1:1 + t.numel()].view(2, 3, 40, 64),        # base 2 bytes off alignment
                 t[:, :1].expand(2, 3, 40, 64),                   # stride 0 (broadcast heads)
                 torch.zeros(2, 3, 0, 64, dtype=torch.bfloat16)):  # no keys
-        assert A._tma_descriptor(bad, 32, 64) is None, (bad.shape, bad.stride(), bad.dtype)
+        assert A._tma_descriptor(bad, 32) is None, (bad.shape, bad.stride(), bad.dtype)
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
