@@ -23,7 +23,7 @@ from flint import arb, arb_mat, ctx
 
 from flashproof.spec import ScalarOps, block_state, finalize
 
-from ._inputs import Problem, prepare, row_chunk
+from ._inputs import Prepared, prepare, row_chunk
 from .fast import _forward_fp64
 
 __all__ = ["Certified", "forward_certified", "ArbOps", "ArbVec", "DEFAULT_PREC"]
@@ -219,7 +219,7 @@ def forward_certified(q, k, v, *, prec=DEFAULT_PREC, attn_mask=None, causal=Fals
         ctx.prec = old
 
 
-def _certified(pb: Problem, prec: int) -> Certified:
+def _certified(pb: Prepared, prec: int) -> Certified:
     d = pb.dims
     o_mid = np.zeros((d.batch, d.heads, d.lq, d.ev))
     o_rad = np.zeros_like(o_mid)

@@ -11,7 +11,7 @@ import numpy as np
 from flashproof import spec
 from flashproof.spec import NumpyOps, block_state, finalize
 
-from ._inputs import Problem, prepare, row_chunk
+from ._inputs import Prepared, prepare, row_chunk
 
 __all__ = ["forward_fp64", "forward_naive", "Fp64Ops", "FP64", "masked_matmul", "logits_np"]
 
@@ -50,7 +50,7 @@ class Fp64Ops(NumpyOps):
 FP64 = Fp64Ops()
 
 
-def logits_np(pb: Problem, b: int, h: int, r0: int, r1: int, c0: int, c1: int, *, dtype=np.float64):
+def logits_np(pb: Prepared, b: int, h: int, r0: int, r1: int, c0: int, c1: int, *, dtype=np.float64):
     """Masked logits (rows r0:r1, keys c0:c1) in ``dtype`` arithmetic: -inf where not allowed.
 
     Returns (s, keep, x) with x = scale * q.k before softcap (needed by the backward).
@@ -84,7 +84,7 @@ def forward_fp64(q, k, v, *, attn_mask=None, causal=False, alignment=None, windo
     return _forward_fp64(pb)
 
 
-def _forward_fp64(pb: Problem):
+def _forward_fp64(pb: Prepared):
     d = pb.dims
     o = np.zeros((d.batch, d.heads, d.lq, d.ev))
     lse = np.full((d.batch, d.heads, d.lq), -np.inf)
