@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from flashproof import spec
 from flashproof.spec import NumpyOps, block_state, finalize
 
 from ._inputs import Prepared, prepare, row_chunk

@@ -121,7 +121,7 @@ def test_target_validates_its_declaration(kw, exc, word):
 def test_tiled_peer_is_a_correct_rich_target():
     from flashproof.reference import forward_fp64
 
-    t = load_target("flashproof.properties.targets:tiled_peer")
+    t = load_target("flashproof.properties.builtin_targets:tiled_peer")
     assert t.lse and t.window and t.softcap and t.decode is not None and t.paged and len(t.tile_configs) >= 2
     q, k, v = torch.randn(2, 4, 9, 16), torch.randn(2, 2, 21, 16), torch.randn(2, 2, 21, 16)
     o, lse = t(q, k, v, causal="bottom_right", window=(3, 1), return_lse=True, tile={"block_m": 8, "block_n": 8})
