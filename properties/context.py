@@ -28,7 +28,6 @@ class Context:
     limits: Limits
     profile: str
     device: str
-    calls: int = 0
     #: per-example time limit in seconds (None: none; each example then runs in the caller's thread)
     example_timeout: float | None = None
     #: Hypothesis database: a directory, None (the profile's own setting) or False (none)
@@ -60,7 +59,6 @@ class Context:
         want_lse = t.lse if return_lse is None else return_lse
         if tile and not self.tile_fits(tile, q, v):
             tile = None  # this config does not fit these dims (declared by the target): its default
-        self.calls += 1
         self.in_target += 1
         try:
             o, lse = t(q, k, v, return_lse=want_lse, tile=tile, **opts)
@@ -125,9 +123,6 @@ class Context:
                                 u_in=self.u_in(inp))
             oracle.assert_fa_criterion(f"O{ctx}", oracle.to_np(o), ex, nerr, eps)
         return ex, (o_b, l_b)
-
-    def tiles(self):
-        return list(self.target.tile_configs) or [None]
 
 
 def _lse_store(lse, want):

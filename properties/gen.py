@@ -180,7 +180,7 @@ def head_dim_at_least(ctx, n):
     return min(c) if c else None
 
 
-def _mask_fn(ctx, *, allow_empty=True, causal_only=None, attn_mask=None, window=None, alignments=None):
+def _mask_fn(ctx, *, allow_empty=True, attn_mask=None, window=None, alignments=None):
     t = ctx.target
     al = t.alignments if alignments is None else alignments
     win = t.window if window is None else (window and t.window)

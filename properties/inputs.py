@@ -8,7 +8,7 @@ channels) so the logits really reach the regime after rounding to the input dtyp
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -58,7 +58,6 @@ class Inputs:
     scale: Any = None
     softcap: Any = None
     problem: Any = None
-    meta: dict = field(default_factory=dict)
 
     def opts(self) -> dict:
         return dict(attn_mask=self.attn_mask, causal=self.causal, alignment=self.alignment,
@@ -175,7 +174,7 @@ def _values(problem: Problem, rng):
     return _round(v, dt)
 
 
-def _attn_mask(problem: Problem, rng, allowed_struct):
+def _attn_mask(problem: Problem, rng):
     """(B,H,Lq,Lk) or (Lq,Lk) mask; empty rows have no allowed key at all."""
     ms, sh = problem.mask, problem.shape
     full = (sh.batch, sh.heads, sh.lq, sh.lk)
@@ -204,7 +203,7 @@ def build(problem: Problem, *, device="cpu") -> Inputs:
     ms = problem.mask
     am = None
     if ms.attn_mask is not None:
-        m = _attn_mask(problem, rng, None)
+        m = _attn_mask(problem, rng)
         am = torch.from_numpy(m).to(device) if m.dtype == np.bool_ else t(m)
     causal = ms.causal if ms.causal else False
     return Inputs(q=t(q), k=t(k), v=t(v), attn_mask=am, causal=causal, alignment=None, window=ms.window,

@@ -8,7 +8,7 @@ block_n); split-KV decode merges ``num_splits`` partial states, paged KV reads t
 table. Masked keys are dropped, never multiplied by 0, so garbage in them cannot leak.
 
 Everything runs in autograd-friendly torch ops, so the peer is differentiable (backward by
-autograd through the tiled forward, in fp32).
+autograd through the tiled forward, in fp32). Its Target is ``builtin_targets.tiled_peer``.
 """
 from __future__ import annotations
 

@@ -30,7 +30,6 @@ class Limits:
     max_batch: int = 2
     max_heads: int = 8
     head_dims: tuple = HEAD_DIMS
-    max_splits: int = 16
     max_tiles_per_prop: int = 3
     #: judge at most this many (b, h, i, j) row-key pairs per problem, on a sample of query rows
     #: (the target still runs the whole problem); None: every row
@@ -43,7 +42,7 @@ class Limits:
     tile_configs: int | None = None
 
     def __post_init__(self):
-        for name in ("max_len", "max_batch", "max_heads", "max_splits", "max_tiles_per_prop"):
+        for name in ("max_len", "max_batch", "max_heads", "max_tiles_per_prop"):
             x = getattr(self, name)
             if isinstance(x, bool) or not isinstance(x, int) or x < 1:
                 raise ValueError(f"Limits.{name} must be a positive int, got {x!r}")

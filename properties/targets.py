@@ -141,7 +141,7 @@ class Target:
                     raise ValueError(f"Target.{cap}=True needs `forward` (the SDPA signature has no {cap})")
         self.tile_configs = tuple(dict(c) for c in (self.tile_configs or ()))
         for c in self.tile_configs:
-            for key, val in c.items():
+            for key in c:
                 if not isinstance(key, str):
                     raise TypeError(f"Target.tile_configs: keys must be str, got {key!r}")
         if self.accumulator not in ("fp32", "same"):

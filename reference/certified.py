@@ -29,7 +29,7 @@ from .fast import _forward_fp64
 __all__ = ["Certified", "forward_certified", "ArbOps", "ArbVec", "DEFAULT_PREC"]
 
 #: Default working precision (bits). At 96 bits the ball radii of O and LSE are ~1e-9 of an
-#: fp64 ulp for logits up to |s| ~ 1e4 (measured: tests/test_reference_certified.py, benchmarks).
+#: fp64 ulp for logits up to |s| ~ 1e4 (measured: tests/test_reference_agreement.py, benchmarks).
 DEFAULT_PREC = 96
 
 _ZERO = arb(0)

@@ -76,7 +76,8 @@ def forward_fp64(q, k, v, *, attn_mask=None, causal=False, alignment=None, windo
     """Attention in float64: ``(o (B,H,Lq,Ev), lse (B,H,Lq))`` as numpy float64.
 
     Fully-masked rows give o = 0, lse = -inf. The scale is 1/sqrt(E) rounded to fp64 when not
-    given. Error vs the exact result: see tests/test_reference.py (bound derived there).
+    given. Error vs the exact result: tests/test_reference_bounds.py derives its bound, and
+    tests/test_reference_agreement.py checks it against the certified reference.
     """
     pb = prepare(q, k, v, attn_mask=attn_mask, causal=causal, alignment=alignment, window=window,
                  scale=scale, softcap=softcap)

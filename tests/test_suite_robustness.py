@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from flashproof.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_VIOLATION
-from flashproof.properties import suite
+from flashproof.properties import suite, timeouts
 from flashproof.properties.profiles import PROFILES
 from flashproof.properties.cases import case_from_repr
 from flashproof.properties.outcomes import FAILED, NOT_RUN, PASSED, TIMEOUT, SuiteInterrupted
@@ -189,7 +189,7 @@ def test_sleeping_target_is_abandoned_and_the_rest_not_run(tdir):
 
 
 def test_a_target_that_hangs_while_loading(tdir, monkeypatch):
-    monkeypatch.setattr(suite, "LOAD_TIMEOUT_FLOOR", 1.0)
+    monkeypatch.setattr(timeouts, "LOAD_TIMEOUT_FLOOR", 1.0)
     t0 = time.monotonic()
     with pytest.raises(TargetTimeout, match="the target did not load within 1 s"):
         run_suite("fpr_targets:hangs_on_load", select=[B], example_timeout=0.5)
