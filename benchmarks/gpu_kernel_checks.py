@@ -28,9 +28,11 @@ import traceback
 
 import torch
 
+from flashproof import spec
+
 __all__ = ["GROUPS", "main"]
 
-UNIT = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8, torch.float32: 2.0**-24}
+UNIT = {d: spec.format_of(d).u for d in (torch.float16, torch.bfloat16, torch.float32)}  # unit roundoff, spec's table
 SHRINK = 1  # divide lengths by this (--shrink; the pytest gpu marker uses 8)
 DEV = "cuda"
 PART = (0, 1)  # run only checks whose index % n == k (--part k/n): groups split over processes

@@ -10,13 +10,9 @@ import argparse
 import importlib
 import sys
 
-__all__ = ["main", "EXIT_OK", "EXIT_VIOLATION", "EXIT_ERROR", "EXIT_INTERRUPTED"]
+from flashproof.properties.outcomes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_VIOLATION
 
-EXIT_OK = 0
-EXIT_VIOLATION = 1
-EXIT_ERROR = 2
-#: 128 + SIGINT, the shell's convention (``check`` returns 128 + the signal: 143 for SIGTERM)
-EXIT_INTERRUPTED = 130
+__all__ = ["main", "EXIT_OK", "EXIT_VIOLATION", "EXIT_ERROR", "EXIT_INTERRUPTED"]
 
 # subcommand -> (module, help); each module has ``add_arguments(parser)`` and ``run(args) -> int``.
 _COMMANDS = {

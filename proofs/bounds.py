@@ -39,18 +39,10 @@ __all__ = [
 GOLDEN_PATH = Path(__file__).with_name("golden") / "fp_error.json"
 
 # Unit roundoff, subnormal rounding error (gradual underflow: half the subnormal spacing; FTZ: the
-# smallest normal) and largest finite value of each storage format. IEEE 754 / bfloat16 facts.
+# smallest normal) and largest finite value of each storage format, from spec's dtype table.
 _FORMATS = {
-    "float16": (2.0 ** -11, 2.0 ** -25, 65504.0),
-    "bfloat16": (2.0 ** -8, 2.0 ** -126, 3.3895313892515355e38),  # FTZ covered: smallest normal
-    "float32": (2.0 ** -24, 2.0 ** -126, 3.4028234663852886e38),  # FTZ covered: smallest normal
-    "float64": (2.0 ** -53, 2.0 ** -1022, 1.7976931348623157e308),
-}
-_ALIASES = {
-    "float16": "float16", "half": "float16", "fp16": "float16", "f16": "float16",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-    "float32": "float32", "float": "float32", "fp32": "float32", "f32": "float32", "single": "float32",
-    "float64": "float64", "double": "float64", "fp64": "float64", "f64": "float64",
+    n: (f.u, f.subnormal / 2 if n == "float16" else f.tiny, f.max)  # FTZ covered for bf16/fp32: smallest normal
+    for n, f in spec.FORMATS.items()
 }
 
 
@@ -102,22 +94,6 @@ class Precision:
         return float(self.c_exp) + _TANH_EXTRA if self.c_tanh is None else float(self.c_tanh)
 
 
-def _dtype_name(dtype) -> str:
-    s = str(dtype)
-    s = s.split(".")[-1].strip("'<>\" ")  # torch.float16, <class 'numpy.float32'>, dtype('float32')
-    if s.startswith("dtype("):
-        s = s[6:].strip("()'\"")
-    key = _ALIASES.get(s.lower())
-    if key is None:
-        try:
-            key = _ALIASES.get(np.dtype(dtype).name)
-        except TypeError:
-            key = None
-    if key is None:
-        raise ValueError(f"dtype must be float16, bfloat16, float32 or float64 (torch, numpy or name); got {dtype!r}")
-    return key
-
-
 #: Measured, not assumed: the exhaustive audit of tl.exp2 over all 1,125,515,265 fp32 inputs in
 #: [-150, 0] on an H100 (triton 3.6; docs/audits/h100.md) found at most 2.055 ulps, above the 2
 #: of ex2.approx's documentation. Rounded up to 2.06 so the model holds for the hardware measured.
@@ -135,7 +111,7 @@ def precision_for(dtype, *, accumulator="fp32", c_exp=C_EXP_MEASURED, tf32=False
     ``tf32``: the matmul operands are rounded to TF32 (10-bit mantissa); such a kernel does NOT
     meet the fp32 bound (``tf32=False``) on data with large |q||k| products.
     """
-    key = _dtype_name(dtype)
+    key = spec.dtype_name(dtype)
     if isinstance(c_exp, bool) or not isinstance(c_exp, numbers.Real) or not 0 <= c_exp < math.inf:
         raise ValueError(f"c_exp must be a finite real >= 0, got {c_exp!r}")
     if not isinstance(tf32, bool):
@@ -144,12 +120,12 @@ def precision_for(dtype, *, accumulator="fp32", c_exp=C_EXP_MEASURED, tf32=False
     if accumulator not in ("fp32", "fp32_rz", "same", "fp64"):
         raise ValueError(f"accumulator must be 'fp32', 'fp32_rz', 'same' or 'fp64', got {accumulator!r}")
     if key == "float64" or accumulator == "fp64":
-        u_acc, eta, max_acc = _FORMATS["float64"][0], 2.0 ** -1022, _FORMATS["float64"][2]
+        u_acc, eta, max_acc = _FORMATS["float64"][0], spec.FORMATS["float64"].tiny, _FORMATS["float64"][2]
     elif accumulator == "same":
         u_acc, eta, max_acc = u_in, eta_in, max_in
     else:
-        u_acc = 2.0 ** -24 if accumulator == "fp32" else 2.0 ** -23
-        eta, max_acc = 2.0 ** -126, _FORMATS["float32"][2]
+        u_acc = spec.FORMATS["float32"].u * (1 if accumulator == "fp32" else 2)
+        eta, max_acc = spec.FORMATS["float32"].tiny, _FORMATS["float32"][2]
     u_dot = 2.0 ** -11 if tf32 else 0.0
     name = f"{key}/{accumulator if key != 'float64' else 'float64'}" + ("/tf32" if tf32 else "")
     return Precision(u_in=u_in, u_acc=u_acc, c_exp=float(c_exp), eta=eta, name=name, eta_in=eta_in,
@@ -265,7 +241,7 @@ def _finite_or_inf(val) -> float:
 # ---------------------------------------------------------------------------------------------
 # Running bound.
 
-_U32 = 2.0 ** -24
+_U32 = spec.FORMATS["float32"].u
 
 
 def _as_f64(name, x, *, keep_f32=False):

@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 import mpmath
 import sympy as sp
 
-from flashproof.spec import ScalarOps, State
+from flashproof.spec import ScalarOps, State, mpmath_ops
 
 __all__ = [
     "Check",
@@ -107,6 +107,7 @@ class SympyOps(ScalarOps):
 
     neg_inf = -sp.oo
     zero = sp.Integer(0)
+    one = sp.Integer(1)
 
     def exp(self, x):
         return sp.exp(x)
@@ -304,18 +305,5 @@ def sums_equal(lhs, rhs) -> bool:
 __all__ += ["push_into_sums", "sums_equal", "peel_last_terms"]
 
 
-class MpmathOps(ScalarOps):
-    """spec's arithmetic on mpmath numbers (for the numeric spot checks of the algebra)."""
-
-    neg_inf = -mpmath.inf
-    zero = mpmath.mpf(0)
-
-    def exp(self, x):
-        return mpmath.exp(x)
-
-    def log(self, x):
-        return mpmath.log(x)
-
-
-MP = MpmathOps()
-__all__ += ["MpmathOps", "MP"]
+MP = mpmath_ops()  # the one mpmath ops (spec.MP)
+__all__ += ["MP"]

@@ -25,7 +25,7 @@ import numpy as np
 import sympy as sp
 
 from flashproof import spec
-from flashproof.spec import ScalarOps, State
+from flashproof.spec import ScalarOps
 
 from .core import Proof
 
@@ -133,6 +133,7 @@ class FlOps(ScalarOps):
     def __init__(self, ctx):
         self.ctx = ctx
         self.zero = FlNum(sp.Integer(0), mpmath.mpf(0), ctx)
+        self.one = FlNum.exact(1, ctx)
 
     def exp(self, x):
         if isinstance(x, float) and x == _NEG_INF:
@@ -203,7 +204,7 @@ def run_kernel(q, k, v, *, scale, tiles, split=False):
             for s_ in h[1:]:
                 st = spec.merge(st, s_, ops)
             o_s, lse_s = spec.finalize(st, ops)
-            ren.append(State(lse_s, FlNum.exact(1, ctx), o_s))
+            ren.append(spec.partial_state(o_s, lse_s, ops))
         o, lse = spec.finalize(spec.merge(ren[0], ren[1], ops), ops)
     o = [x.rounded("in") for x in o]  # output store
     return o, lse, ctx

@@ -15,36 +15,23 @@ import math
 import numpy as np
 
 from flashproof import spec
-from flashproof.spec import Float32Ops, State, block_state, merge
+from flashproof.spec import Float32Ops, block_state, fold, merge, partial_state, round_to
 
-__all__ = ["KernelOps", "round_to", "simulate", "exact_fp64"]
+__all__ = ["KernelOps", "simulate", "exact_fp64"]
 
 _F32 = np.float32
 _LOG2E = _F32(1.0 / math.log(2.0))
 _LN2 = _F32(math.log(2.0))
 
 
-def round_to(x, dtype: str):
-    """Round float32 values to ``dtype`` ("float16", "bfloat16", "float32") and back to float32,
-    round-to-nearest-even with gradual underflow."""
-    x = np.asarray(x, dtype=_F32)
-    if dtype == "float32":
-        return x
-    if dtype == "float16":
-        with np.errstate(over="ignore"):
-            return x.astype(np.float16).astype(_F32)
-    if dtype == "bfloat16":
-        u = x.view(np.uint32).astype(np.uint64)
-        u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
-        return u.astype(np.uint32).view(_F32)
-    raise ValueError(f"dtype must be float16, bfloat16 or float32, got {dtype!r}")
-
-
 class KernelOps(Float32Ops):
-    """fp32 flash-attention arithmetic in base 2 (scores are already multiplied by log2 e)."""
+    """fp32 flash-attention arithmetic in base 2 (scores are already multiplied by log2 e); P is
+    rounded to the storage dtype ``store`` before P@V (spec.Float32Ops' p_dtype)."""
+
+    ln_base = _LN2
 
     def __init__(self, store: str):
-        self.store = store
+        super().__init__(p_dtype=store)
 
     def exp(self, x):
         return np.exp2(np.asarray(x, dtype=_F32))
@@ -52,21 +39,6 @@ class KernelOps(Float32Ops):
     def log(self, x):
         with np.errstate(divide="ignore"):
             return np.log2(np.asarray(x, dtype=_F32))
-
-    def weighted_sum(self, s, p, v, dim):
-        keep = ~np.isneginf(np.asarray(s))
-        pr = np.where(keep, round_to(p, self.store), _F32(0.0))  # P rounded before P@V
-        return (pr @ np.asarray(v, dtype=_F32)).astype(_F32)
-
-    def finalize(self, st: State):
-        l = np.asarray(st.l, dtype=_F32)
-        empty = l == 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            safe = np.where(empty, _F32(1.0), l).astype(_F32)
-            o = np.where(empty[..., None], _F32(0.0), np.asarray(st.acc, dtype=_F32) / safe[..., None])
-            lse2 = np.asarray(st.m, dtype=_F32) + np.log2(safe)
-            lse = np.where(empty, -np.inf, (lse2 * _LN2).astype(_F32))
-        return o.astype(_F32), lse
 
 
 def _logits(q, k, *, scale, mask):
@@ -112,16 +84,11 @@ def simulate(q, k, v, *, store: str, boundaries=None, splits=1, causal=False, wi
                 ren = []
                 for st in parts:
                     os_, ls_ = ops.finalize(st)
-                    empty = np.isneginf(ls_)
-                    m2 = np.where(empty, -np.inf, ls_ * _LOG2E).astype(_F32)
-                    ren.append(State(m2, np.where(empty, _F32(0), _F32(1)).astype(_F32), os_))
+                    ren.append(partial_state(os_, (ls_ * _LOG2E).astype(_F32), ops))
                 order = list(range(len(ren)))
                 if rng is not None:
                     rng.shuffle(order)
-                st = ren[order[0]]
-                for i in order[1:]:
-                    st = merge(st, ren[i], ops)
-                ob, lb = ops.finalize(st)
+                ob, lb = ops.finalize(fold([ren[i] for i in order], ev, ops))
             o[bi, hi] = round_to(ob, store)
             lse[bi, hi] = lb
     return o, lse

@@ -198,7 +198,7 @@ def prove(merge=spec.merge, *, stop_on_failure=False) -> Proof:
     OA, OB = sp.symbols("O_A O_B", real=True)
     lse = sp.log(sp.exp(lA) + sp.exp(lB))
     wA, wB = sp.exp(lA - lse), sp.exp(lB - lse)
-    ren = merge(State(lA, sp.Integer(1), [OA]), State(lB, sp.Integer(1), [OB]), SYMPY)
+    ren = merge(spec.partial_state([OA], lA, SYMPY), spec.partial_state([OB], lB, SYMPY), SYMPY)
     o_m, lse_m = spec.finalize(ren, SYMPY)
     ok &= p.check("LSE merge realised by the operator: finalize((lse_A,1,O_A) + (lse_B,1,O_B)) = "
                   "(w_A O_A + w_B O_B, logaddexp(lse_A, lse_B))",

@@ -2,32 +2,40 @@
 
 Public API (imported lazily: the pytest plugin imports this package in every pytest run):
 
-- ``Target``, ``load_target``              the kernel under test and what it declares
-- ``run_suite(target, *, profile, select, fail_fast) -> SuiteResult``
-- ``replay(name, case, *, target)``         re-run one falsifying example
-- ``PROPERTIES``                            the registry (name -> Property)
-- ``strategies``                            shapes, regimes, masks, values, tilings, problems
+- ``Target``, ``load_target``, ``from_sdpa``   the kernel under test and what it declares (targets.py)
+- ``default_target``, ``torch_sdpa``, ``tiled_peer``   the built-in targets (builtin_targets.py)
+- ``run_suite(target, *, profile, select, fail_fast) -> SuiteResult``   (suite.py)
+- ``replay(name, case, *, target)``          re-run one falsifying example (suite.py)
+- ``PROPERTIES``                             the registry, name -> Property (registry.py)
+- ``Case``, ``Problem``, ``Shape``, ``Regime``, ``MaskSpec``   the value objects (cases.py)
+- ``strategies``                             shapes, regimes, masks, values, tilings, problems
+
+The modules, from the bottom up: cases (value objects), inputs (tensors of a problem),
+strategies, profiles, domain (what a target takes), targets, peers and builtin_targets, oracle
+(the judge), registry, outcomes, context, timeouts, state, hypothesis_internals, gen (shared
+builders), the property catalogues props_*.py and pins.py, suite, then check (the CLI command)
+and plugin (pytest).
 """
 import importlib
 
-__all__ = ["Target", "TargetLoadError", "load_target", "run_suite", "run_property", "replay", "SuiteResult",
-           "Outcome", "PROPERTIES", "property_names", "tiled_peer", "torch_sdpa", "default_target"]
+__all__ = ["Target", "TargetLoadError", "load_target", "from_sdpa", "run_suite", "run_property", "replay",
+           "SuiteResult", "Outcome", "PROPERTIES", "property_names", "tiled_peer", "torch_sdpa", "default_target",
+           "Case", "Problem", "Shape", "Regime", "MaskSpec"]
 
 _LAZY = {
-    "Target": "targets", "TargetLoadError": "targets", "load_target": "targets", "tiled_peer": "targets",
-    "torch_sdpa": "targets", "default_target": "targets",
-    "run_suite": "suite", "run_property": "suite", "replay": "suite", "SuiteResult": "suite", "Outcome": "suite",
+    "Target": "targets", "TargetLoadError": "targets", "load_target": "targets", "from_sdpa": "targets",
+    "tiled_peer": "builtin_targets", "torch_sdpa": "builtin_targets", "default_target": "builtin_targets",
+    "run_suite": "suite", "run_property": "suite", "replay": "suite", "property_names": "suite",
+    "SuiteResult": "outcomes", "Outcome": "outcomes",
+    "Case": "cases", "Problem": "cases", "Shape": "cases", "Regime": "cases", "MaskSpec": "cases",
 }
+_RENAMED = {"property_names": "select_properties"}
 
 
 def __getattr__(name):
     if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), _RENAMED.get(name, name))
     if name == "PROPERTIES":
-        suite = importlib.import_module(f"{__name__}.suite")
-        suite._load_properties()
-        return suite.PROPERTIES
-    if name == "property_names":
-        suite = importlib.import_module(f"{__name__}.suite")
-        return suite.select_properties
+        importlib.import_module(f"{__name__}.suite").load_properties()
+        return importlib.import_module(f"{__name__}.registry").PROPERTIES
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,6 +16,8 @@ import signal
 import sys
 import threading
 
+from .state import STATE_DIR
+
 __all__ = ["add_arguments", "run"]
 
 
@@ -34,7 +36,7 @@ def add_arguments(parser):
     parser.add_argument("--example-timeout", type=_seconds, default=None, metavar="S",
                         help="seconds one example may take before it is a TIMEOUT violation (0: no limit; "
                              "default per profile: ci 60, gpu 120, deep 300)")
-    parser.add_argument("--state-dir", default=".flashproof", metavar="DIR",
+    parser.add_argument("--state-dir", default=STATE_DIR, metavar="DIR",
                         help="where the Hypothesis database, reproducer files and the journal live "
                              "(default: .flashproof in the current directory)")
     parser.add_argument("--db", default=None, metavar="DIR",
@@ -64,11 +66,12 @@ def _on_sigterm(signum, frame):
 
 
 def run(args) -> int:
-    from flashproof.cli import EXIT_ERROR, EXIT_OK, EXIT_VIOLATION
-
-    from .suite import (PROPERTIES, NOT_RUN, SuiteInterrupted, TargetTimeout, load_target_within, prepare_state_dir,
-                        resolve_example_timeout, select_properties)
+    from .outcomes import EXIT_ERROR, EXIT_OK, EXIT_VIOLATION, NOT_RUN, SuiteInterrupted
+    from .registry import PROPERTIES, TargetTimeout
+    from .state import prepare_state_dir
+    from .suite import select_properties
     from .targets import TargetLoadError
+    from .timeouts import load_target_within, resolve_example_timeout
 
     try:
         names = select_properties(args.select)

@@ -1,59 +1,47 @@
-"""Strategy builders shared by the property modules: problems a target can take, tile configs,
-the deterministic corner cases each property runs first, and ``prop``, the registration that
-keeps every property inside the target's declared domain."""
+"""Strategy builders shared by the property catalogues: problems and cases a target can take,
+tile configs, the deterministic corner cases each property runs first, cases with fully masked
+rows, the row sample the judge evaluates, and ``prop``: the registration that keeps every
+property inside the target's declared domain and within the profile's time budget."""
 from __future__ import annotations
 
 import functools
-import math
 import time
 import weakref
 
 import numpy as np
 from hypothesis import strategies as st
-from hypothesis.errors import UnsatisfiedAssumption
 
-from . import oracle, suite
-from .strategies import (GQA_RATIOS, KV_HEADS, REGIMES, Case, MaskSpec, Problem, Regime, Shape, dtypes,
-                         head_dims, lengths, masks, max_abs_logit, problems, shapes, tile_configs, value_kinds)
-from .targets import DECLARE_HINT, Call, OutsideDomain
+from flashproof import spec
+
+from . import oracle
+from .cases import REGIMES, Case, MaskSpec, Problem, Regime, Shape
+from .domain import DECLARE_HINT, OutsideDomain, conform, in_domain
+from .hypothesis_internals import Reject
+from .inputs import max_abs_logit, torch_dtype
+from .registry import TargetError, register, skip
+from .strategies import (GQA_RATIOS, KV_HEADS, dtypes, head_dims, masks, problems, shapes, tile_configs,
+                         value_kinds)
 
 __all__ = [
-    "tile_sizes", "problem_strategy", "case_strategy", "corner", "first_dtype", "pick_dtype",
-    "head_dim_at_least", "small_tiles", "SCALES", "SOFTCAPS", "conform", "in_domain", "prop", "Undeclared",
-    "run_tiles", "judge_rows", "sample", "rows_of", "budget_report",
+    "tile_sizes", "problem_strategy", "case_strategy", "corner", "first_dtype",
+    "head_dim_at_least", "small_tiles", "SCALES", "SOFTCAPS", "prop", "Undeclared",
+    "run_tiles", "judge_rows", "sample", "rows_of", "budget_report", "empty_row_mechanisms", "empty_row_cases",
+    "plain_mask",
 ]
 
 
 # ----------------------------------------------------------------------------- the target's domain
-def conform(target, problem: Problem) -> Problem:
-    """``problem`` moved into the target's declared domain where that is a simple change of its
-    lengths (generation is constrained rather than filtered): lengths raised to min_lq / min_lk,
-    and causal problems made square (Lk = Lq) for a target that declares causal_equal_lengths."""
-    sh = problem.shape
-    lq, lk = max(sh.lq, target.min_lq), max(sh.lk, target.min_lk)
-    if problem.mask.causal and target.causal_equal_lengths and lq != lk:
-        lq = lk = max(lq, target.min_lq, target.min_lk)
-    if (lq, lk) == (sh.lq, sh.lk):
-        return problem
-    return Problem(**{**problem.__dict__, "shape": Shape(**{**sh.__dict__, "lq": lq, "lk": lk})})
-
-
-def in_domain(target, problem: Problem) -> bool:
-    """Whether the target's declaration (its fields and its ``accepts`` predicate) takes ``problem``."""
-    return target.refusal(Call.of_problem(problem)) is None
-
-
 def prop(name, **kw):
-    """Register a property (``suite.prop``) whose check runs inside the target's declared domain:
+    """Register a property (``registry.register``) whose check runs inside the target's declared domain:
     a call the Target does not declare (it raises OutsideDomain before reaching the target)
     discards the example instead of failing it, and a target that raises on a declared call
     fails with a hint to declare the constraint. Under a profile with Limits.property_seconds,
     drawn examples past the budget pass without running (see _over_budget)."""
     strategy = kw.pop("strategy")
-    register = suite.prop(name, strategy=lambda ctx: _budgeted(ctx, name, strategy(ctx)), **kw)
+    reg = register(name, strategy=lambda ctx: _budgeted(ctx, name, strategy(ctx)), **kw)
 
     def deco(check):
-        register(_within_domain(check, name))
+        reg(_within_domain(check, name))
         return check
     return deco
 
@@ -110,10 +98,10 @@ def _over_budget(ctx, name, case) -> bool:
     return False
 
 
-class Undeclared(UnsatisfiedAssumption):
+class Undeclared(Reject):
     """An example needed a call outside the target's declared domain. Hypothesis discards it (it
-    is an UnsatisfiedAssumption, so this works from the suite's worker thread too, where
-    hypothesis.reject() has no test context); elsewhere (replay) its message says why."""
+    is what hypothesis.reject() raises, so this works from the suite's worker thread too, where
+    reject() has no test context); elsewhere (replay) its message says why."""
 
     def __str__(self):
         return self.reason or "outside the target's declared domain"
@@ -128,15 +116,15 @@ def _within_domain(check, name):
             return check(ctx, case)
         except OutsideDomain as exc:  # a property that calls ctx.target directly
             raise Undeclared(str(exc)) from None
-        except suite.TargetError as exc:
+        except TargetError as exc:
             cause = exc.__cause__
             if isinstance(cause, OutsideDomain):
                 raise Undeclared(str(cause)) from None  # no verdict either way: not this target's input
             _failed(ctx, name)
             if DECLARE_HINT in str(exc):
                 raise
-            raise suite.TargetError(f"{exc}\n  hint: {DECLARE_HINT}") from cause
-        except UnsatisfiedAssumption:
+            raise TargetError(f"{exc}\n  hint: {DECLARE_HINT}") from cause
+        except Reject:
             raise
         except BaseException:
             _failed(ctx, name)
@@ -185,10 +173,6 @@ def first_dtype(ctx, prefer=("float16", "bfloat16", "float32")):
     return ctx.target.dtypes[0]
 
 
-def pick_dtype(ctx, want):
-    return want if want in ctx.target.dtypes else None
-
-
 def head_dim_at_least(ctx, n):
     """The smallest allowed head dim >= n (None if there is none)."""
     allowed = ctx.target.head_dims or tuple(range(1, 4097))
@@ -196,7 +180,7 @@ def head_dim_at_least(ctx, n):
     return min(c) if c else None
 
 
-def _mask_fn(ctx, *, allow_empty=True, causal_only=None, attn_mask=None, window=None, alignments=None):
+def _mask_fn(ctx, *, allow_empty=True, attn_mask=None, window=None, alignments=None):
     t = ctx.target
     al = t.alignments if alignments is None else alignments
     win = t.window if window is None else (window and t.window)
@@ -204,6 +188,16 @@ def _mask_fn(ctx, *, allow_empty=True, causal_only=None, attn_mask=None, window=
 
     def fn(shp):
         return masks(alignments=al, window=win, attn_mask=am, lq=shp.lq, allow_empty=allow_empty)
+    return fn
+
+
+def plain_mask(ctx):
+    """Masks without positional structure (so keys may be permuted, sliced, duplicated): a function
+    of the drawn shape, for problem_strategy's ``mask``."""
+    t = ctx.target
+
+    def fn(shp):
+        return masks(alignments=(), window=False, attn_mask=t.attn_mask, lq=shp.lq)
     return fn
 
 
@@ -252,8 +246,6 @@ def case_strategy(ctx, problem=None, *, tile=True, extra=None, **kw):
     out = st.builds(Case, problem=pr, tile=tl, extra=ex)
     acc = ctx.target.accepts_tile
     if acc is not None and tile:
-        from .strategies import torch_dtype
-
         def fits(c):
             sh = c.problem.shape
             return c.tile is None or acc(dict(c.tile), head_dim=sh.e, head_dim_v=sh.ev,
@@ -277,7 +269,7 @@ def corner(ctx, *, shape=None, dtype=None, regime=None, mask=None, values="norma
     dtype = dtype if dtype in t.dtypes else first_dtype(ctx)
     regime = regime or Regime()
     sc = scale if scale is not None else None
-    if regime.offset and abs(regime.offset) > max_abs_logit(dtype, _scale(sc, shape.e), accumulator=t.accumulator) / 4:
+    if regime.offset and abs(regime.offset) > max_abs_logit(dtype, spec.resolve_scale(sc, shape.e), accumulator=t.accumulator) / 4:
         regime = Regime(regime.name, -1e4 if regime.offset < 0 else 1e4, regime.spread)
     mask = mask or MaskSpec()
     if tile == "small":
@@ -286,10 +278,6 @@ def corner(ctx, *, shape=None, dtype=None, regime=None, mask=None, values="norma
     pr = Problem(shape=shape, dtype=dtype, regime=regime, mask=mask, values=values, scale=sc,
                  softcap=softcap if t.softcap else None, seed=seed)
     return Case(problem=conform(t, pr), tile=tile, extra=extra)
-
-
-def _scale(sc, e):
-    return sc if sc is not None else 1.0 / math.sqrt(e)
 
 
 # ----------------------------------------------------------------------------- judging a sample of rows
@@ -319,3 +307,43 @@ def sample(ctx, inp, *outs, tile=None, rows="auto"):
     if isinstance(rows, str):
         rows = judge_rows(ctx, inp, tile=tile)
     return (oracle.take_rows(inp, rows),) + tuple(rows_of(o, rows) for o in outs)
+
+
+# ----------------------------------------------------------------------------- fully masked rows
+def empty_row_mechanisms(t):
+    """How the target can express a row with no allowed key (attn_mask, bottom-right causal, window)."""
+    out = []
+    if t.attn_mask:
+        out += ["attn_mask_bool", "attn_mask_additive"]
+    if "bottom_right" in t.alignments:
+        out.append("bottom_right")
+    if t.window:
+        out.append("window")
+    return out
+
+
+def empty_row_cases(ctx):
+    """Cases with fully masked rows, through each mechanism the target declares (``via`` extra)."""
+    mech = empty_row_mechanisms(ctx.target)
+    if not mech:
+        skip("the target declares no way to express a fully masked row")
+
+    def adapt(c, m):
+        p = c.problem
+        sh = p.shape
+        if m.startswith("attn_mask"):
+            mk = MaskSpec(causal=p.mask.causal if p.mask.causal in ("top_left", False) else False,
+                          attn_mask="bool" if m.endswith("bool") else "additive",
+                          density=p.mask.density if p.mask.attn_mask else 0.7,
+                          empty_rows=max(1, min(2, sh.lq)), full=p.mask.full)
+        elif m == "bottom_right":
+            if sh.lq <= sh.lk:
+                sh = Shape(**{**sh.__dict__, "lq": sh.lk + 1 + sh.lq % 3})
+            mk = MaskSpec(causal="bottom_right")
+        else:  # a non-causal top-left window (0, 0) leaves rows i >= Lk empty
+            if sh.lq <= sh.lk:
+                sh = Shape(**{**sh.__dict__, "lq": sh.lk + 1 + sh.lq % 3})
+            mk = MaskSpec(window=(0, 0))
+        pr = conform(ctx.target, Problem(**{**p.__dict__, "shape": sh, "mask": mk}))
+        return Case(problem=pr, tile=c.tile, extra=(("via", m),))
+    return st.tuples(case_strategy(ctx), st.sampled_from(mech)).map(lambda x: adapt(*x))

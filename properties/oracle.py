@@ -24,7 +24,7 @@ from flashproof import spec
 __all__ = [
     "Violation", "Exact", "exact", "bound", "bound_source", "precision", "naive_error",
     "to_np", "assert_within", "assert_bitwise", "assert_fa_criterion", "assert_finite",
-    "fmt_idx", "U_IN", "judge_rows", "take_rows", "allowed_mask", "ARB_WORK",
+    "fmt_idx", "judge_rows", "take_rows", "allowed_mask", "ARB_WORK", "fa_eps",
 ]
 
 #: Above this many (b, h, i, j) row-key pairs times (E + Ev) the arb reference certifies a sample
@@ -32,8 +32,6 @@ __all__ = [
 #: costs ~0.4 us per pair and head-dim entry at 96 bits (2 cores), so this caps one certified
 #: reference near 2 s; the ci profile's largest problem (8 x 40 x 40 x 192) stays below it.
 ARB_WORK = 1 << 22
-#: unit roundoff of each storage dtype
-U_IN = {"float16": 2.0 ** -11, "bfloat16": 2.0 ** -8, "float32": 2.0 ** -24, "float64": 2.0 ** -53}
 _WORST = 5
 
 
@@ -379,13 +377,14 @@ def fa_eps(inputs, ex: Exact, *, u_acc, c_exp, n_tiles, u_in=None):
     may escape; each of its t online rescales multiplies acc and l separately by the same alpha,
     so only those two roundings remain (2 u_acc (max|v| + max|o|) per rescale, t + 1 with the final
     division); a P rounded in the subnormal range loses up to eta each."""
-    u_in = U_IN[inputs.dtype_name] if u_in is None else u_in
+    u_in = spec.FORMATS[inputs.dtype_name].u if u_in is None else u_in
     v = np.abs(to_np(inputs.v))
     rep = inputs.q.shape[1] // inputs.k.shape[1]
     vmax = np.repeat(v.max(axis=(-1, -2), initial=0.0), rep, axis=1)
     omax = np.where(np.isfinite(ex.o), np.abs(ex.o), 0.0).max(axis=(-1, -2), initial=0.0)
     t = n_tiles if n_tiles else inputs.k.shape[2]
-    eta = {"float16": 2.0 ** -25}.get(inputs.dtype_name, 2.0 ** -126)
+    # P rounded to fp16 underflows by half its subnormal spacing; elsewhere an fp32 P flushes below tiny
+    eta = spec.FORMATS["float16"].subnormal / 2 if inputs.dtype_name == "float16" else spec.FORMATS["float32"].tiny
     return (u_in * (vmax + omax) + 2 * (t + 1) * u_acc * (vmax + omax) + inputs.k.shape[2] * eta * vmax
             + _logit_rounding(inputs, rep, u_acc, c_exp) * (vmax + omax))
 
@@ -409,16 +408,6 @@ def _logit_rounding(inputs, rep, u_acc, c_exp):
         m = np.abs(to_np(inputs.attn_mask))
         smax = smax + (np.where(np.isfinite(m), m, 0.0).max(initial=0.0) if m.size else 0.0)
     return np.nan_to_num(2.0 * u_acc * smax + 2.0 * c_exp * u_acc, nan=np.inf, posinf=np.inf)
-
-
-def describe_tightness(err, tol) -> str:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.where((tol > 0) & np.isfinite(tol), err / tol, 0.0)
-    return f"max |err|/bound = {np.nanmax(r, initial=0.0):.3g}"
-
-
-def isclose_scalar(a, b, tol):
-    return abs(a - b) <= tol or (math.isinf(a) and a == b)
 
 
 def _c_exp_default() -> float:

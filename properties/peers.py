@@ -8,7 +8,7 @@ block_n); split-KV decode merges ``num_splits`` partial states, paged KV reads t
 table. Masked keys are dropped, never multiplied by 0, so garbage in them cannot leak.
 
 Everything runs in autograd-friendly torch ops, so the peer is differentiable (backward by
-autograd through the tiled forward, in fp32).
+autograd through the tiled forward, in fp32). Its Target is ``builtin_targets.tiled_peer``.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import math
 import torch
 
 from flashproof import spec
-from flashproof.spec import ScalarOps, State, block_state, finalize, merge
+from flashproof.spec import ScalarOps, State, block_state, finalize, identity, merge
 
-__all__ = ["TorchRowOps", "tiled_attention", "tiled_decode", "tiled_peer_target", "PEER_TILES"]
+__all__ = ["TorchRowOps", "tiled_attention", "tiled_decode", "PEER_TILES"]
 
 #: Tile configs the peer accepts (block_m, block_n).
 PEER_TILES = ({"block_m": 16, "block_n": 16}, {"block_m": 32, "block_n": 16}, {"block_m": 16, "block_n": 32},
@@ -96,7 +96,10 @@ class TorchRowOps(ScalarOps):
         return x + y
 
     def zeros(self, dim):
-        raise NotImplementedError("TorchRowOps states are built by block_state")
+        return torch.zeros(dim)
+
+    def full(self, shape, x):
+        return torch.full(shape, x, dtype=torch.float32)
 
     def is_empty(self, l):
         return l == 0
@@ -108,10 +111,6 @@ class TorchRowOps(ScalarOps):
         m_safe = torch.where(torch.isneginf(st.m), torch.zeros_like(st.m), st.m)
         lse = torch.where(empty, torch.full_like(st.l, -math.inf), m_safe + torch.log(l_safe))
         return o, lse
-
-
-def _empty_state(rows: int, ev: int) -> State:
-    return State(torch.full((rows,), -math.inf), torch.zeros(rows), torch.zeros(rows, ev))
 
 
 def _logits(qb, kb, scale, softcap, bias):
@@ -165,7 +164,7 @@ def tiled_attention(q, k, v, *, causal=False, alignment=None, window=None, scale
                 r1 = min(d.lq, r0 + block_m)
                 lo, hi = mask.key_range(torch.arange(r0, r1).numpy(), d.lq, d.lk)
                 span_lo, span_hi = int(lo.min()), int(hi.max())
-                st = _empty_state(r1 - r0, d.ev)
+                st = identity(d.ev, ops, batch=(r1 - r0,))
                 for t0, t1 in _tiles(bounds, block_n, splits is not None):
                     if t1 <= span_lo or t0 >= span_hi:
                         continue  # the whole tile is masked for every row of the block: skipped
@@ -220,7 +219,7 @@ def _assemble(parts, shape):
 
 def _split_state(qf, kf, vf, *, allowed, sc32, cap32, ops, block_n, t0, t1, ev):
     """State of keys [t0, t1) for the rows of qf, folded tile by tile."""
-    st = _empty_state(qf.shape[0], ev)
+    st = identity(ev, ops, batch=(qf.shape[0],))
     for a in range(t0, t1, block_n):
         b_ = min(t1, a + block_n)
         s = _logits(qf, kf[a:b_], sc32, cap32, None)
@@ -276,7 +275,7 @@ def tiled_decode(q, k_cache, v_cache, *, seqlens=None, block_table=None, page_si
         for h in range(h_):
             qf = q[b, h].to(torch.float32)
             kf, vf = kb[h // rep].to(torch.float32), vb[h // rep].to(torch.float32)
-            st = _empty_state(lq, ev)
+            st = identity(ev, ops, batch=(lq,))
             for sidx in range(n_splits):
                 t0, t1 = min(lk, sidx * per), min(lk, (sidx + 1) * per)
                 part = _split_state(qf, kf, vf, allowed=allowed, sc32=sc32, cap32=cap32, ops=ops,
@@ -290,32 +289,3 @@ def tiled_decode(q, k_cache, v_cache, *, seqlens=None, block_table=None, page_si
     o = torch.stack(outs_o).to(storage)
     lse = torch.stack(outs_l)
     return (o, lse) if return_lse else o
-
-
-def tiled_peer_target():
-    from .targets import Target
-
-    def forward(q, k, v, *, causal=False, alignment=None, window=None, scale=None, softcap=None,
-                attn_mask=None, return_lse=False, block_m=16, block_n=16):
-        return tiled_attention(q, k, v, causal=causal, alignment=alignment, window=window, scale=scale,
-                               softcap=softcap, attn_mask=attn_mask, return_lse=return_lse,
-                               block_m=block_m, block_n=block_n)
-
-    return Target(
-        name="tiled_peer",
-        forward=forward,
-        tile_configs=PEER_TILES,
-        lse=True,
-        alignments=("top_left", "bottom_right"),
-        window=True,
-        softcap=True,
-        attn_mask=True,
-        gqa=True,
-        backward=True,
-        decode=tiled_decode,
-        split_range=(1, 16),
-        paged=True,
-        accumulator="fp32",
-        spec="flashproof.properties.targets:tiled_peer",
-        description="correct tiled FlashAttention-2 in torch (properties/peers.py)",
-    )

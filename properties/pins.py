@@ -1,10 +1,10 @@
 """Counterexamples found against real targets, pinned as explicit examples of their property.
 
-Each runs first, on every target whose declared capabilities can express it (suite._applicable),
+Each runs first, on every target whose declared capabilities can express it (registry.pinned_cases),
 so a regression is caught deterministically even at the ci profile's few generated examples.
 """
-from .strategies import Case, MaskSpec, Problem, Regime, Shape
-from .suite import pin
+from .cases import Case, MaskSpec, Problem, Regime, Shape
+from .registry import pin
 
 __all__ = []
 

@@ -53,8 +53,10 @@ def _example_timeout(config):
 def _state_dir(config):
     import os
 
+    from flashproof.properties.state import STATE_DIR
+
     d = config.getoption("flashproof_state_dir", None)
-    return d if d is not None else os.path.join(str(config.invocation_params.dir), ".flashproof")
+    return d if d is not None else os.path.join(str(config.invocation_params.dir), STATE_DIR)
 
 
 def _profile_option(config):
@@ -72,8 +74,9 @@ def pytest_configure(config):
 
         register_profiles()
     if _wants_us(config):  # a bad target is a usage error, said once, not an error in every test
-        from flashproof.properties.suite import TargetTimeout, load_target_within, resolve_example_timeout
+        from flashproof.properties.registry import TargetTimeout
         from flashproof.properties.targets import TargetLoadError
+        from flashproof.properties.timeouts import load_target_within, resolve_example_timeout
 
         limit = resolve_example_timeout(_example_timeout(config), _profile_option(config) or "ci")
         try:
@@ -107,12 +110,12 @@ def flashproof_target(request):
 @pytest.fixture(scope="session")
 def flashproof_profile(request, flashproof_target):
     """The suite profile: --hypothesis-profile when it is one of ours, else ci (gpu with CUDA)."""
-    from flashproof.properties.profiles import default_profile, register_profiles
+    from flashproof.properties.profiles import default_profile, profile_name, register_profiles
 
     register_profiles()
     chosen = _profile_option(request.config)
     if chosen in _OURS:
-        return chosen.replace("flashproof-", "")
+        return profile_name(chosen)
     return default_profile(flashproof_target.device())
 
 
@@ -122,11 +125,13 @@ def flashproof_context(request, flashproof_target, flashproof_profile):
     database and the reproducer folder (created on first use)."""
     import os
 
-    from flashproof.properties.suite import _context, prepare_state_dir, resolve_example_timeout
+    from flashproof.properties.context import make_context
+    from flashproof.properties.state import prepare_state_dir
+    from flashproof.properties.timeouts import resolve_example_timeout
 
     config = request.config
     state = prepare_state_dir(_state_dir(config))
     db = config.getoption("flashproof_db", None) or os.path.join(state, "hypothesis")
-    return _context(flashproof_target, flashproof_profile,
+    return make_context(flashproof_target, flashproof_profile,
                     example_timeout=resolve_example_timeout(_example_timeout(config), flashproof_profile),
                     database=db, reproducer_dir=os.path.join(state, "reproducers"))

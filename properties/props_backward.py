@@ -7,21 +7,15 @@ from hypothesis import strategies as st
 from flashproof import spec
 
 from . import oracle
-from .gen import case_strategy, corner, prop
-from .oracle import U_IN, Violation, to_np
-from .strategies import MaskSpec, Regime, Shape, build, logits_exact
-from .suite import TargetError
+from .cases import MaskSpec, Regime, Shape
+from .gen import case_strategy, corner, empty_row_cases, empty_row_mechanisms, prop
+from .inputs import build, logits_exact
+from .oracle import Violation, to_np
+from .registry import TargetError
 
 __all__ = []
 
 _REGIMES = ("standard", "spread", "very_negative", "rising", "ties")
-_DTYPE_MAX = {"float16": 65504.0, "bfloat16": 3.3895e38, "float32": 3.4028e38, "float64": 1.7976e308}
-
-
-def _torch():
-    import torch
-
-    return torch
 
 
 def _needs_bwd(t):
@@ -52,7 +46,8 @@ def _naive_grads(inp, do):
 
 
 def _do(inp, seed):
-    torch = _torch()
+    import torch
+
     g = torch.Generator().manual_seed(int(seed))
     b, h, lq, ev = inp.q.shape[0], inp.q.shape[1], inp.q.shape[2], inp.v.shape[-1]
     return torch.randn(b, h, lq, ev, generator=g).to(inp.q.dtype).to(inp.q.device)
@@ -131,7 +126,7 @@ def gradients_match_reference(ctx, case):
     u_acc = oracle.precision(inp.dtype_name, accumulator=ctx.target.accumulator).u_acc
     n = inp.q.shape[2] + inp.k.shape[2] + inp.v.shape[-1] + 4  # dS sums over keys or rows; dP, D over Ev
     gam = n * u_acc / (1 - n * u_acc)
-    top = _DTYPE_MAX[inp.dtype_name] / 2
+    top = spec.FORMATS[inp.dtype_name].max / 2
     # a FlashAttention backward recomputes P = exp(s - lse) from the stored LSE: its relative error
     # rho grows with |s| (u_acc |s| at |s| ~ 1e6 in fp32 is 6%); it multiplies every magnitude M
     rho = _p_rel_err(ctx, inp, mags)
@@ -203,7 +198,7 @@ def _sum_bounds(ctx, inp, do, mags, dk, dv):
     u = prec.u_acc
     n = lq + inp.k.shape[2] + inp.v.shape[-1] + 4  # the dP and D dot products (length Ev) too
     gam = n * u / (1 - n * u)
-    s, allowed, p, dp, D, o = mags["s"], mags["allowed"], mags["p"], mags["dp"], mags["D"], mags["o"]
+    allowed, p, dp, D, o = mags["allowed"], mags["p"], mags["dp"], mags["D"], mags["o"]
     sc = spec.resolve_scale(inp.scale, e)
     rho = _p_rel_err(ctx, inp, mags)
     with np.errstate(all="ignore"):
@@ -260,18 +255,14 @@ def grad_dv_sums_to_do(ctx, case):
 
 
 def _masked_grad_strategy(ctx):
-    from .props_masks import _empty_strategy
-
-    return st.tuples(_empty_strategy(ctx), st.integers(0, 10 ** 6)).map(
+    return st.tuples(empty_row_cases(ctx), st.integers(0, 10 ** 6)).map(
         lambda x: type(x[0])(problem=x[0].problem, tile=x[0].tile, extra=x[0].extra + (("do_seed", x[1]),)))
 
 
 def _needs_masked_grad(t):
-    from .props_masks import _empty_mechanisms
-
     if not t.backward:
         return "the target declares no backward"
-    return None if _empty_mechanisms(t) else "the target declares no way to express a fully masked row"
+    return None if empty_row_mechanisms(t) else "the target declares no way to express a fully masked row"
 
 
 @prop("grad_masked_rows_zero",
@@ -287,7 +278,7 @@ def grad_masked_rows_zero(ctx, case):
     dq, dk, dv, _ = _grads(ctx, inp, do, tile=case.tile_dict)
     _, allowed = logits_exact(inp)
     mags = _magnitudes(inp, do)
-    top = _DTYPE_MAX[inp.dtype_name] / 2
+    top = spec.FORMATS[inp.dtype_name].max / 2
     for name, g in (("dQ", dq), ("dK", dk), ("dV", dv)):
         # |exact gradient| <= its condition magnitude M: below half the dtype's range it must be finite
         oracle.assert_finite(name, to_np(g), where=mags[name.lower()] < top, context=" (fully masked rows present)")

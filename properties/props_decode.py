@@ -7,18 +7,14 @@ import numpy as np
 from hypothesis import strategies as st
 
 from . import oracle
-from .gen import first_dtype, head_dim_at_least, prop, tile_sizes
+from .gen import first_dtype, prop, tile_sizes
 from .oracle import Violation, to_np
-from .strategies import Case, Inputs, MaskSpec, Problem, Regime, Shape, build, lengths
-from .suite import TargetError
+from .cases import Case, Problem, Regime, Shape
+from .inputs import Inputs, build
+from .registry import TargetError
+from .strategies import lengths
 
 __all__ = []
-
-
-def _torch():
-    import torch
-
-    return torch
 
 
 def _needs_decode(t):
@@ -26,7 +22,6 @@ def _needs_decode(t):
 
 
 def _decode(ctx, q, kc, vc, **kw):
-    ctx.calls += 1
     t = ctx.target
     kw.setdefault("causal", "bottom_right")
     kw.setdefault("return_lse", t.lse)
@@ -99,7 +94,8 @@ def _check_rows(name, o, lse, ref):
 
 def _cache(inp, lens, fill):
     """Contiguous (B, Hkv, Lmax, E) caches with ``fill`` beyond each sequence's length."""
-    torch = _torch()
+    import torch
+
     lmax = inp.k.shape[2]
     pos = torch.arange(lmax, device=inp.k.device)[None, None, :, None]
     ln = torch.as_tensor(lens, device=inp.k.device)[:, None, None, None]
@@ -116,7 +112,8 @@ def _cache(inp, lens, fill):
                                                 dtype=first_dtype(ctx), seed=1), extra=(("lens_seed", 0),))],
       needs=_needs_decode, bound="running_forward_bound per sequence; bitwise for the garbage")
 def decode_within_error_bound(ctx, case):
-    torch = _torch()
+    import torch
+
     inp = build(case.problem, device=ctx.device)
     b, lmax = inp.q.shape[0], inp.k.shape[2]
     lens = _seqlens(case, lmax, b)
@@ -163,7 +160,8 @@ def _split_corners(ctx):
       classes=(13,), strategy=_split_strategy, corners=_split_corners, needs=_needs_split, examples=0.67,
       bound="running_forward_bound per sequence")
 def split_counts_agree(ctx, case):
-    torch = _torch()
+    import torch
+
     inp = build(case.problem, device=ctx.device)
     b, lmax = inp.q.shape[0], inp.k.shape[2]
     lens = _seqlens(case, lmax, b)
@@ -177,7 +175,8 @@ def split_counts_agree(ctx, case):
 
 def _paged_layout(inp, lens, page, rng, *, spare, fill):
     """Physical pages (P, Hkv, page, E) holding the sequences, a block table, and unused pages."""
-    torch = _torch()
+    import torch
+
     b, hkv, lmax, e = inp.k.shape
     ev = inp.v.shape[-1]
     per = -(-lmax // page)
@@ -215,7 +214,9 @@ def _paged_problem(ctx, case):
     """The inputs of a paged case, its per-sequence lengths (host and device) and its page size."""
     inp = build(case.problem, device=ctx.device)
     lens = _seqlens(case, inp.k.shape[2], inp.q.shape[0])
-    sl = _torch().as_tensor(lens, dtype=_torch().int32, device=inp.k.device)
+    import torch
+
+    sl = torch.as_tensor(lens, dtype=torch.int32, device=inp.k.device)
     return inp, lens, sl, case.get("page")
 
 
@@ -294,7 +295,8 @@ def _prefill_strategy(ctx):
                                                 dtype=first_dtype(ctx), seed=5), extra=(("prefix", 4),))],
       needs=_needs_prefill, bound="running_forward_bound of both runs against the exact row")
 def prefill_then_decode_equals_prefill(ctx, case):
-    torch = _torch()
+    import torch
+
     inp = build(case.problem, device=ctx.device)
     n = inp.q.shape[2]
     causal = "top_left" if "top_left" in ctx.target.alignments else ctx.target.alignments[0]

@@ -9,32 +9,22 @@ from hypothesis import strategies as st
 from flashproof import spec
 
 from . import oracle
-from .gen import (case_strategy, conform, corner, first_dtype, head_dim_at_least, in_domain, judge_rows,
-                  problem_strategy, prop, run_tiles, sample, small_tiles, tile_sizes)
+from .cases import Case, MaskSpec, Problem, Regime, Shape
+from .domain import OutsideDomain, conform, in_domain
+from .gen import (case_strategy, corner, empty_row_cases, empty_row_mechanisms, first_dtype, head_dim_at_least,
+                  judge_rows, prop, run_tiles, sample, small_tiles, tile_sizes)
+from .inputs import Inputs, build, logits_exact, max_abs_logit
 from .oracle import Violation, to_np
-from .strategies import (SENTINELS, Case, MaskSpec, Problem, Regime, Shape, build, lengths, logits_exact, masks,
-                         max_abs_logit)
-from .suite import skip
-from .targets import OutsideDomain
+from .registry import skip
+from .strategies import SENTINELS, lengths, masks
 
 __all__ = []
 
 _GARBAGE = ("nan", "inf", "-inf", "huge")
 
 
-def _torch():
-    import torch
-
-    return torch
-
-
-def _t(like, arr):
-    torch = _torch()
-    return torch.from_numpy(np.ascontiguousarray(arr)).to(like.dtype).to(like.device)
-
-
 def _huge(dtype):
-    return {"float16": 65504.0, "bfloat16": 1e30, "float32": 1e30, "float64": 1e30}[dtype]
+    return min(1e30, spec.FORMATS[dtype].max)
 
 
 def _garbage_value(kind, dtype):
@@ -42,46 +32,9 @@ def _garbage_value(kind, dtype):
 
 
 # ============================================================================ fully masked rows
-def _empty_mechanisms(t):
-    out = []
-    if t.attn_mask:
-        out += ["attn_mask_bool", "attn_mask_additive"]
-    if "bottom_right" in t.alignments:
-        out.append("bottom_right")
-    if t.window:
-        out.append("window")
-    return out
-
-
-def _empty_strategy(ctx):
-    mech = _empty_mechanisms(ctx.target)
-    if not mech:
-        skip("the target declares no way to express a fully masked row")
-
-    def adapt(c, m):
-        p = c.problem
-        sh = p.shape
-        if m.startswith("attn_mask"):
-            mk = MaskSpec(causal=p.mask.causal if p.mask.causal in ("top_left", False) else False,
-                          attn_mask="bool" if m.endswith("bool") else "additive",
-                          density=p.mask.density if p.mask.attn_mask else 0.7,
-                          empty_rows=max(1, min(2, sh.lq)), full=p.mask.full)
-        elif m == "bottom_right":
-            if sh.lq <= sh.lk:
-                sh = Shape(**{**sh.__dict__, "lq": sh.lk + 1 + sh.lq % 3})
-            mk = MaskSpec(causal="bottom_right")
-        else:  # a non-causal top-left window (0, 0) leaves rows i >= Lk empty
-            if sh.lq <= sh.lk:
-                sh = Shape(**{**sh.__dict__, "lq": sh.lk + 1 + sh.lq % 3})
-            mk = MaskSpec(window=(0, 0))
-        pr = conform(ctx.target, Problem(**{**p.__dict__, "shape": sh, "mask": mk}))
-        return Case(problem=pr, tile=c.tile, extra=(("via", m),))
-    return st.tuples(case_strategy(ctx), st.sampled_from(mech)).map(lambda x: adapt(*x))
-
-
 def _empty_corners(ctx):
     out = []
-    for i, m in enumerate(_empty_mechanisms(ctx.target)[:3]):
+    for i, m in enumerate(empty_row_mechanisms(ctx.target)[:3]):
         sh = Shape(1, 2, 1 if ctx.target.gqa else 2, 6, 5, 16, 16) if m in ("bottom_right", "window") else \
             Shape(1, 2, 1 if ctx.target.gqa else 2, 6, 21, 16, 16)
         mk = {"attn_mask_bool": MaskSpec(attn_mask="bool", density=0.7, empty_rows=2),
@@ -95,8 +48,8 @@ def _empty_corners(ctx):
 @prop("fully_masked_rows_zero_and_neg_inf",
       asserts="rows with no allowed key give O = 0 and LSE = -inf (never NaN or +inf), and every other row "
               "stays within the bound of its exact value",
-      classes=(1, 13, 14), strategy=_empty_strategy, corners=_empty_corners,
-      needs=lambda t: None if _empty_mechanisms(t) else "the target declares no way to express a fully masked row "
+      classes=(1, 13, 14), strategy=empty_row_cases, corners=_empty_corners,
+      needs=lambda t: None if empty_row_mechanisms(t) else "the target declares no way to express a fully masked row "
                                                         "(attn_mask, bottom_right causal or window)",
       bound="exact 0 / -inf on empty rows; running_forward_bound elsewhere")
 def fully_masked_rows_zero_and_neg_inf(ctx, case):
@@ -192,7 +145,6 @@ def _set_strategy(ctx):
     ts = tile_sizes(ctx)
     m = st.integers(1, lim).flatmap(lambda lq: masks(alignments=t.alignments, window=t.window,
                                                      attn_mask=False, lq=lq).map(lambda mm: (lq, mm)))
-    bm = masks(alignments=(), window=False, attn_mask=t.attn_mask, lq=st.just(4))
     return st.builds(lambda lm, lk, seed, dt, tile, b: mk(lm[0], lk, lm[1], seed, dt, tile, b),
                      m, lengths(max_len=lim, tile_sizes=ts), st.integers(0, 1000), st.sampled_from(t.dtypes),
                      st.sampled_from([tuple(sorted(c.items())) for c in run_tiles(ctx)] or [None]),
@@ -384,7 +336,8 @@ def _unattended_keys(inp):
           else ""),
       bound="bitwise")
 def garbage_in_masked_keys_isolated(ctx, case):
-    torch = _torch()
+    import torch
+
     inp = build(case.problem, device=ctx.device)
     if case.get("via") == "attn_mask_columns":
         am = inp.attn_mask.clone()
@@ -412,7 +365,8 @@ def garbage_in_masked_keys_isolated(ctx, case):
 
 def _padded(x, fill, *, pl=0, pe=0, ph=0, transposed=False):
     """x as a strided view into a larger buffer whose extra rows/cols/heads hold ``fill``."""
-    torch = _torch()
+    import torch
+
     b, h, l, e = x.shape
     if transposed:
         buf = torch.full((b, l + pl, h + ph, e + pe), fill, dtype=x.dtype, device=x.device)
@@ -561,8 +515,7 @@ def _sentinel_values(dtype, scale, acc):
     top = max_abs_logit(dtype, scale, accumulator=acc)
     out = []
     for s in SENTINELS:
-        v = -{"float16": 65504.0, "bfloat16": 3.3895e38, "float32": 3.4028e38,
-              "float64": 1.7976e308}[dtype] if s == "finfo.min" else float(s)
+        v = -spec.FORMATS[dtype].max if s == "finfo.min" else float(s)
         if -v <= top / 4:
             out.append(v)
     return out
@@ -589,7 +542,8 @@ def _sentinel_strategy(ctx):
       needs=lambda t: None if _sentinel_mechanisms(t) else "the target declares no mask that leaves a single key",
       bound="running_forward_bound (exact O = v_j)")
 def single_key_with_sentinel_logit(ctx, case):
-    torch = _torch()
+    import torch
+
     dt = case.problem.dtype
     via, lk = case.get("via"), max(2, case.get("lk"))
     e = head_dim_at_least(ctx, 16) or 16
@@ -600,7 +554,7 @@ def single_key_with_sentinel_logit(ctx, case):
     if via == "causal_first_row" and ctx.target.causal_equal_lengths:
         lq = lk  # row 0 of a square causal mask still sees key 0 only
     rng = np.random.default_rng(case.problem.seed)
-    emax = {"float16": 65504.0, "bfloat16": 3.38e38, "float32": 3.4e38, "float64": 1.79e308}[dt] / 4
+    emax = spec.FORMATS[dt].max / 4
     # logit = scale * alpha * kappa: alpha a power of two, kappa = S / (scale alpha) representable
     alpha = 2.0 ** max(0, math.ceil(math.log2(max(1.0, abs(sval) / (scale * emax)))))
     kappa = sval / (scale * alpha)
@@ -628,8 +582,6 @@ def single_key_with_sentinel_logit(ctx, case):
         keys = list(range(lq))
     v = rng.standard_normal((1, 1, lk, e))
     tq = lambda a: torch.from_numpy(a).to(getattr(torch, dt)).to(ctx.device)  # noqa: E731
-    from .strategies import Inputs
-
     inp = Inputs(q=tq(q), k=tq(k), v=tq(v), attn_mask=am, causal=causal, window=window, scale=scale,
                  problem=case.problem)
     s, allowed = logits_exact(inp)
@@ -679,7 +631,8 @@ def logits_below_mask_sentinels(ctx, case):
                                   else MaskSpec(), seed=1200, extra=(("where", "k"), ("nan_seed", 3)))],
       bound="bitwise / NaN pattern")
 def nan_propagates_only_to_attending_rows(ctx, case):
-    torch = _torch()
+    import torch
+
     inp = build(case.problem, device=ctx.device)
     b, h, lq, lk = inp.q.shape[0], inp.q.shape[1], inp.q.shape[2], inp.k.shape[2]
     hkv = inp.k.shape[1]

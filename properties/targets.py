@@ -2,8 +2,10 @@
 
 A target is either a plain callable with torch's ``scaled_dot_product_attention`` signature
 (torch's own function included) or a :class:`Target` descriptor that declares capabilities
-(LSE, bottom-right causal, window, softcap, tile configs, split-KV decode, paged KV, backward).
-The suite exercises each declared capability and reports the others as "not declared".
+(LSE, bottom-right causal, window, softcap, tile configs, split-KV decode, paged KV, backward)
+and its domain (``domain.Call``: the calls it takes). The suite exercises each declared
+capability and reports the others as "not declared". The built-in targets (flashproof's kernel,
+torch, the tiled peer) are in builtin_targets.py.
 
 ``load_target("pkg.mod:attr")`` accepts a Target, a zero-argument factory returning one, or an
 SDPA callable. This module imports no torch at import time (the pytest plugin imports it).
@@ -17,6 +19,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from flashproof.spec import ALIGNMENTS, dtype_name
+
+from .cases import DEFAULT_DTYPES, DTYPES
+from .domain import DECLARE_HINT, Call, OutsideDomain
+
 __all__ = [
     "Target",
     "Call",
@@ -24,118 +31,21 @@ __all__ = [
     "TargetLoadError",
     "load_target",
     "from_sdpa",
-    "torch_sdpa",
-    "default_target",
-    "tiled_peer",
-    "DTYPES",
-    "DEFAULT_DTYPES",
     "DEFAULT_TARGET",
     "DECLARE_HINT",
+    "TORCH_CPU_DEVIATIONS",
 ]
 
-#: Storage dtypes the suite knows how to test (names as in torch); float64's bound is the proofs
-#: bound at u = 2^-53 (proofs/bounds.py precision_for), its reference the arb one.
-DTYPES = ("float16", "bfloat16", "float32", "float64")
-#: What a Target declares when it does not say (float64 is opt-in: most kernels do not take it).
-DEFAULT_DTYPES = ("float16", "bfloat16", "float32")
-#: Appended to the message when a target raises on an input inside its declared domain.
-DECLARE_HINT = ("if the target cannot run such inputs by design, declare the constraint in its Target "
-                "(causal_equal_lengths, min_lq / min_lk, head_dims, value_dim, dtypes, gqa, attn_mask, or an "
-                "`accepts(call)` predicate) and the suite will stay inside it; as declared, this input is in "
-                "the target's domain, so raising on it is a violation")
 #: What ``--flashproof-target`` means when it is not given: flashproof's own Triton kernel.
-DEFAULT_TARGET = "flashproof.properties.targets:default_target"
-
-_ALIGNMENTS = ("top_left", "bottom_right")
+DEFAULT_TARGET = "flashproof.properties.builtin_targets:default_target"
+#: Targets named before the built-in ones moved to builtin_targets.py (saved reproducer files name
+#: them): load_target reads the old name as the new one.
+_MOVED_TARGETS = {f"flashproof.properties.targets:{n}": f"flashproof.properties.builtin_targets:{n}"
+                  for n in ("default_target", "torch_sdpa", "tiled_peer")}
 
 
 class TargetLoadError(ValueError):
     """The target named on the command line cannot be imported or is not a target."""
-
-
-class OutsideDomain(ValueError):
-    """The suite asked a target for a call outside the domain its Target declares (never a
-    violation: the property's example is discarded; see :meth:`Target.refusal`)."""
-
-
-_CAUSAL = (False, "top_left", "bottom_right")
-
-
-@dataclass(frozen=True)
-class Call:
-    """One call as a target's domain declaration sees it: sizes, dtype and options, no tensors.
-
-    ``causal`` is False, "top_left" or "bottom_right" (spec's alignment resolved); ``attn_mask``
-    is None, "bool" or "additive"; ``grad``: the inputs require gradients (a backward follows).
-    Built from a drawn problem (:meth:`of_problem`, at generation time) or from the tensors of
-    the actual call (:meth:`of_tensors`, at call time), so one predicate serves both.
-    """
-
-    dtype: str
-    batch: int = 1
-    heads: int = 1
-    kv_heads: int = 1
-    lq: int = 1
-    lk: int = 1
-    e: int = 16
-    ev: int = 16
-    causal: Any = False
-    window: Any = None
-    attn_mask: Any = None
-    softcap: Any = None
-    scale: Any = None
-    grad: bool = False
-
-    def __post_init__(self):
-        if self.causal not in _CAUSAL:
-            raise ValueError(f"Call.causal must be one of {_CAUSAL}, got {self.causal!r}")
-        if self.attn_mask not in (None, "bool", "additive"):
-            raise ValueError(f"Call.attn_mask must be None, 'bool' or 'additive', got {self.attn_mask!r}")
-
-    @classmethod
-    def of_problem(cls, problem, *, grad=False) -> "Call":
-        """The call a strategies.Problem describes (duck-typed: no import of strategies here)."""
-        sh, m = problem.shape, problem.mask
-        return cls(dtype=problem.dtype, batch=sh.batch, heads=sh.heads, kv_heads=sh.kv_heads, lq=sh.lq, lk=sh.lk,
-                   e=sh.e, ev=sh.ev, causal=m.causal or False, window=_window(m.window), attn_mask=m.attn_mask,
-                   softcap=_cap(problem.softcap), scale=problem.scale, grad=bool(grad))
-
-    @classmethod
-    def of_tensors(cls, q, k, v, *, causal=False, alignment=None, window=None, attn_mask=None, softcap=None,
-                   scale=None) -> "Call":
-        """The call of these tensors with spec's options."""
-        kind = None
-        if attn_mask is not None:
-            kind = "bool" if str(getattr(attn_mask, "dtype", "")).endswith("bool") else "additive"
-        grad = any(bool(getattr(x, "requires_grad", False)) for x in (q, k, v))
-        return cls(dtype=str(q.dtype).replace("torch.", ""), batch=int(q.shape[0]), heads=int(q.shape[1]),
-                   kv_heads=int(k.shape[1]), lq=int(q.shape[2]), lk=int(k.shape[2]), e=int(q.shape[-1]),
-                   ev=int(v.shape[-1]), causal=_alignment_of(causal, alignment), window=_window(window),
-                   attn_mask=kind, softcap=_cap(softcap), scale=scale, grad=grad)
-
-
-def _alignment_of(causal, alignment):
-    if causal is False or causal is None:
-        return False
-    if causal is True:
-        return alignment or "top_left"
-    return causal if causal in _ALIGNMENTS else False
-
-
-def _window(window):
-    if window is None:
-        return None
-    try:
-        w = tuple(int(x) for x in window)
-    except (TypeError, ValueError):
-        return tuple(window) if isinstance(window, (tuple, list)) else window  # the target judges it
-    return None if w == (-1, -1) else w
-
-
-def _cap(softcap):
-    if softcap is None or softcap == 0 or softcap == math.inf:
-        return None
-    return float(softcap)
 
 
 @dataclass
@@ -220,8 +130,8 @@ class Target:
                 raise TypeError(f"Target.{fname} must be callable, got {type(fn).__name__}")
         self.alignments = tuple(self.alignments or ())
         for a in self.alignments:
-            if a not in _ALIGNMENTS:
-                raise ValueError(f"Target.alignments: {a!r} is not one of {_ALIGNMENTS}")
+            if a not in ALIGNMENTS:
+                raise ValueError(f"Target.alignments: {a!r} is not one of {ALIGNMENTS}")
         if self.forward is None and "bottom_right" in self.alignments:
             raise ValueError("Target.alignments: an sdpa-only target has top_left causal only "
                              "(give `forward` for bottom_right)")
@@ -231,12 +141,12 @@ class Target:
                     raise ValueError(f"Target.{cap}=True needs `forward` (the SDPA signature has no {cap})")
         self.tile_configs = tuple(dict(c) for c in (self.tile_configs or ()))
         for c in self.tile_configs:
-            for key, val in c.items():
+            for key in c:
                 if not isinstance(key, str):
                     raise TypeError(f"Target.tile_configs: keys must be str, got {key!r}")
         if self.accumulator not in ("fp32", "same"):
             raise ValueError(f"Target.accumulator must be 'fp32' or 'same', got {self.accumulator!r}")
-        self.dtypes = tuple(str(d).replace("torch.", "") for d in self.dtypes)
+        self.dtypes = tuple(dtype_name(d, strict=False) for d in self.dtypes)
         for d in self.dtypes:
             if d not in DTYPES:
                 raise ValueError(f"Target.dtypes: {d!r} is not one of {DTYPES}")
@@ -374,7 +284,7 @@ class Target:
 
 
 def _is_causal(causal, alignment) -> bool:
-    return causal is True or causal in _ALIGNMENTS
+    return causal is True or causal in ALIGNMENTS
 
 
 def _fold_causal(attn_mask, lq, lk):
@@ -469,38 +379,6 @@ def from_sdpa(fn, *, name=None, spec=None, backward=None, known_deviations=None)
     )
 
 
-def torch_sdpa() -> Target:
-    """torch.nn.functional.scaled_dot_product_attention as a target (top-left causal)."""
-    import torch
-
-    return from_sdpa(torch.nn.functional.scaled_dot_product_attention,
-                     name="torch.nn.functional:scaled_dot_product_attention",
-                     spec="torch.nn.functional:scaled_dot_product_attention", backward=True)
-
-
-def tiled_peer() -> Target:
-    """A correct tiled FlashAttention in torch (properties/peers.py): every capability."""
-    from .peers import tiled_peer_target
-
-    return tiled_peer_target()
-
-
-def default_target() -> Target:
-    """flashproof's own Triton kernel (flashproof.kernels), with every capability it declares."""
-    try:
-        kernels = importlib.import_module("flashproof.kernels")
-    except ImportError as exc:
-        raise TargetLoadError(f"default target: cannot import flashproof.kernels ({exc})") from exc
-    factory = getattr(kernels, "target", None)
-    if callable(factory):
-        t = factory()
-        if isinstance(t, Target):
-            return t
-    from .kernel_target import kernel_target
-
-    return kernel_target(kernels)
-
-
 # ---------------------------------------------------------------------- load_target
 def load_target(spec) -> Target:
     """A Target from "module:attr" (or from a Target / factory / SDPA callable object).
@@ -510,6 +388,8 @@ def load_target(spec) -> Target:
     """
     if spec is None:
         spec = DEFAULT_TARGET
+    if isinstance(spec, str):
+        spec = _MOVED_TARGETS.get(spec.strip(), spec)
     if isinstance(spec, Target):
         return spec
     if not isinstance(spec, str):

@@ -9,10 +9,12 @@ reproducer.
 """
 import pytest
 
-from flashproof.properties.suite import (ERROR, FAILED, NOT_DECLARED, NOT_RUN, PASSED, PROPERTIES, SKIPPED, TIMEOUT,
-                                         XFAIL, XPASS, _load_properties, run_property)
+from flashproof.properties.outcomes import (ERROR, FAILED, NOT_DECLARED, NOT_RUN, PASSED, SKIPPED, TIMEOUT, XFAIL,
+                                            XPASS)
+from flashproof.properties.registry import PROPERTIES
+from flashproof.properties.suite import load_properties, run_property
 
-_load_properties()
+load_properties()
 
 
 def _make(name):

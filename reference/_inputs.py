@@ -15,7 +15,7 @@ import numpy as np
 
 from flashproof import spec
 
-__all__ = ["Problem", "prepare", "to_float64", "check_do", "mpf_to_float", "row_chunk"]
+__all__ = ["Prepared", "prepare", "to_float64", "check_do", "mpf_to_float", "row_chunk"]
 
 #: numpy dtypes whose every value is exactly a float64.
 _EXACT_NUMPY = (np.float16, np.float32, np.float64)
@@ -79,7 +79,7 @@ def _mask_to_numpy(m, shape):
 
 
 @dataclass(frozen=True)
-class Problem:
+class Prepared:
     """Validated inputs in float64, plus the resolved options (spec semantics)."""
 
     q: np.ndarray
@@ -129,7 +129,7 @@ class Problem:
 
 
 def prepare(q, k, v, *, attn_mask=None, causal=False, alignment=None, window=None, scale=None,
-            softcap=None, extra=()) -> Problem:
+            softcap=None, extra=()) -> Prepared:
     """Validate everything (cheap checks first) and convert the tensors exactly to float64.
 
     ``extra`` is a sequence of (name, tensor) whose device must match too (e.g. ``do``).
@@ -151,7 +151,7 @@ def prepare(q, k, v, *, attn_mask=None, causal=False, alignment=None, window=Non
     shape = (dims.batch, dims.heads, dims.lq, dims.lk)
     mb, bias = (None, None) if attn_mask is None else _mask_to_numpy(attn_mask, shape)
     qa, ka, va = to_float64(q, "query"), to_float64(k, "key"), to_float64(v, "value")
-    return Problem(qa, ka, va, dims, mask, user_scale, scale64, cap, mb, bias, devices["query"], q.dtype)
+    return Prepared(qa, ka, va, dims, mask, user_scale, scale64, cap, mb, bias, devices["query"], q.dtype)
 
 
 def check_do(do, dims: spec.Dims) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ._inputs import check_do, prepare, row_chunk
 from .fast import _forward_fp64, logits_np, masked_matmul
-from .mp import MpProblem, to_float_array
+from .mp import MpPrepared, to_float_array
 
 __all__ = ["backward_fp64", "backward_mp"]
 
@@ -68,7 +68,7 @@ def backward_mp(q, k, v, do, *, prec=128, as_mpf=False, attn_mask=None, causal=F
                  scale=scale, softcap=softcap, extra=[("do", do)])
     d = pb.dims
     g = check_do(do, d)
-    mq = MpProblem(pb, prec)
+    mq = MpPrepared(pb, prec)
     o, lse = mq.forward_rows()
     with mpmath.mp.workprec(max(prec, 53)), np.errstate(invalid="ignore"):
         gm = np.frompyfunc(mpmath.mpf, 1, 1)(g).tolist() if g.size else np.empty(g.shape, object).tolist()

@@ -23,13 +23,13 @@ from flint import arb, arb_mat, ctx
 
 from flashproof.spec import ScalarOps, block_state, finalize
 
-from ._inputs import Problem, prepare, row_chunk
+from ._inputs import Prepared, prepare, row_chunk
 from .fast import _forward_fp64
 
 __all__ = ["Certified", "forward_certified", "ArbOps", "ArbVec", "DEFAULT_PREC"]
 
 #: Default working precision (bits). At 96 bits the ball radii of O and LSE are ~1e-9 of an
-#: fp64 ulp for logits up to |s| ~ 1e4 (measured: tests/test_reference_certified.py, benchmarks).
+#: fp64 ulp for logits up to |s| ~ 1e4 (measured: tests/test_reference_agreement.py, benchmarks).
 DEFAULT_PREC = 96
 
 _ZERO = arb(0)
@@ -219,7 +219,7 @@ def forward_certified(q, k, v, *, prec=DEFAULT_PREC, attn_mask=None, causal=Fals
         ctx.prec = old
 
 
-def _certified(pb: Problem, prec: int) -> Certified:
+def _certified(pb: Prepared, prec: int) -> Certified:
     d = pb.dims
     o_mid = np.zeros((d.batch, d.heads, d.lq, d.ev))
     o_rad = np.zeros_like(o_mid)

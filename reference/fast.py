@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from flashproof import spec
 from flashproof.spec import NumpyOps, block_state, finalize
 
-from ._inputs import Problem, prepare, row_chunk
+from ._inputs import Prepared, prepare, row_chunk
 
 __all__ = ["forward_fp64", "forward_naive", "Fp64Ops", "FP64", "masked_matmul", "logits_np"]
 
@@ -50,7 +49,7 @@ class Fp64Ops(NumpyOps):
 FP64 = Fp64Ops()
 
 
-def logits_np(pb: Problem, b: int, h: int, r0: int, r1: int, c0: int, c1: int, *, dtype=np.float64):
+def logits_np(pb: Prepared, b: int, h: int, r0: int, r1: int, c0: int, c1: int, *, dtype=np.float64):
     """Masked logits (rows r0:r1, keys c0:c1) in ``dtype`` arithmetic: -inf where not allowed.
 
     Returns (s, keep, x) with x = scale * q.k before softcap (needed by the backward).
@@ -77,14 +76,15 @@ def forward_fp64(q, k, v, *, attn_mask=None, causal=False, alignment=None, windo
     """Attention in float64: ``(o (B,H,Lq,Ev), lse (B,H,Lq))`` as numpy float64.
 
     Fully-masked rows give o = 0, lse = -inf. The scale is 1/sqrt(E) rounded to fp64 when not
-    given. Error vs the exact result: see tests/test_reference.py (bound derived there).
+    given. Error vs the exact result: tests/test_reference_bounds.py derives its bound, and
+    tests/test_reference_agreement.py checks it against the certified reference.
     """
     pb = prepare(q, k, v, attn_mask=attn_mask, causal=causal, alignment=alignment, window=window,
                  scale=scale, softcap=softcap)
     return _forward_fp64(pb)
 
 
-def _forward_fp64(pb: Problem):
+def _forward_fp64(pb: Prepared):
     d = pb.dims
     o = np.zeros((d.batch, d.heads, d.lq, d.ev))
     lse = np.full((d.batch, d.heads, d.lq), -np.inf)

@@ -11,54 +11,17 @@ from __future__ import annotations
 import mpmath
 import numpy as np
 
-from flashproof.spec import ScalarOps, block_state, finalize
+from flashproof.spec import MP, block_state, finalize
 
-from ._inputs import Problem, mpf_to_float, prepare
+from ._inputs import Prepared, mpf_to_float, prepare
 
-__all__ = ["forward_mp", "MpOps", "MP", "MpProblem", "to_float_array"]
-
-
-class MpOps(ScalarOps):
-    """spec's scalar ops over mpmath mpf at the ambient ``mpmath.mp.prec``; NaN propagates."""
-
-    neg_inf = mpmath.ninf
-    zero = mpmath.mpf(0)
-
-    def exp(self, x):
-        return mpmath.exp(x)
-
-    def log(self, x):
-        return mpmath.log(x)
-
-    def maximum(self, a, b):
-        # ScalarOps' `a if a >= b else b` would drop a NaN; the spec says NaN propagates.
-        if mpmath.isnan(a):
-            return a
-        if mpmath.isnan(b):
-            return b
-        return a if a >= b else b
-
-    def is_neg_inf(self, x) -> bool:
-        return x == mpmath.ninf
-
-    def total(self, p):
-        return mpmath.fsum(p)
-
-    def weighted_sum(self, s, p, v, dim):
-        keep = [j for j, sj in enumerate(s) if not self.is_neg_inf(sj)]
-        pk = [p[j] for j in keep]
-        vk = [v[j] for j in keep]
-        # One exact dot product per column, rounded once; masked keys are dropped, not 0*v.
-        return [mpmath.fdot(pk, [vj[e] for vj in vk]) for e in range(dim)]
+__all__ = ["forward_mp", "MpPrepared", "to_float_array"]
 
 
-MP = MpOps()
+class MpPrepared:
+    """Prepared inputs as nested lists of exact mpf, and the mp logits of any (row, key)."""
 
-
-class MpProblem:
-    """A Problem's tensors as nested lists of exact mpf, and the mp logits of any (row, key)."""
-
-    def __init__(self, pb: Problem, prec: int):
+    def __init__(self, pb: Prepared, prec: int):
         self.pb = pb
         self.prec = int(prec)
         with mpmath.mp.workprec(max(self.prec, 53)), np.errstate(invalid="ignore"):  # >= 53 bits: exact
@@ -132,7 +95,7 @@ def forward_mp(q, k, v, *, prec=128, as_mpf=False, attn_mask=None, causal=False,
         raise ValueError(f"prec must be an int >= 2 (bits), got {prec!r}")
     pb = prepare(q, k, v, attn_mask=attn_mask, causal=causal, alignment=alignment, window=window,
                  scale=scale, softcap=softcap)
-    o, lse = MpProblem(pb, prec).forward_rows()
+    o, lse = MpPrepared(pb, prec).forward_rows()
     if as_mpf:
         return o, lse
     return to_float_array(o), to_float_array(lse)

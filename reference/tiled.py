@@ -13,37 +13,29 @@ import numbers
 import mpmath
 import numpy as np
 
-from flashproof.spec import Float32Ops, block_state, finalize, fold, identity, merge
+from flashproof.spec import MP, Float32Ops, block_state, dtype_name, finalize, fold, identity, merge
 
 from ._inputs import prepare, row_chunk
-from .fast import FP64, logits_np, masked_matmul
-from .mp import MP, MpProblem, to_float_array
+from .fast import FP64, logits_np
+from .mp import MpPrepared, to_float_array
 
-__all__ = ["forward_tiled", "Fp32Ops", "FP32", "make_boundaries", "make_tree", "reduce_tree", "ARITHMETICS"]
+__all__ = ["forward_tiled", "FP32", "make_boundaries", "make_tree", "reduce_tree", "ARITHMETICS"]
 
 ARITHMETICS = ("fp64", "fp32", "mp")
 #: numpy dtypes accepted for ``arithmetic``; float16 is not: numpy sums and matmuls of float16
 #: accumulate in float32, so they would not round in float16 at every step.
 _ALIASES = {"float64": "fp64", "float32": "fp32"}
-
-
-def _dtype_name(a):
-    try:
-        return np.dtype(a).name if not isinstance(a, str) or a in _ALIASES else a
-    except TypeError:
-        return a
 _F32 = np.float32
 
 
-class Fp32Ops(Float32Ops):
-    """spec's float32 ops; P@V drops masked keys with the same masked product as the fp64 path."""
+def _arithmetic(a):
+    """``a`` as one of ARITHMETICS when it names one or is numpy.float64/float32 (else unchanged)."""
+    if isinstance(a, str) and a in ARITHMETICS:
+        return a
+    return _ALIASES.get(dtype_name(a, strict=False), a)
 
-    def weighted_sum(self, s, p, v, dim):
-        s = np.asarray(s)
-        return masked_matmul(np.asarray(p, dtype=_F32), ~np.isneginf(s), np.asarray(v, dtype=_F32))
 
-
-FP32 = Fp32Ops()
+FP32 = Float32Ops()
 
 
 def make_boundaries(boundaries, lk: int) -> list[int]:
@@ -154,7 +146,7 @@ def forward_tiled(q, k, v, *, boundaries=None, tree=None, seed=None, arithmetic=
     every step in float32; inputs and the scale are rounded to float32 first) or "mp" (mpmath at ``prec`` bits; ``as_mpf`` returns the
     raw mpf object arrays).
     """
-    arithmetic = _ALIASES.get(_dtype_name(arithmetic), arithmetic)
+    arithmetic = _arithmetic(arithmetic)
     if arithmetic not in ARITHMETICS:
         raise ValueError(f"arithmetic must be one of {ARITHMETICS} (or numpy.float32/float64), got {arithmetic!r}")
     if arithmetic == "mp" and (isinstance(prec, bool) or not isinstance(prec, int) or prec < 2):
@@ -188,7 +180,7 @@ def forward_tiled(q, k, v, *, boundaries=None, tree=None, seed=None, arithmetic=
 
 def _tiled_mp(pb, blocks, t, left_fold, prec, as_mpf):
     d = pb.dims
-    mq = MpProblem(pb, prec)
+    mq = MpPrepared(pb, prec)
     o = np.empty((d.batch, d.heads, d.lq, d.ev), dtype=object)
     lse = np.empty((d.batch, d.heads, d.lq), dtype=object)
     with mpmath.mp.workprec(prec):

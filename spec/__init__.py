@@ -1,8 +1,16 @@
 """flashproof.spec: the contract. What attention means, and the one online-softmax merge.
 
-See spec/README.md for the mathematics. Imports numpy only.
+- ``semantics.py``: masks, scale, softcap, GQA mapping, shape rules;
+- ``online.py``: the online-softmax state, its merge, identity (batched too), the partial -> state
+  step of split-KV, and the ops classes (scalar, numpy, float32, mpmath; ``MP`` made on first use);
+- ``dtypes.py``: the storage dtypes' table (unit roundoff, max, tiny, ulp), the dtype-name
+  normaliser and the numpy rounder.
+
+See spec/README.md for the mathematics. Imports numpy only (mpmath when ``MP`` is first used).
 """
-from .online import NUMPY, SCALAR, Float32Ops, NumpyOps, ScalarOps, State, block_state, finalize, fold, identity, merge
+from .dtypes import FORMATS, STORAGE_DTYPES, Format, dtype_name, format_of, round_to
+from .online import (NUMPY, SCALAR, Float32Ops, MpmathOps, NumpyOps, ScalarOps, State, block_state, finalize, fold,
+                     identity, merge, mpmath_ops, partial_state)
 from .semantics import (
     ALIGNMENTS,
     BOTTOM_RIGHT,
@@ -23,6 +31,13 @@ from .semantics import (
 __all__ = [
     "ALIGNMENTS", "BOTTOM_RIGHT", "TOP_LEFT", "UNBOUNDED", "Dims", "Mask", "allowed",
     "apply_softcap", "check_dims", "default_scale", "kv_head", "make_mask", "normalize_softcap",
-    "resolve_scale", "NUMPY", "SCALAR", "NumpyOps", "ScalarOps", "State", "block_state",
-    "finalize", "fold", "identity", "merge", "Float32Ops",
+    "resolve_scale", "NUMPY", "SCALAR", "MP", "NumpyOps", "ScalarOps", "Float32Ops", "MpmathOps", "State",
+    "block_state", "finalize", "fold", "identity", "merge", "mpmath_ops", "partial_state",
+    "FORMATS", "STORAGE_DTYPES", "Format", "dtype_name", "format_of", "round_to",
 ]
+
+
+def __getattr__(name):
+    if name == "MP":  # the one mpmath ops, made (and mpmath imported) on first use
+        return mpmath_ops()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,18 +18,23 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from .dtypes import round_to
+
 __all__ = [
     "State",
     "ScalarOps",
     "NumpyOps",
     "Float32Ops",
+    "MpmathOps",
     "SCALAR",
     "NUMPY",
+    "mpmath_ops",
     "identity",
     "merge",
     "block_state",
     "fold",
     "finalize",
+    "partial_state",
 ]
 
 
@@ -48,6 +53,7 @@ class ScalarOps:
 
     neg_inf: Any = -math.inf
     zero: Any = 0.0
+    one: Any = 1.0
 
     def exp(self, x):
         return math.exp(x)
@@ -73,6 +79,10 @@ class ScalarOps:
 
     def zeros(self, dim: int):
         return [self.zero] * dim
+
+    def full(self, shape, x):
+        """An array of ``shape`` holding ``x`` (batched ops only: a scalar row has no shape)."""
+        raise NotImplementedError(f"{type(self).__name__} holds one row: no batched states")
 
     def vec_scale(self, a, acc):
         return [a * x for x in acc]
@@ -114,6 +124,7 @@ class NumpyOps(ScalarOps):
 
     neg_inf = -np.inf
     zero = 0.0
+    one = 1.0
 
     def exp(self, x):
         return np.exp(x)
@@ -146,6 +157,9 @@ class NumpyOps(ScalarOps):
 
     def zeros(self, dim):
         return np.zeros(dim)
+
+    def full(self, shape, x):
+        return np.full(shape, x, dtype=np.asarray(self.zero).dtype)
 
     def weighted_sum(self, s, p, v, dim):
         keep = ~np.isneginf(s)  # (..., n)
@@ -180,18 +194,28 @@ class NumpyOps(ScalarOps):
 class Float32Ops(NumpyOps):
     """:class:`NumpyOps` with every intermediate held and rounded in float32 (fp32 simulations).
 
-    ``exp``/``log`` are the natural ones; a base-2 kernel model overrides just those two.
+    exp and log are evaluated in float64 and rounded once to float32 (within 1/2 ulp + 2^-53
+    relative: c_exp = 1 of the error model). ``p_dtype``: the storage dtype P is rounded to before
+    P@V, as kernels do (None: P stays fp32). A base-2 kernel model overrides ``exp``/``log`` with
+    exp2/log2 and sets ``ln_base`` = ln 2, the natural log of its base, so that finalize returns
+    the LSE in natural log.
     """
 
     neg_inf = np.float32(-np.inf)
     zero = np.float32(0.0)
+    one = np.float32(1.0)
+    ln_base = np.float32(1.0)
+
+    def __init__(self, p_dtype=None):
+        self.p_dtype = p_dtype
 
     def exp(self, x):
-        return np.exp(np.asarray(x, dtype=np.float32))
+        with np.errstate(invalid="ignore", over="ignore"):
+            return np.exp(np.asarray(x, dtype=np.float64)).astype(np.float32)
 
     def log(self, x):
-        with np.errstate(divide="ignore"):
-            return np.log(np.asarray(x, dtype=np.float32))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log(np.asarray(x, dtype=np.float64)).astype(np.float32)
 
     def maximum(self, a, b):
         return np.maximum(np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32))
@@ -216,23 +240,84 @@ class Float32Ops(NumpyOps):
     def total(self, p):
         return np.sum(np.asarray(p, dtype=np.float32), axis=-1, dtype=np.float32)
 
+    def weighted_sum(self, s, p, v, dim):
+        if self.p_dtype is not None:
+            p = round_to(p, self.p_dtype)
+        return super().weighted_sum(s, p, v, dim)
+
     def finalize(self, st: State):
         l = np.asarray(st.l, dtype=np.float32)
         empty = l == 0
         with np.errstate(divide="ignore", invalid="ignore"):
             safe = np.where(empty, np.float32(1.0), l).astype(np.float32)
             o = np.where(empty[..., None], np.float32(0.0), np.asarray(st.acc, dtype=np.float32) / safe[..., None])
-            lse = np.where(empty, np.float32(-np.inf), np.asarray(st.m, dtype=np.float32) + self.log(safe))
+            lse = (np.asarray(st.m, dtype=np.float32) + self.log(safe)) * self.ln_base
+            lse = np.where(empty, np.float32(-np.inf), lse)
         return o.astype(np.float32), lse.astype(np.float32)
+
+
+class MpmathOps(ScalarOps):
+    """spec's scalar ops over mpmath mpf at the ambient ``mpmath.mp.prec``: exp and log round at
+    that precision, the row sum and each P@V column are exact sums rounded once (fsum, fdot),
+    masked keys are dropped, NaN propagates (ScalarOps.maximum). mpmath is imported when the
+    first instance is made: spec itself needs numpy only."""
+
+    def __init__(self):
+        import mpmath
+
+        self._mp = mpmath
+        self.neg_inf = mpmath.ninf
+        self.zero = mpmath.mpf(0)
+        self.one = mpmath.mpf(1)
+
+    def exp(self, x):
+        return self._mp.exp(x)
+
+    def log(self, x):
+        return self._mp.log(x)
+
+    def total(self, p):
+        return self._mp.fsum(p)
+
+    def weighted_sum(self, s, p, v, dim):
+        keep = [j for j, sj in enumerate(s) if not self.is_neg_inf(sj)]
+        pk = [p[j] for j in keep]
+        vk = [v[j] for j in keep]
+        # One exact dot product per column, rounded once; masked keys are dropped, not 0*v.
+        return [self._mp.fdot(pk, [vj[e] for vj in vk]) for e in range(dim)]
 
 
 SCALAR = ScalarOps()
 NUMPY = NumpyOps()
+_MP = []
 
 
-def identity(dim: int, ops: ScalarOps = SCALAR) -> State:
-    """The merge's identity: the state of an empty key set, ``(-inf, 0, 0)``."""
-    return State(ops.neg_inf, ops.zero, ops.zeros(dim))
+def mpmath_ops() -> MpmathOps:
+    """The one :class:`MpmathOps` instance (``spec.MP``), made on first use."""
+    if not _MP:
+        _MP.append(MpmathOps())
+    return _MP[0]
+
+
+def identity(dim: int, ops: ScalarOps = SCALAR, *, batch=()) -> State:
+    """The merge's identity: the state of an empty key set, ``(-inf, 0, 0)``; with ``batch`` (a
+    shape, batched ops only) one identity per row: m, l of that shape and acc of ``batch + (dim,)``."""
+    if not batch:
+        return State(ops.neg_inf, ops.zero, ops.zeros(dim))
+    batch = tuple(batch)
+    return State(ops.full(batch, ops.neg_inf), ops.full(batch, ops.zero), ops.full(batch + (dim,), ops.zero))
+
+
+def partial_state(o, lse, ops: ScalarOps = SCALAR) -> State:
+    """A finished partial result (o, lse) of a key set as a state: ``(lse, 1, o)``, the identity
+    where lse = -inf (an empty part; its o is ignored). Merging the partials of disjoint key sets
+    and finalising gives the result over their union (split-KV decode, the LSE combine)."""
+    if isinstance(ops, NumpyOps):
+        empty = np.isneginf(lse)
+        return State(lse, np.where(empty, ops.zero, ops.one), np.where(empty[..., None], ops.zero, o))
+    if ops.is_neg_inf(lse):
+        return identity(len(o), ops)
+    return State(lse, ops.one, o)
 
 
 def merge(a: State, b: State, ops: ScalarOps = SCALAR) -> State:

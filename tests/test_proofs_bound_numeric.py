@@ -21,13 +21,14 @@ from flashproof.proofs import apriori_forward_bound, apriori_lse_bound, precisio
 from flashproof.proofs import kernel_sim as ks
 from flashproof.proofs.tightness import tf32_round
 from flashproof.reference import forward_certified, forward_tiled
+from flashproof.spec import round_to
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 TIGHTNESS = {}
 
 
 def _round_store(o, store):
-    return ks.round_to(np.asarray(o, dtype=np.float32), store).astype(np.float64)
+    return round_to(np.asarray(o, dtype=np.float32), store).astype(np.float64)
 
 
 def _case(rng, regime, dtype):
@@ -164,7 +165,7 @@ def test_precision_downgrade_is_caught():
     kappa = np.float32(spec.default_scale(e) / math.log(2.0))
     grid = np.arange(-3.0, -2.5, 2.0 ** -9).astype(np.float16).astype(np.float32)
     p = np.exp2((grid * kappa).astype(np.float32))
-    rel = np.abs(ks.round_to(p, "bfloat16") - p) / p
+    rel = np.abs(round_to(p, "bfloat16") - p) / p
     c = float(grid[np.argmax(rel)])  # the logit whose P has the largest bf16 rounding error
     q = np.zeros((1, 1, 2, e))
     q[..., 0] = 1.0
@@ -191,7 +192,7 @@ def _simulate_with_ops(q, k, v, ops):
         bs = spec.block_state(t[:, a:b], vv[a:b], vv.shape[1], ops)
         st = bs if st is None else spec.merge(st, bs, ops)
     o, _ = ops.finalize(st)
-    return ks.round_to(o, "float16").astype(np.float64)[None, None]
+    return round_to(o, "float16").astype(np.float64)[None, None]
 
 
 def test_tightness_report():

@@ -8,8 +8,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flashproof.properties import inputs as I
 from flashproof.properties import strategies as S
-from flashproof.properties.strategies import Case, MaskSpec, Problem, Regime, Shape
+from flashproof.properties.cases import Case, MaskSpec, Problem, Regime, Shape
 
 FAST = settings(max_examples=25, derandomize=True, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))
@@ -82,10 +83,10 @@ def test_each_regime_reaches_its_claim_after_rounding(regime, dtype):
     @FAST
     @given(strat)
     def check(problem):
-        inp = S.build(problem)
+        inp = I.build(problem)
         for name, t in (("q", inp.q), ("k", inp.k), ("v", inp.v)):
             assert torch.isfinite(t).all(), f"{name} overflowed {dtype} in {problem!r}"
-        S.check_regime(inp)  # raises with the measured logits if the claim does not hold
+        I.check_regime(inp)  # raises with the measured logits if the claim does not hold
         seen.append(problem.regime)
 
     check()
@@ -94,35 +95,35 @@ def test_each_regime_reaches_its_claim_after_rounding(regime, dtype):
 
 def test_very_negative_rows_are_far_below_zero_with_spread():
     p = Problem(shape=Shape(1, 1, 1, 4, 20, 16, 16), dtype="float16", regime=Regime("very_negative", -1e4, 4.0))
-    r = S.regime_report(S.build(p))
+    r = I.regime_report(I.build(p))
     assert (r["max"] < -9e3).all() and (r["min"] > -1.1e4).all()
     assert (r["max"] - r["min"]).min() > 1.0  # real variation survives rounding: softmax is not a tie
 
 
 def test_rising_regime_has_a_new_max_at_every_key():
     p = Problem(shape=Shape(1, 1, 1, 2, 64, 16, 16), dtype="bfloat16", regime=Regime("rising", 0.0, 1e3))
-    s, _ = S.logits_exact(S.build(p))
+    s, _ = I.logits_exact(I.build(p))
     assert (np.diff(s, axis=-1) > 0).all()
 
 
 def test_sentinel_regime_straddles_the_sentinel_exactly_representable():
     for dt, sval in (("float16", -65504.0), ("bfloat16", -1e30), ("float32", -1e6)):
         p = Problem(shape=Shape(1, 1, 1, 3, 30, 16, 16), dtype=dt, regime=Regime("sentinel", sval, 2.0 ** -6))
-        inp = S.build(p)
-        s, _ = S.logits_exact(inp)
+        inp = I.build(p)
+        s, _ = I.logits_exact(inp)
         assert (s < sval).any() and (s > sval).any(), dt
 
 
 def test_ties_are_exact():
     p = Problem(shape=Shape(1, 1, 1, 2, 12, 40, 40), dtype="float32", regime=Regime("ties", 0.0, 10.0))
-    s, _ = S.logits_exact(S.build(p))
+    s, _ = I.logits_exact(I.build(p))
     assert len(np.unique(s[0, 0, 0])) <= 3
 
 
 def test_fp16_large_regime_passes_65504_unscaled():
     p = Problem(shape=Shape(1, 1, 1, 4, 16, 64, 64), dtype="float16", regime=Regime("large", 0.0, 3e4))
-    inp = S.build(p)
-    s, _ = S.logits_exact(inp)
+    inp = I.build(p)
+    s, _ = I.logits_exact(inp)
     assert np.abs(s).max() * 8 > 65504 and torch.isfinite(inp.q).all() and torch.isfinite(inp.k).all()
 
 
@@ -130,9 +131,9 @@ def test_unreachable_offsets_are_not_drawn_for_float16():
     @FAST
     @given(S.logit_regimes(names=("very_negative", "sentinel", "large", "spread"), dtype="float16", scale=0.125))
     def check(reg):
-        assert abs(reg.offset) <= S.max_abs_logit("float16", 0.125) / 4
+        assert abs(reg.offset) <= I.max_abs_logit("float16", 0.125) / 4
         if reg.name == "large":
-            assert reg.spread <= S.max_abs_logit("float16", 0.125) / 64
+            assert reg.spread <= I.max_abs_logit("float16", 0.125) / 64
     check()
 
 
@@ -188,13 +189,13 @@ def test_masks_produce_empty_rows_and_both_alignments():
 
 def test_built_empty_rows_allow_no_key():
     p = Problem(shape=Shape(2, 2, 1, 6, 9, 8, 8), mask=MaskSpec(attn_mask="bool", density=0.7, empty_rows=2, full=True))
-    _, allowed = S.logits_exact(S.build(p))
+    _, allowed = I.logits_exact(I.build(p))
     assert (~allowed.any(axis=-1)).sum() >= 2 * 2 * 2
 
 
 def test_build_is_deterministic_and_exact_in_dtype():
     p = Problem(shape=Shape(1, 2, 1, 5, 7, 40, 24), dtype="bfloat16", regime=Regime("spread", 0.0, 1e3), seed=7)
-    a, b = S.build(p), S.build(p)
+    a, b = I.build(p), I.build(p)
     for x, y in ((a.q, b.q), (a.k, b.k), (a.v, b.v)):
         assert torch.equal(x, y) and x.dtype == torch.bfloat16
     assert a.q.shape == (1, 2, 5, 40) and a.k.shape == (1, 1, 7, 40) and a.v.shape == (1, 1, 7, 24)

@@ -12,7 +12,8 @@ import torch
 from flashproof.cli import EXIT_ERROR, EXIT_OK, EXIT_VIOLATION, main
 from flashproof.properties import PROPERTIES, load_target, run_suite
 from flashproof.properties.oracle import Violation
-from flashproof.properties.suite import FAILED, NOT_DECLARED, PASSED, XFAIL, run_property
+from flashproof.properties.outcomes import FAILED, NOT_DECLARED, PASSED, XFAIL
+from flashproof.properties.suite import run_property
 
 F = torch.nn.functional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,7 +87,7 @@ def test_select_rejects_unknown_names():
 
 
 def test_suite_result_table_lists_every_property():
-    res = run_suite("flashproof.properties.targets:tiled_peer", select=["ones_values_give_ones", "tilings_agree"])
+    res = run_suite("flashproof.properties.builtin_targets:tiled_peer", select=["ones_values_give_ones", "tilings_agree"])
     assert [o.status for o in res.outcomes] == [PASSED, PASSED]
     table = res.table()
     for col in ("property", "outcome", "examples", "time", "ones_values_give_ones", "tilings_agree"):
@@ -133,15 +134,15 @@ def test_whole_ci_suite_against_the_default_target():
 
 def test_long_context_check_logic_on_a_small_size():
     """The GPU-only class-17 property, run at a tiny size on CPU to check its own logic."""
-    from flashproof.properties.strategies import Case, Problem
-    from flashproof.properties.suite import _context
+    from flashproof.properties.cases import Case, Problem
+    from flashproof.properties.context import make_context
 
     t = load_target("torch.nn.functional:scaled_dot_product_attention")
-    ctx = _context(t, "ci")
+    ctx = make_context(t, "ci")
     for causal in (False, "top_left"):
         case = Case(problem=Problem(dtype="float16", seed=3), extra=(("size", (2, 3, 37, 16)), ("causal", causal)))
         PROPERTIES["long_context_sampled_rows"].check(ctx, case)
-    bad = _context(load_target(f"{__name__}:wrong_scale_sdpa"), "ci")
+    bad = make_context(load_target(f"{__name__}:wrong_scale_sdpa"), "ci")
     with pytest.raises(Violation):
         PROPERTIES["long_context_sampled_rows"].check(bad, Case(problem=Problem(dtype="float16", seed=3),
                                                                 extra=(("size", (1, 2, 19, 40)), ("causal", False))))
@@ -163,8 +164,9 @@ def warm_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
 
 
 def test_weight_ratio_inputs_have_exact_logits_and_one_hot_values():
-    from flashproof.properties.props_forward import ratio_inputs
-    from flashproof.properties.strategies import Case, MaskSpec, Problem, Regime, Shape, logits_exact
+    from flashproof.properties.cases import Case, MaskSpec, Problem, Regime, Shape
+    from flashproof.properties.inputs import logits_exact
+    from flashproof.properties.props_precision import ratio_inputs
 
     for scale, width in ((None, 40.0), (0.3, 24.0), (1.0, 32.0)):
         case = Case(problem=Problem(shape=Shape(1, 2, 1, 5, 33, 8, 40), dtype="float32", scale=scale, seed=7,

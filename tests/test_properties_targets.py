@@ -121,7 +121,7 @@ def test_target_validates_its_declaration(kw, exc, word):
 def test_tiled_peer_is_a_correct_rich_target():
     from flashproof.reference import forward_fp64
 
-    t = load_target("flashproof.properties.targets:tiled_peer")
+    t = load_target("flashproof.properties.builtin_targets:tiled_peer")
     assert t.lse and t.window and t.softcap and t.decode is not None and t.paged and len(t.tile_configs) >= 2
     q, k, v = torch.randn(2, 4, 9, 16), torch.randn(2, 2, 21, 16), torch.randn(2, 2, 21, 16)
     o, lse = t(q, k, v, causal="bottom_right", window=(3, 1), return_lse=True, tile={"block_m": 8, "block_n": 8})
@@ -135,3 +135,22 @@ def test_default_target_is_flashproofs_kernel():
     t = load_target(None)
     assert t.name == "flashproof.kernels" and t.lse and t.decode is not None and t.backward
     assert t.tile_configs and all("block_m" in c and "block_n" in c for c in t.tile_configs)
+
+
+def test_names_from_before_the_split_still_load_and_import():
+    """Reproducer files written before properties/ was split name the built-in targets as
+    flashproof.properties.targets:NAME and import the value objects from strategies: both work."""
+    from flashproof.properties import builtin_targets, cases, strategies
+
+    for name in ("tiled_peer", "torch_sdpa"):
+        old = load_target(f"flashproof.properties.targets:{name}")
+        new = getattr(builtin_targets, name)()
+        assert old.name == new.name and old.spec == new.spec
+    assert new.spec == "torch.nn.functional:scaled_dot_product_attention"
+    assert load_target("flashproof.properties.targets:tiled_peer").spec == "flashproof.properties.builtin_targets:tiled_peer"
+    ns = {}
+    exec("from flashproof.properties.strategies import Case, MaskSpec, Problem, Regime, Shape, build", ns)
+    assert ns["Case"] is cases.Case and ns["Problem"] is cases.Problem and callable(ns["build"])
+    assert "Case" not in strategies.__all__  # strategies.py holds strategies only
+    with pytest.raises(AttributeError, match="no_such_name"):
+        strategies.no_such_name  # noqa: B018

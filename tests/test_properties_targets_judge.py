@@ -10,11 +10,17 @@ import torch
 from flashproof import reference
 from flashproof.proofs import bounds
 from flashproof.properties import gen, oracle, replay
-from flashproof.properties.strategies import Case, Limits, MaskSpec, Problem, Regime, Shape, build
-from flashproof.properties.suite import PASSED, PROPERTIES, Context, _context, _load_properties, run_property
-from flashproof.properties.targets import Call, Target, from_sdpa, load_target
+from flashproof.properties.cases import Case, MaskSpec, Problem, Regime, Shape
+from flashproof.properties.context import make_context
+from flashproof.properties.domain import Call
+from flashproof.properties.inputs import build
+from flashproof.properties.outcomes import PASSED
+from flashproof.properties.profiles import Limits
+from flashproof.properties.registry import PROPERTIES
+from flashproof.properties.suite import load_properties, run_property
+from flashproof.properties.targets import Target, from_sdpa, load_target
 
-_load_properties()
+load_properties()
 F = torch.nn.functional
 
 
@@ -63,7 +69,7 @@ def test_take_rows_keeps_each_rows_exact_value_mask_and_bound(mask, lq, lk):
 
 def test_sample_slices_outputs_like_inputs():
     t = load_target("torch.nn.functional:scaled_dot_product_attention")
-    ctx = _context(t, "ci")
+    ctx = make_context(t, "ci")
     ctx = dataclasses.replace(ctx, limits=Limits(judge_pairs=2 * 64 * 8))
     inp = build(Problem(shape=Shape(1, 2, 2, 64, 64, 16, 16), mask=MaskSpec(causal="top_left"), seed=1))
     o, _ = t(inp.q, inp.k, inp.v, causal="top_left")
@@ -101,7 +107,7 @@ def _slow_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False
 
 def test_property_seconds_budget_ends_a_property_early_and_counts_it():
     t = from_sdpa(_slow_sdpa, name="slow", backward=False)
-    ctx = _context(t, "ci")
+    ctx = make_context(t, "ci")
     ctx = dataclasses.replace(ctx, limits=dataclasses.replace(ctx.limits, property_seconds=0.5))
     p = PROPERTIES["output_within_error_bound"]
     t0 = time.perf_counter()
@@ -111,7 +117,7 @@ def test_property_seconds_budget_ends_a_property_early_and_counts_it():
     assert judged >= 1 and skipped >= 1 and judged + skipped <= out.examples
     assert time.perf_counter() - t0 < 30
     # corners are never skipped; without a budget nothing is
-    ctx2 = _context(t, "ci")
+    ctx2 = make_context(t, "ci")
     run_property(PROPERTIES["ones_values_give_ones"], t, profile="ci", ctx=ctx2)
     assert gen.budget_report(ctx2)["ones_values_give_ones"][1] == 0
 
@@ -119,7 +125,7 @@ def test_property_seconds_budget_ends_a_property_early_and_counts_it():
 def test_run_tiles_is_a_fixed_spread_from_smallest_to_largest():
     cfgs = [dict(block_m=m, block_n=n) for m in (16, 32, 64, 128) for n in (16, 32, 64, 128)]
     t = Target(name="tiles", sdpa=_slow_sdpa, tile_configs=cfgs)
-    ctx = _context(t, "ci")
+    ctx = make_context(t, "ci")
     assert gen.run_tiles(ctx) == cfgs
     ctx = dataclasses.replace(ctx, limits=dataclasses.replace(ctx.limits, tile_configs=4))
     got = gen.run_tiles(ctx)
@@ -169,9 +175,9 @@ def test_gradient_eps_covers_the_dp_minus_d_cancellation():
 
 def test_budget_never_skips_the_replay_of_a_failure(monkeypatch):
     from flashproof.properties import profiles
-    from flashproof.properties.suite import FAILED
+    from flashproof.properties.outcomes import FAILED
 
-    monkeypatch.setitem(profiles.SHRINK_SECONDS, "ci", 1)  # the final replay is what matters here
+    monkeypatch.setitem(profiles.PROFILES, "ci", profiles.PROFILES["ci"].replace(shrink_seconds=1))  # the final replay is what matters here
 
     def wrong(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         time.sleep(0.05)
@@ -179,7 +185,7 @@ def test_budget_never_skips_the_replay_of_a_failure(monkeypatch):
                                            enable_gqa=enable_gqa)
         return o * 1.01 + 0.01
     t = from_sdpa(wrong, name="wrong", backward=False)
-    ctx = _context(t, "ci")
+    ctx = make_context(t, "ci")
     ctx = dataclasses.replace(ctx, limits=dataclasses.replace(ctx.limits, property_seconds=0.01))
     # no corners (and no pins for this property): the first failure is a drawn example, found with the
     # budget already spent; Hypothesis then shrinks and replays it, which the budget must not skip

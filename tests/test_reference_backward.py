@@ -8,7 +8,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from flashproof import reference as ref
 from flashproof.reference._inputs import prepare
-from flashproof.reference.mp import MpProblem
+from flashproof.reference.mp import MpPrepared
 
 from test_reference_bounds import backward_bound_fp64
 
@@ -120,7 +120,7 @@ def test_backward_mp_matches_finite_differences_at_mp_precision():
             for idx in np.ndindex(g.shape):
                 vals = []
                 for sign in (1, -1):
-                    mq = MpProblem(pb, prec)
+                    mq = MpPrepared(pb, prec)
                     arr = getattr(mq, which)
                     arr[idx[0]][idx[1]][idx[2]][idx[3]] += sign * h
                     vals.append(f(mq))

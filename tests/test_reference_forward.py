@@ -12,7 +12,7 @@ from flint import arb, ctx
 
 from flashproof import reference as ref
 from flashproof.reference._inputs import mpf_to_float, prepare, to_float64
-from flashproof.reference.mp import MpProblem
+from flashproof.reference.mp import MpPrepared
 
 from test_reference_bounds import forward_bound
 
@@ -73,7 +73,7 @@ def test_tensor_values_round_trip_bit_exactly(dtype):
     # ... and into mpf and arb with no rounding either (at any working precision >= 2).
     vals = to_float64(x[:300], "query")
     pb = prepare(vals.reshape(1, 1, 1, -1), vals.reshape(1, 1, 1, -1), vals.reshape(1, 1, 1, -1))
-    mq = MpProblem(pb, prec=8)
+    mq = MpPrepared(pb, prec=8)
     assert all(mpmath.mpf(a) == b and float(b) == a for a, b in zip(vals.tolist(), mq.q[0][0][0]))
     old = ctx.prec
     try:

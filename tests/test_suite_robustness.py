@@ -21,10 +21,14 @@ from pathlib import Path
 import pytest
 
 from flashproof.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_VIOLATION
-from flashproof.properties import suite
-from flashproof.properties.profiles import EXAMPLE_TIMEOUT
-from flashproof.properties.suite import (FAILED, NOT_RUN, PASSED, TIMEOUT, SuiteInterrupted, TargetTimeout,
-                                         prepare_state_dir, resolve_example_timeout, run_suite)
+from flashproof.properties import suite, timeouts
+from flashproof.properties.profiles import PROFILES
+from flashproof.properties.cases import case_from_repr
+from flashproof.properties.outcomes import FAILED, NOT_RUN, PASSED, TIMEOUT, SuiteInterrupted
+from flashproof.properties.registry import TargetTimeout
+from flashproof.properties.state import prepare_state_dir
+from flashproof.properties.suite import run_suite
+from flashproof.properties.timeouts import resolve_example_timeout
 
 FLASHPROOF = Path(sys.executable).with_name("flashproof")
 # four cheap properties every SDPA callable declares, in the suite's order: A fails (NaN), C hangs
@@ -185,7 +189,7 @@ def test_sleeping_target_is_abandoned_and_the_rest_not_run(tdir):
 
 
 def test_a_target_that_hangs_while_loading(tdir, monkeypatch):
-    monkeypatch.setattr(suite, "LOAD_TIMEOUT_FLOOR", 1.0)
+    monkeypatch.setattr(timeouts, "LOAD_TIMEOUT_FLOOR", 1.0)
     t0 = time.monotonic()
     with pytest.raises(TargetTimeout, match="the target did not load within 1 s"):
         run_suite("fpr_targets:hangs_on_load", select=[B], example_timeout=0.5)
@@ -193,8 +197,8 @@ def test_a_target_that_hangs_while_loading(tdir, monkeypatch):
 
 
 def test_example_timeout_values():
-    assert resolve_example_timeout(None, "ci") == EXAMPLE_TIMEOUT["ci"] == 60
-    assert resolve_example_timeout(None, "flashproof-deep") == EXAMPLE_TIMEOUT["deep"]
+    assert resolve_example_timeout(None, "ci") == PROFILES["ci"].example_timeout == 60
+    assert resolve_example_timeout(None, "flashproof-deep") == PROFILES["deep"].example_timeout
     assert resolve_example_timeout(0, "ci") is None and resolve_example_timeout(float("inf")) is None
     assert resolve_example_timeout(2.5) == 2.5
     for bad, exc in ((-1, ValueError), (float("nan"), ValueError), ("3", TypeError), (True, TypeError)):
@@ -225,7 +229,7 @@ def _db_entries(db: Path):
 def test_reproducer_files_and_database_of_a_failure(scripted, monkeypatch, tmp_path):
     from flashproof.properties import profiles
 
-    monkeypatch.setitem(profiles.SHRINK_SECONDS, "ci", 1)  # the file holds whatever shrinking reached: keep it short
+    monkeypatch.setitem(profiles.PROFILES, "ci", profiles.PROFILES["ci"].replace(shrink_seconds=1))  # the file holds whatever shrinking reached: keep it short
     monkeypatch.setenv("FPR_NAN_IN", A)
     monkeypatch.setenv("FPR_NAN_WHEN", "generated")
     res = run_suite(scripted, select=[A], state_dir=tmp_path)
@@ -235,7 +239,7 @@ def test_reproducer_files_and_database_of_a_failure(scripted, monkeypatch, tmp_p
     doc = json.loads(py.with_suffix(".json").read_text())
     assert py.parent == tmp_path / "reproducers" and py.name.startswith(f"{A}-")
     assert doc["minimal"] is True and doc["status"] == FAILED and doc["target"] == scripted
-    assert suite._case_from_repr(doc["case_repr"]) == o.case
+    assert case_from_repr(doc["case_repr"]) == o.case
     assert doc["case"]["type"] == "Case" and doc["case"]["problem"]["shape"]["type"] == "Shape"
     assert "NaN" in doc["message"]
     assert _db_entries(tmp_path / "hypothesis"), "the generated failure is saved in the Hypothesis database"

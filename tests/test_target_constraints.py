@@ -11,8 +11,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 from flashproof.properties import gen, replay, run_suite
-from flashproof.properties.strategies import Case, MaskSpec, Problem, Shape, build
-from flashproof.properties.suite import FAILED, NOT_DECLARED, _context
+from flashproof.properties.cases import Case, MaskSpec, Problem, Shape
+from flashproof.properties.context import make_context
+from flashproof.properties.inputs import build
+from flashproof.properties.outcomes import FAILED, NOT_DECLARED
 from flashproof.properties.targets import (DECLARE_HINT, TORCH_CPU_DEVIATIONS, Call, OutsideDomain, Target,
                                            from_sdpa)
 
@@ -120,7 +122,7 @@ def test_target_call_outside_the_domain_raises_before_the_kernel():
 # ------------------------------------------------------------------ generation respects it
 def test_strategies_generate_inside_the_domain():
     t = _target(_cudnn_like, causal_equal_lengths=True, min_lk=2, accepts=_cudnn_accepts)
-    ctx = _context(t, "ci")
+    ctx = make_context(t, "ci")
     seen = {"causal": 0}
 
     @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -138,7 +140,7 @@ def test_strategies_generate_inside_the_domain():
 
 def test_corners_are_conformed():
     t = _target(_flash_like, causal_equal_lengths=True)
-    ctx = _context(t, "ci")
+    ctx = make_context(t, "ci")
     c = gen.corner(ctx, shape=Shape(1, 1, 1, 9, 35, 16, 16), mask=MaskSpec(causal="top_left"))
     assert c.problem.shape.lq == c.problem.shape.lk == 9
 

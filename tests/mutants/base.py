@@ -30,11 +30,9 @@ import numpy as np
 import torch
 
 from flashproof import spec
-from flashproof.spec import NumpyOps, State
+from flashproof.spec import Float32Ops, State
 
-__all__ = [
-    "F32Ops", "Call", "TiledAttention", "round_to", "to_f32", "DTYPES", "TILE_CONFIGS", "SPLIT_RANGE",
-]
+__all__ = ["Launch", "TiledAttention", "to_f32", "DTYPES", "TILE_CONFIGS", "SPLIT_RANGE"]
 
 F32 = np.float32
 NEG_INF = F32(-np.inf)
@@ -51,57 +49,13 @@ TILE_CONFIGS = (
 SPLIT_RANGE = (1, 16)
 
 
-def round_to(x: np.ndarray, dtype: torch.dtype) -> np.ndarray:
-    """``x`` (float32) rounded to the torch ``dtype`` (round to nearest even), back in float32."""
-    if dtype == torch.float32:
-        return x
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=F32)).to(dtype).to(torch.float32).numpy()
-
-
 def to_f32(t: torch.Tensor) -> np.ndarray:
     """A torch tensor as a float32 numpy array (exact for fp16/bf16/fp32), honouring its strides."""
     return t.detach().to(device="cpu", dtype=torch.float32).numpy()
 
 
-class F32Ops(NumpyOps):
-    """spec's numpy ops over float32: fp32 accumulators, exp/log correctly rounded to fp32.
-
-    ``p_dtype``: storage dtype P is rounded to before P@V (None: kept in fp32).
-    """
-
-    def __init__(self, p_dtype: torch.dtype | None = None):
-        self.p_dtype = p_dtype
-
-    def zeros(self, dim):
-        return np.zeros(dim, F32)
-
-    def exp(self, x):
-        # exp in float64 rounded once to float32: <= 0.5 ulp + 2^-53 relative, i.e. c_exp = 1.
-        with np.errstate(invalid="ignore", over="ignore"):
-            return np.exp(np.asarray(x, np.float64)).astype(F32)
-
-    def exp_shifted(self, x, m):
-        return self.exp(x - np.asarray(m)[..., None])
-
-    def log(self, x):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.log(np.asarray(x, np.float64)).astype(F32)
-
-    def weighted_sum(self, s, p, v, dim):
-        if self.p_dtype is not None:
-            p = round_to(p, self.p_dtype)
-        return super().weighted_sum(s, p, v, dim)
-
-    def finalize(self, st: State):
-        empty = st.l == 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            o = np.where(empty[..., None], F32(0), st.acc / np.where(empty, F32(1), st.l)[..., None])
-            lse = np.where(empty, NEG_INF, st.m + self.log(np.where(empty, F32(1), st.l)))
-        return o.astype(F32), lse.astype(F32)
-
-
 @dataclass
-class Call:
+class Launch:
     """The validated options of one forward (or one decode batch element)."""
 
     mask: spec.Mask
@@ -178,7 +132,7 @@ class TiledAttention:
             lk = int(seqlens[bi])
             kb = self.gather(k_cache, bi, lk, block_table, page_size)[kvmap][None]
             vb = self.gather(v_cache, bi, lk, block_table, page_size)[kvmap][None]
-            call = Call(mask, scale_, cap, None, None, self.block_m, bn, q.dtype,
+            call = Launch(mask, scale_, cap, None, None, self.block_m, bn, q.dtype,
                         spec.Dims(1, dims.heads, dims.kv_heads, dims.lq, lk, dims.e, dims.ev))
             for s in range(splits):
                 span = (s * per * bn, (s + 1) * per * bn)
@@ -190,7 +144,7 @@ class TiledAttention:
         return (o_t, torch.from_numpy(np.ascontiguousarray(lse, F32))) if return_lse else o_t
 
     # ------------------------------------------------------------------ validation
-    def prepare(self, q, k, v, *, causal, alignment, window, scale, softcap, attn_mask, block_m, block_n) -> Call:
+    def prepare(self, q, k, v, *, causal, alignment, window, scale, softcap, attn_mask, block_m, block_n) -> Launch:
         for name, t in (("query", q), ("key", k), ("value", v)):
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -223,7 +177,7 @@ class TiledAttention:
                 keep = ~np.isneginf(bias)
             else:
                 raise TypeError(f"attn_mask must be bool or floating point, got {attn_mask.dtype}")
-        return Call(mask, scale_, cap, keep, bias, int(bm), int(bn), q.dtype, dims)
+        return Launch(mask, scale_, cap, keep, bias, int(bm), int(bn), q.dtype, dims)
 
     def check_decode(self, q, k_cache, v_cache, seqlens, block_table, page_size):
         for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
@@ -270,9 +224,9 @@ class TiledAttention:
         """hook: a boolean attn_mask (True = may attend) as the keys to keep."""
         return mask
 
-    def make_ops(self, dtype: torch.dtype) -> F32Ops:
-        """hook: the arithmetic of the recurrence."""
-        return F32Ops(dtype if (self.round_p and dtype != torch.float32) else None)
+    def make_ops(self, dtype: torch.dtype) -> Float32Ops:
+        """hook: the arithmetic of the recurrence: spec's float32 ops, P rounded to the storage dtype."""
+        return Float32Ops(spec.dtype_name(dtype) if (self.round_p and dtype != torch.float32) else None)
 
     # ------------------------------------------------------------------ hooks: data movement
     def load(self, t: torch.Tensor) -> np.ndarray:
@@ -310,9 +264,9 @@ class TiledAttention:
 
     def init_state(self, shape, ev: int, ops) -> State:
         """hook: the running state before the first key tile: spec's identity."""
-        return State(np.full(shape, NEG_INF), np.zeros(shape, F32), np.zeros(shape + (ev,), F32))
+        return spec.identity(ev, ops, batch=shape)
 
-    def scores(self, q: np.ndarray, k: np.ndarray, call: Call) -> np.ndarray:
+    def scores(self, q: np.ndarray, k: np.ndarray, call: Launch) -> np.ndarray:
         """hook: scale * q k^T, then softcap (fp32). q (..., m, E), k (..., n, E)."""
         with np.errstate(over="ignore", invalid="ignore"):
             s = np.matmul(self.load_qk(q), self.load_qk(k).swapaxes(-1, -2)) * F32(call.scale)
@@ -321,12 +275,12 @@ class TiledAttention:
                 s = c * np.tanh(s / c)
         return s.astype(F32, copy=False)
 
-    def add_bias(self, s: np.ndarray, bias: np.ndarray, call: Call) -> np.ndarray:
+    def add_bias(self, s: np.ndarray, bias: np.ndarray, call: Launch) -> np.ndarray:
         """hook: add the additive attn_mask to the (scaled, softcapped) scores."""
         with np.errstate(invalid="ignore"):
             return s + bias
 
-    def mask_scores(self, s, allowed, in_bounds, rows, cols, call: Call) -> np.ndarray:
+    def mask_scores(self, s, allowed, in_bounds, rows, cols, call: Launch) -> np.ndarray:
         """hook: masked and padded keys get logit -inf (dropped, never multiplied by 0)."""
         return np.where(allowed, s, NEG_INF)
 
@@ -351,11 +305,11 @@ class TiledAttention:
         """
         st = spec.identity(o_part.shape[-1], ops)
         for o_s, lse_s in zip(o_part, lse_part):
-            st = self.merge(st, State(lse_s, np.where(np.isneginf(lse_s), F32(0), F32(1)), o_s), ops)
+            st = self.merge(st, spec.partial_state(o_s, lse_s, ops), ops)
         return self.finalize(st, ops)
 
     # ------------------------------------------------------------------ the kernel
-    def forward_impl(self, q, k, v, call: Call):
+    def forward_impl(self, q, k, v, call: Launch):
         d = call.dims
         kvmap = self.kv_map(d.heads, d.kv_heads)
         qf, kf, vf = self.load(q), self.load(k)[:, kvmap], self.load(v)[:, kvmap]
@@ -372,7 +326,7 @@ class TiledAttention:
             return 0, 0
         return int(lo[live].min()), int(hi[live].max())
 
-    def tile_logits(self, qf, kf, call: Call, m0: int, m1: int, n0: int) -> np.ndarray:
+    def tile_logits(self, qf, kf, call: Launch, m0: int, m1: int, n0: int) -> np.ndarray:
         """Logits (bias added, unmasked) of query rows m0:m1 against the zero-padded key tile at n0.
 
         The forward and the backward both build S from these calls on the same tile shapes, so
@@ -384,7 +338,7 @@ class TiledAttention:
             s = self.add_bias(s, _pad_cols(call.bias, m0, m1, n0, min(n0 + bn, kf.shape[2]), bn, 0.0), call)
         return s
 
-    def attend(self, qf, kf, vf, call: Call, ops, *, span=None) -> State:
+    def attend(self, qf, kf, vf, call: Launch, ops, *, span=None) -> State:
         """The final state of every row over the keys in ``span`` (all keys when None).
 
         qf (B,H,Lq,E), kf (B,H,Lk,E), vf (B,H,Lk,Ev) float32, heads already mapped.
@@ -417,7 +371,7 @@ class TiledAttention:
         return State(m_out, l_out, acc_out)
 
     # ------------------------------------------------------------------ backward
-    def backward_mask(self, call: Call) -> spec.Mask:
+    def backward_mask(self, call: Launch) -> spec.Mask:
         """hook: the structural mask the backward recomputes P under."""
         return call.mask
 
@@ -425,7 +379,7 @@ class TiledAttention:
         """hook: P = exp(S - LSE) on allowed keys, 0 elsewhere (empty rows: LSE = -inf -> P = 0)."""
         shift = np.where(np.isneginf(lse), F32(0), lse)[..., None]
         with np.errstate(invalid="ignore", over="ignore"):
-            return np.where(allowed, F32Ops().exp(s - shift), F32(0))
+            return np.where(allowed, Float32Ops().exp(s - shift), F32(0))
 
     def backward_delta(self, do: np.ndarray, o: np.ndarray) -> np.ndarray:
         """hook: FA2's D_i = sum_c dO_ic O_ic."""
@@ -437,7 +391,7 @@ class TiledAttention:
         np.add.at(out, (slice(None), kvmap), g)
         return out
 
-    def backward_impl(self, q, k, v, o, lse, do, call: Call):
+    def backward_impl(self, q, k, v, o, lse, do, call: Launch):
         d = call.dims
         kvmap = self.kv_map(d.heads, d.kv_heads)
         qf, kf, vf = self.load(q), self.load(k)[:, kvmap], self.load(v)[:, kvmap]
@@ -454,7 +408,7 @@ class TiledAttention:
             allowed = allowed & call.keep
         allowed = np.broadcast_to(allowed, s.shape)
         p = self.backward_probs(s, allowed, lsef)
-        ops = F32Ops()
+        ops = Float32Ops()
         drop = np.where(allowed, F32(0), NEG_INF)  # -inf marks a dropped (masked) term
         with np.errstate(invalid="ignore", over="ignore"):
             dv = np.matmul(p.swapaxes(-1, -2), dof)  # P is exactly 0 off the mask and dO is the caller's

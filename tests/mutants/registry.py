@@ -45,7 +45,7 @@ def target_of(impl: TiledAttention) -> Target:
         dtypes=("float32", "float16", "bfloat16"),
         devices=("cpu",),
         accumulator="fp32",
-        # exp and log are computed in float64 and rounded once to float32 (base.F32Ops).
+        # exp and log are computed in float64 and rounded once to float32 (spec.Float32Ops).
         c_exp=1,
         description=describe(type(impl)),
     )

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from flashproof import spec
-from flashproof.spec import State
+from flashproof.spec import Float32Ops, State, round_to
 
-from .base import F32, NEG_INF, F32Ops, TiledAttention, round_to
+from .base import F32, NEG_INF, TiledAttention
 
 __all__ = ["Mutant", "MUTANTS", "Trigger", "mutant_by_name"]
 
@@ -101,7 +101,7 @@ class EmptyRowDiv0(Mutant):
         return Trigger(kind="forward", qkv=_qkv(1, 2, 2, 8, 4, 16), opts=dict(causal="bottom_right"))
 
 
-class _NoShiftGuard(F32Ops):
+class _NoShiftGuard(Float32Ops):
     def shift(self, m):
         return m  # the bug: -inf stays -inf, and exp(-inf - (-inf)) = NaN
 
@@ -139,7 +139,7 @@ class GuardZeroInit(Mutant):
         return Trigger(kind="forward", qkv=_flat_negative(1, 2, 8, 24, 16))
 
 
-class _MaskedMaxZero(F32Ops):
+class _MaskedMaxZero(Float32Ops):
     def row_max(self, s):
         m = super().row_max(s)
         return np.where(np.isneginf(m), F32(0), m)  # the bug: an all-masked tile reports max 0
@@ -207,7 +207,7 @@ class SentinelFinfoMin(_Sentinel):
 
 
 # ------------------------------------------------------------------ 4. garbage in masked K/V
-class _PlainPV(F32Ops):
+class _PlainPV(Float32Ops):
     def weighted_sum(self, s, p, v, dim):
         if self.p_dtype is not None:
             p = round_to(p, self.p_dtype)
@@ -521,7 +521,7 @@ class Bf16Accumulator(Mutant):
 
     def merge(self, a, b, ops):
         st = super().merge(a, b, ops)
-        return State(st.m, st.l, round_to(np.asarray(st.acc, F32), torch.bfloat16))
+        return State(st.m, st.l, round_to(np.asarray(st.acc, F32), "bfloat16"))
 
     def trigger(self):
         return Trigger(kind="forward", qkv=_qkv(1, 2, 2, 16, 64, 16))
@@ -561,7 +561,7 @@ class Fp16ScoreOverflow(Mutant):
     def scores(self, q, k, call):
         if call.dtype != torch.float16:
             return super().scores(q, k, call)
-        x = round_to(np.matmul(q, k.swapaxes(-1, -2)).astype(F32), torch.float16)
+        x = round_to(np.matmul(q, k.swapaxes(-1, -2)).astype(F32), "float16")
         s = x * F32(call.scale)
         if call.softcap is not None:
             c = F32(call.softcap)
@@ -576,9 +576,9 @@ class Fp16ScoreOverflow(Mutant):
 
 
 # ------------------------------------------------------------------ 10. inconsistent P
-class _Bf16P(F32Ops):
+class _Bf16P(Float32Ops):
     def weighted_sum(self, s, p, v, dim):
-        return super().weighted_sum(s, round_to(np.asarray(p, F32), torch.bfloat16), v, dim)
+        return super().weighted_sum(s, round_to(np.asarray(p, F32), "bfloat16"), v, dim)
 
 
 class InconsistentP(Mutant):
@@ -608,7 +608,7 @@ class BackwardEmptyRowNan(Mutant):
 
     def backward_probs(self, s, allowed, lse):
         with np.errstate(invalid="ignore", over="ignore"):
-            return F32Ops().exp(np.where(allowed, s, NEG_INF) - lse[..., None])
+            return Float32Ops().exp(np.where(allowed, s, NEG_INF) - lse[..., None])
 
     def trigger(self):
         return Trigger(kind="backward", qkv=_qkv(1, 2, 2, 6, 3, 8), opts=dict(causal="bottom_right"))
@@ -710,7 +710,7 @@ class SplitEmptyMergeNan(Mutant):
 
     def combine_splits(self, o_part, lse_part, ops):
         bad = _NoShiftGuard(None)
-        states = [State(l_, np.where(np.isneginf(l_), F32(0), F32(1)), o_) for o_, l_ in zip(o_part, lse_part)]
+        states = [spec.partial_state(o_, l_, bad) for o_, l_ in zip(o_part, lse_part)]
         while len(states) > 1:
             nxt = [self.merge(states[i], states[i + 1], bad) for i in range(0, len(states) - 1, 2)]
             states = nxt + ([states[-1]] if len(states) % 2 else [])
@@ -948,7 +948,7 @@ def _growing():
     return q, k, v
 
 
-class _ExpSign(F32Ops):
+class _ExpSign(Float32Ops):
     def exp_shifted(self, x, m):
         return self.exp(np.asarray(m)[..., None] - x)  # the bug: exp(m - s)
 
@@ -968,7 +968,7 @@ class ExpSignFlip(Mutant):
         return Trigger(kind="forward", qkv=_qkv(1, 2, 2, 8, 20, 16))
 
 
-class _Exp2(F32Ops):
+class _Exp2(Float32Ops):
     log2e = F32(1.4427)
 
     def exp(self, x):

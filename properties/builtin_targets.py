@@ -1,14 +1,71 @@
-"""flashproof's own Triton kernel as a Target (the suite's default target).
+"""The built-in targets: flashproof's own Triton kernel (the suite's default), torch's SDPA, and
+the tiled peer (a correct tiled FlashAttention in torch, properties/peers.py).
 
-Used when flashproof.kernels does not provide its own ``target()`` factory. ``attention()``
-carries every option but attn_mask; with an attn_mask the same kernel runs through the additive
-bias path that ``sdpa()`` uses, so masks combine with bottom-right causal, windows and softcap.
+Each is a zero-argument factory, so ``--flashproof-target flashproof.properties.builtin_targets:NAME``
+names it. flashproof's kernel: ``attention()`` carries every option but attn_mask; with an
+attn_mask the same kernel runs through the additive bias path that ``sdpa()`` uses, so masks
+combine with bottom-right causal, windows and softcap.
 """
 from __future__ import annotations
 
-__all__ = ["kernel_target"]
+import importlib
+
+from flashproof import spec
+
+from .peers import PEER_TILES, tiled_attention, tiled_decode
+from .targets import Target, TargetLoadError, from_sdpa
+
+__all__ = ["default_target", "torch_sdpa", "tiled_peer"]
 
 
+def default_target() -> Target:
+    """flashproof's own Triton kernel (flashproof.kernels), with every capability it declares."""
+    try:
+        kernels = importlib.import_module("flashproof.kernels")
+    except ImportError as exc:
+        raise TargetLoadError(f"default target: cannot import flashproof.kernels ({exc})") from exc
+    return _kernel_target(kernels)
+
+
+def torch_sdpa() -> Target:
+    """torch.nn.functional.scaled_dot_product_attention as a target (top-left causal)."""
+    import torch
+
+    return from_sdpa(torch.nn.functional.scaled_dot_product_attention,
+                     name="torch.nn.functional:scaled_dot_product_attention",
+                     spec="torch.nn.functional:scaled_dot_product_attention", backward=True)
+
+
+def tiled_peer() -> Target:
+    """A correct tiled FlashAttention in torch (properties/peers.py): every capability."""
+
+    def forward(q, k, v, *, causal=False, alignment=None, window=None, scale=None, softcap=None,
+                attn_mask=None, return_lse=False, block_m=16, block_n=16):
+        return tiled_attention(q, k, v, causal=causal, alignment=alignment, window=window, scale=scale,
+                               softcap=softcap, attn_mask=attn_mask, return_lse=return_lse,
+                               block_m=block_m, block_n=block_n)
+
+    return Target(
+        name="tiled_peer",
+        forward=forward,
+        tile_configs=PEER_TILES,
+        lse=True,
+        alignments=("top_left", "bottom_right"),
+        window=True,
+        softcap=True,
+        attn_mask=True,
+        gqa=True,
+        backward=True,
+        decode=tiled_decode,
+        split_range=(1, 16),
+        paged=True,
+        accumulator="fp32",
+        spec="flashproof.properties.builtin_targets:tiled_peer",
+        description="correct tiled FlashAttention-2 in torch (properties/peers.py)",
+    )
+
+
+# ----------------------------------------------------------------------------- flashproof's kernel
 def _bf16_store_truncates(kernels) -> bool:
     """Whether the kernel's bf16 output store truncates (the Triton interpreter's fp32 -> bf16 cast,
     docs/findings.md F1) instead of rounding to nearest even: two tied keys with v = 1 and
@@ -26,11 +83,7 @@ def _bf16_store_truncates(kernels) -> bool:
     return float(o[0, 0, 0, 0]) == 1 + 2.0 ** -7
 
 
-def kernel_target(kernels):
-    from flashproof import spec
-
-    from .targets import Target
-
+def _kernel_target(kernels) -> Target:
     attention_mod = __import__("flashproof.kernels.attention", fromlist=["_plan", "_run"])
     sdpa_mod = __import__("flashproof.kernels.sdpa", fromlist=["_bias_from_mask"])
     tiles_mod = __import__("flashproof.kernels.tiles", fromlist=["accepts_tile_config"])
@@ -86,7 +139,7 @@ def kernel_target(kernels):
         accepts_tile=accepts,
         round_toward_zero=("bfloat16",) if _bf16_store_truncates(kernels) else (),
         head_dims=tuple(range(1, 257)),
-        spec="flashproof.properties.targets:default_target",
+        spec="flashproof.properties.builtin_targets:default_target",
         description="flashproof's Triton FlashAttention (interpreted on CPU)" if interp else
                     "flashproof's Triton FlashAttention",
     )

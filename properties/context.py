@@ -1,0 +1,146 @@
+"""What a property check sees: the :class:`Context` (the target, the profile's limits, the run's
+options) with the call contract (``Context.call``: a raise on a valid input is a violation, and O,
+LSE must have the contract's shapes and dtype) and the judge glue (``Context.judge``: the oracle's
+running bound, exact values and FlashAttention criterion under the target's declared precision).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flashproof import spec
+
+from . import oracle
+from .oracle import Violation
+from .profiles import Limits, get_profile, profile_name
+from .registry import TargetError
+from .targets import Target
+
+__all__ = ["Context", "make_context"]
+
+
+@dataclass
+class Context:
+    """What a property check sees: the target, the profile's limits, and helpers."""
+
+    target: Target
+    limits: Limits
+    profile: str
+    device: str
+    #: per-example time limit in seconds (None: none; each example then runs in the caller's thread)
+    example_timeout: float | None = None
+    #: Hypothesis database: a directory, None (the profile's own setting) or False (none)
+    database: object = None
+    #: folder for reproducer files, each written as soon as its failure is known (None: no files)
+    reproducer_dir: str | None = None
+    #: [(property, thread)] of timed-out examples whose call could not be stopped
+    abandoned: list = field(default_factory=list)
+    #: target calls under way in Context.call (tells a hang in the target from one elsewhere)
+    in_target: int = 0
+
+    @property
+    def hung(self) -> str:
+        """Why the target cannot be called now ("" if it can): an abandoned call still runs."""
+        alive = [name for name, th in self.abandoned if th.is_alive()]
+        if not alive:
+            return ""
+        return (f"the target hung in {alive[0]!r} (its call is still running in a background thread, so the target "
+                f"is not called again in this run)")
+
+    def call(self, inp, *, tile=None, return_lse=None, **override):
+        """Run the target on ``inp`` (spec's options, overridable); returns (o, lse or None).
+
+        An exception from the target on a valid input is a violation (TargetError)."""
+        t = self.target
+        opts = inp.opts()
+        opts.update(override)
+        q, k, v = opts.pop("q", inp.q), opts.pop("k", inp.k), opts.pop("v", inp.v)
+        want_lse = t.lse if return_lse is None else return_lse
+        if tile and not self.tile_fits(tile, q, v):
+            tile = None  # this config does not fit these dims (declared by the target): its default
+        self.in_target += 1
+        try:
+            o, lse = t(q, k, v, return_lse=want_lse, tile=tile, **opts)
+        except Exception as exc:
+            raise TargetError(f"target {t.name!r} raised {type(exc).__name__} on a valid input: {exc}") from exc
+        finally:
+            self.in_target -= 1
+        b, h, lq = q.shape[0], q.shape[1], q.shape[2]
+        ev = v.shape[-1]
+        if not isinstance(o, type(q)):  # the contract: O is a tensor like the inputs
+            raise Violation(f"O must be a torch.Tensor, got {type(o).__name__}")
+        if tuple(o.shape) != (b, h, lq, ev):
+            raise Violation(f"O has shape {tuple(o.shape)}, expected (B, H, Lq, Ev) = {(b, h, lq, ev)}")
+        if o.dtype != q.dtype:
+            raise Violation(f"O has dtype {o.dtype}, expected the input dtype {q.dtype}")
+        if want_lse:
+            if lse is None or tuple(lse.shape) != (b, h, lq):
+                raise Violation(f"LSE has shape {None if lse is None else tuple(lse.shape)}, expected (B, H, Lq) = "
+                                f"{(b, h, lq)}")
+        return o, lse
+
+    def tile_fits(self, tile, q, v) -> bool:
+        acc = self.target.accepts_tile
+        if acc is None or not tile:
+            return True
+        return bool(acc(dict(tile), head_dim=int(q.shape[-1]), head_dim_v=int(v.shape[-1]), dtype=q.dtype))
+
+    def n_tiles(self, tile, lk):
+        """Key tiles of a call (for the bound), or None when the target does not say."""
+        bn = dict(tile or {}).get("block_n")
+        return max(1, -(-lk // int(bn))) if bn else None
+
+    def toward_zero(self, inp) -> bool:
+        return inp.dtype_name in self.target.round_toward_zero
+
+    def u_in(self, inp) -> float:
+        return spec.FORMATS[inp.dtype_name].u * (2 if self.toward_zero(inp) else 1)
+
+    def bound(self, inp, *, tile=None):
+        return oracle.bound(inp, accumulator=self.target.accumulator, c_exp=self.target.c_exp,
+                            n_tiles=self.n_tiles(tile, inp.k.shape[2]), toward_zero=self.toward_zero(inp))
+
+    def judge(self, inp, o, lse, *, tile=None, label="", fa=True, ex=None, bounds=None):
+        """Assert O (and LSE) within the running bound of the exact values, and the FA criterion."""
+        o_b, l_b = bounds if bounds is not None else self.bound(inp, tile=tile)
+        if ex is None:
+            ex = oracle.exact(inp, need_o=o_b, need_lse=l_b if lse is not None else None)
+        src = oracle.bound_source()
+        ctx = f" ({label})" if label else ""
+        oracle.assert_within(f"O{ctx}", oracle.to_np(o), ex.o, o_b + ex.o_rad,
+                             what=f"the running error bound [{src} bound, {ex.source} reference]")
+        if lse is not None:
+            lse_np = oracle.to_np(lse)
+            lb = l_b + _lse_store(lse, ex.lse)
+            oracle.assert_within(f"LSE{ctx}", lse_np, ex.lse, lb + ex.lse_rad,
+                                 what=f"the running LSE bound [{src} bound, {ex.source} reference]",
+                                 dims="(b, h, i)")
+        if fa:
+            nerr = oracle.naive_error(inp, ex)
+            eps = oracle.fa_eps(inp, ex, u_acc=oracle.precision(inp.dtype_name, accumulator=self.target.accumulator).u_acc,
+                                c_exp=self.target.c_exp or 4.0, n_tiles=self.n_tiles(tile, inp.k.shape[2]),
+                                u_in=self.u_in(inp))
+            oracle.assert_fa_criterion(f"O{ctx}", oracle.to_np(o), ex, nerr, eps)
+        return ex, (o_b, l_b)
+
+
+def _lse_store(lse, want):
+    """Extra LSE error when the target stores LSE below fp32 (the bound assumes fp32): one rounding
+    to the stored dtype, u |lse| (1.01: the relative error of u |want| against u |lse|)."""
+    name = spec.dtype_name(lse.dtype, strict=False)
+    u = spec.FORMATS[name].u if name in ("float16", "bfloat16") else 0.0
+    return u * np.where(np.isfinite(want), np.abs(want), 0.0) * 1.01
+
+
+def make_context(target, profile, *, example_timeout=None, database=None, reproducer_dir=None) -> Context:
+    """The Context of ``target`` under ``profile``: the profile's limits, narrowed to the target's
+    max_len and head_dims."""
+    lim = get_profile(profile).limits
+    if target.max_len is not None:
+        lim = lim.replace(max_len=min(lim.max_len, target.max_len))
+    if target.head_dims is not None:
+        hd = tuple(e for e in lim.head_dims if e in target.head_dims) or tuple(sorted(target.head_dims))[:4]
+        lim = lim.replace(head_dims=hd)
+    return Context(target=target, limits=lim, profile=profile_name(profile), device=target.device(),
+                   example_timeout=example_timeout, database=database, reproducer_dir=reproducer_dir)

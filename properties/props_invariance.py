@@ -1,0 +1,360 @@
+"""Invariance properties: row shifts, key permutation and duplication, scale and value
+equivariance, GQA against repeated heads, V = ones, the convex hull, head-dim zero padding."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import strategies as st
+
+from flashproof import spec
+
+from . import oracle
+from .cases import MaskSpec, Regime, Shape
+from .gen import Undeclared, case_strategy, corner, head_dim_at_least, judge_rows, plain_mask, problem_strategy, prop, \
+    rows_of, sample, tile_sizes
+from .inputs import build, tensor_like
+from .oracle import to_np
+from .strategies import lengths
+
+__all__ = []
+
+
+# ============================================================================ row shift
+def _shift_strategy(ctx):
+    modes = ("qk", "mask") if ctx.target.attn_mask else ("qk",)
+    extra = st.tuples(st.sampled_from(modes), st.sampled_from((1e4, -1e4, 3e3, 1.0)), st.booleans(),
+                      st.integers(0, 1000)).map(
+        lambda x: (("mode", x[0]), ("shift", x[1]), ("uniform", x[2]), ("shift_seed", x[3])))
+    # no softcap: a shift of the raw logits is not a shift after c*tanh(s/c)
+    return case_strategy(ctx, extra=extra, regimes=("standard", "spread", "ties", "rising"), softcap=st.none())
+
+
+def _shift_corners(ctx):
+    out = [corner(ctx, seed=21, extra=(("mode", "qk"), ("shift", -1e4), ("uniform", True), ("shift_seed", 0))),
+           corner(ctx, shape=Shape(1, 1, 1, 3, 40, 16, 16), regime=Regime("spread", 0.0, 30.0), seed=22,
+                  extra=(("mode", "qk"), ("shift", 1e4), ("uniform", False), ("shift_seed", 1)))]
+    if ctx.target.attn_mask:
+        out.append(corner(ctx, seed=23, mask=MaskSpec(attn_mask="additive", density=0.7, empty_rows=1),
+                          extra=(("mode", "mask"), ("shift", -1e4), ("uniform", False), ("shift_seed", 2))))
+    return out
+
+
+def _row_shifts(inp, c, uniform, seed):
+    b, h, lq = inp.q.shape[0], inp.q.shape[1], inp.q.shape[2]
+    if uniform:
+        return np.full((b, h, lq), float(c))
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-abs(c), abs(c), (b, h, lq))
+
+
+@prop("row_shift_leaves_output_and_moves_lse",
+      asserts="adding c in [-1e4, 1e4] to every logit of a row (exactly, through an extra q.k component or an "
+              "additive attn_mask constant) leaves O unchanged and moves the LSE by exactly c (within the bounds)",
+      classes=(2, 3, 14), strategy=_shift_strategy, corners=_shift_corners,
+      bound="running_forward_bound of the shifted problem against the exact unshifted O, LSE + c")
+def row_shift_leaves_output_and_moves_lse(ctx, case):
+    import torch
+
+    inp = build(case.problem, device=ctx.device)
+    dt = case.problem.dtype
+    c = _row_shifts(inp, case.get("shift"), case.get("uniform"), case.get("shift_seed"))
+    if case.get("mode") == "mask":
+        cq = to_np(tensor_like(inp.q, c))  # shifts rounded to the dtype: exact from here on
+        b, h, lq, lk = inp.q.shape[0], inp.q.shape[1], inp.q.shape[2], inp.k.shape[2]
+        base = np.zeros((b, h, lq, lk))
+        if inp.attn_mask is not None:
+            am = inp.attn_mask.detach().cpu()
+            if am.dtype == torch.bool:
+                base = np.where(np.broadcast_to(am.numpy(), base.shape), 0.0, -np.inf)
+            else:
+                # finite biases dropped (0): bias + c must be exact in the dtype for the shift to be exact
+                base = np.where(np.isneginf(np.broadcast_to(am.to(torch.float64).numpy(), base.shape)), -np.inf, 0.0)
+        inp0 = inp.with_(attn_mask=tensor_like(inp.q, base))
+        inp1 = inp.with_(attn_mask=tensor_like(inp.q, base + cq[..., None]))
+        shift = cq
+    else:
+        e = inp.q.shape[-1]
+        scv = spec.resolve_scale(inp.scale, e)
+        cmax = float(np.abs(c).max()) if c.size else 0.0
+        beta = 2.0 ** max(0, math.ceil(math.log2(max(cmax / (scv * spec.FORMATS[dt].max / 4 / 2), 1.0))))
+        q0, k0 = to_np(inp.q).copy(), to_np(inp.k).copy()
+        q0[..., 0] = 0.0
+        k0[..., 0] = beta
+        a = to_np(tensor_like(inp.q, c / (scv * beta)))  # q_i0 of the shifted problem, in the dtype
+        q1 = q0.copy()
+        q1[..., 0] = a
+        inp0 = inp.with_(q=tensor_like(inp.q, q0), k=tensor_like(inp.k, k0))
+        inp1 = inp0.with_(q=tensor_like(inp.q, q1))
+        shift = scv * beta * a  # exact real shift, to float64 rounding (4 ulps slack below)
+    o0, l0 = ctx.call(inp0, tile=case.tile_dict)
+    o1, l1 = ctx.call(inp1, tile=case.tile_dict)
+    rows = judge_rows(ctx, inp0, tile=case.tile_dict)
+    inp0, o0, l0 = sample(ctx, inp0, o0, l0, rows=rows)
+    inp1, o1, l1 = sample(ctx, inp1, o1, l1, rows=rows)
+    shift = rows_of(np.asarray(shift), rows)  # (b, h, i)
+    ex, _ = ctx.judge(inp0, o0, l0, tile=case.tile_dict, label="unshifted", fa=False)
+    ob1, lb1 = ctx.bound(inp1, tile=case.tile_dict)
+    oracle.assert_within("O (shifted rows)", to_np(o1), ex.o, ob1 + ex.o_rad,
+                         what="invariance under a row shift (bound of the shifted problem)")
+    if l1 is not None:
+        want = ex.lse + shift
+        tol = lb1 + ex.lse_rad + 4 * 2.0 ** -53 * np.abs(shift) + 2.0 ** -52 * np.abs(np.where(np.isfinite(want), want, 0))
+        oracle.assert_within("LSE (shifted rows)", to_np(l1), want, tol, what="LSE moving by exactly the shift c",
+                             dims="(b, h, i)")
+
+
+# ============================================================================ key permutation
+@prop("kv_permutation_invariant",
+      asserts="permuting keys and values together (with the attn_mask columns) leaves O and LSE unchanged "
+              "within the bounds",
+      classes=(19, 4),
+      strategy=lambda ctx: case_strategy(ctx, mask=plain_mask(ctx),
+                                         extra=st.integers(0, 10 ** 6).map(lambda s: (("perm_seed", s),))),
+      corners=lambda ctx: [corner(ctx, regime=Regime("rising", 0.0, 1e3), seed=31, extra=(("perm_seed", 0),))],
+      bound="running_forward_bound of the permuted problem against the exact unpermuted values")
+def kv_permutation_invariant(ctx, case):
+    import torch
+
+    inp = build(case.problem, device=ctx.device)
+    lk = inp.k.shape[2]
+    perm = np.random.default_rng(case.get("perm_seed")).permutation(lk)
+    pt = torch.from_numpy(perm).to(inp.k.device)
+    am = inp.attn_mask
+    if am is not None:
+        am = am.index_select(-1, pt)
+    inp1 = inp.with_(k=inp.k.index_select(2, pt), v=inp.v.index_select(2, pt), attn_mask=am)
+    o0, l0 = ctx.call(inp, tile=case.tile_dict)
+    o1, l1 = ctx.call(inp1, tile=case.tile_dict)
+    rows = judge_rows(ctx, inp, tile=case.tile_dict)
+    inp, o0, l0 = sample(ctx, inp, o0, l0, rows=rows)
+    inp1, o1, l1 = sample(ctx, inp1, o1, l1, rows=rows)
+    ex, _ = ctx.judge(inp, o0, l0, tile=case.tile_dict, label="original order", fa=False)
+    ob1, lb1 = ctx.bound(inp1, tile=case.tile_dict)
+    oracle.assert_within("O (permuted keys)", to_np(o1), ex.o, ob1 + ex.o_rad, what="invariance under key permutation")
+    if l1 is not None:
+        oracle.assert_within("LSE (permuted keys)", to_np(l1), ex.lse, lb1 + ex.lse_rad,
+                             what="invariance under key permutation", dims="(b, h, i)")
+
+
+# ============================================================================ duplicate key
+@prop("duplicate_key_adds_ln2",
+      asserts="duplicating key j (k_j and v_j appended) gives the exact attention of the original problem with "
+              "ln 2 added to logit j",
+      classes=(14, 19),
+      strategy=lambda ctx: case_strategy(ctx, mask=plain_mask(ctx),
+                                         extra=st.integers(0, 10 ** 6).map(lambda s: (("dup_seed", s),))),
+      corners=lambda ctx: [corner(ctx, shape=Shape(1, 1, 1, 4, 6, 16, 16), seed=41, extra=(("dup_seed", 0),))],
+      bound="running_forward_bound of the duplicated problem against the exact original + ln 2 bias")
+def duplicate_key_adds_ln2(ctx, case):
+    import torch
+
+    inp = build(case.problem, device=ctx.device)
+    b, h, lq, lk = inp.q.shape[0], inp.q.shape[1], inp.q.shape[2], inp.k.shape[2]
+    if lk == 0:
+        return
+    rng = np.random.default_rng(case.get("dup_seed"))
+    j = int(rng.integers(0, lk))
+    pos = int(rng.integers(0, lk + 1))
+    idx = list(range(lk))
+    idx.insert(pos, j)
+    it = torch.tensor(idx, device=inp.k.device)
+    base = np.zeros((b, h, lq, lk))
+    am_dup = None
+    if inp.attn_mask is not None:
+        am = inp.attn_mask.detach()
+        full = am.expand(b, h, lq, lk)
+        am_dup = full.index_select(-1, it)
+        if am.dtype == torch.bool:
+            base = np.where(full.cpu().numpy(), 0.0, -np.inf)
+        else:
+            base = full.cpu().to(torch.float64).numpy().copy()
+    bias = base.copy()
+    bias[..., j] += math.log(2.0)  # the exact logit + ln 2, as a float64 additive bias (ln 2 to 2^-53)
+    inp1 = inp.with_(k=inp.k.index_select(2, it), v=inp.v.index_select(2, it), attn_mask=am_dup)
+    o1, l1 = ctx.call(inp1, tile=case.tile_dict)
+    rows = judge_rows(ctx, inp1, tile=case.tile_dict)
+    inp1, o1, l1 = sample(ctx, inp1, o1, l1, rows=rows)
+    ob1, lb1 = ctx.bound(inp1, tile=case.tile_dict)
+    # the exact original problem with the bias as an additive float64 mask, on host copies (exact)
+    ref = oracle.take_rows(inp.with_(q=inp.q.cpu(), k=inp.k.cpu(), v=inp.v.cpu(), attn_mask=torch.from_numpy(bias)),
+                           rows)
+    c = oracle.exact(ref, need_o=ob1, need_lse=lb1 if l1 is not None else None)
+    # ln 2 as a float64 is off by <= 2^-53 ln 2: a logit perturbation of that size moves O by <= 2^-52 max|v|.
+    slack = 2.0 ** -52 * np.abs(to_np(inp.v)).max(initial=0.0)
+    oracle.assert_within("O (key duplicated)", to_np(o1), c.o, ob1 + c.o_rad + slack,
+                         what=f"the exact attention with ln 2 added to the duplicated key's logit [{c.source}]")
+    if l1 is not None:
+        oracle.assert_within("LSE (key duplicated)", to_np(l1), c.lse, lb1 + c.lse_rad + 2.0 ** -52,
+                             what="the exact LSE with ln 2 added to the duplicated key's logit", dims="(b, h, i)")
+
+
+# ============================================================================ scale equivariance
+@prop("scale_equivariant",
+      asserts="attention(2^a q, k, v, scale=s 2^-a) and attention(q, k, 2^b v, scale=s) / 2^b equal attention(q, k, "
+              "v, scale=s) within the bounds (an ignored, doubled or padded-dim scale fails)",
+      classes=(18, 8),
+      strategy=lambda ctx: case_strategy(ctx, regimes=("standard", "spread", "rising", "large"),
+                                         extra=st.tuples(st.sampled_from((1, 2, 3)), st.sampled_from((1, 2, 4))).map(
+                                             lambda ab: (("qpow", ab[0]), ("vpow", ab[1])))),
+      corners=lambda ctx: [corner(ctx, shape=Shape(1, 2, 2 if not ctx.target.gqa else 1, 9, 13, 72, 72),
+                                  seed=51, extra=(("qpow", 1), ("vpow", 1)))],
+      bound="running_forward_bound of each rescaled problem against the same exact values")
+def scale_equivariant(ctx, case):
+    inp = build(case.problem, device=ctx.device)
+    dt = case.problem.dtype
+    s = float(case.problem.scale_value)
+    a, bpow = case.get("qpow"), case.get("vpow")
+    qmax = float(np.abs(to_np(inp.q)).max(initial=0.0))
+    vmax = float(np.abs(to_np(inp.v)).max(initial=0.0))
+    while a > 0 and qmax * 2.0 ** a > spec.FORMATS[dt].max / 4:
+        a -= 1
+    while bpow > 0 and vmax * 2.0 ** bpow > spec.FORMATS[dt].max / 4:
+        bpow -= 1
+    base = inp.with_(scale=s)
+    o0, l0 = ctx.call(base, tile=case.tile_dict)
+    rows = judge_rows(ctx, base, tile=case.tile_dict)
+    ex, _ = ctx.judge(*sample(ctx, base, o0, l0, rows=rows), tile=case.tile_dict, label=f"scale={s!r}", fa=False)
+    inp_q = base.with_(q=inp.q * 2.0 ** a, scale=s * 2.0 ** -a)
+    o1, l1 = ctx.call(inp_q, tile=case.tile_dict)
+    inp_q, o1, l1 = sample(ctx, inp_q, o1, l1, rows=rows)
+    ob1, lb1 = ctx.bound(inp_q, tile=case.tile_dict)
+    oracle.assert_within(f"O (q * 2^{a}, scale / 2^{a})", to_np(o1), ex.o, ob1 + ex.o_rad,
+                         what="scale equivariance")
+    if l1 is not None:
+        oracle.assert_within(f"LSE (q * 2^{a}, scale / 2^{a})", to_np(l1), ex.lse, lb1 + ex.lse_rad,
+                             what="scale equivariance", dims="(b, h, i)")
+    inp_v = base.with_(v=inp.v * 2.0 ** bpow)
+    o2, _ = ctx.call(inp_v, tile=case.tile_dict, return_lse=False)
+    inp_v, o2 = sample(ctx, inp_v, o2, rows=rows)
+    ob2, _ = ctx.bound(inp_v, tile=case.tile_dict)
+    oracle.assert_within(f"O (v * 2^{bpow})", to_np(o2), ex.o * 2.0 ** bpow, ob2 + ex.o_rad * 2.0 ** bpow,
+                         what="equivariance in v")
+
+
+# ============================================================================ GQA
+def _gqa_shapes(ctx):
+    lim = ctx.limits
+    def mk(hkv, ratio, lq, lk, e):
+        while hkv * ratio > lim.max_heads and hkv > 1:
+            hkv -= 1
+        while hkv * ratio > lim.max_heads:
+            ratio -= 1
+        return Shape(1, hkv * ratio, hkv, lq, lk, e, e)
+    return st.builds(mk, st.sampled_from((1, 2, 3)), st.sampled_from((3, 5, 6, 7, 2, 4, 8)),
+                     lengths(max_len=lim.max_len, tile_sizes=tile_sizes(ctx)),
+                     lengths(max_len=lim.max_len, tile_sizes=tile_sizes(ctx)),
+                     st.sampled_from(lim.head_dims))
+
+
+@prop("gqa_equals_repeated_mha",
+      asserts="GQA/MQA (H/Hkv in 2..8 incl. 3, 5, 6, 7; Hkv in {1, 2, 3}) equals the exact attention with query "
+              "head h reading KV head h // (H/Hkv), and the target's MHA run on repeat_interleaved K/V",
+      classes=(15,),
+      strategy=lambda ctx: case_strategy(ctx, problem_strategy(ctx, shape=_gqa_shapes(ctx))),
+      corners=lambda ctx: [corner(ctx, shape=Shape(1, 6, 2, 7, 11, 16, 16), seed=61),
+                           corner(ctx, shape=Shape(1, 7, 1, 3, 5, 16, 16), seed=62),
+                           corner(ctx, shape=Shape(1, 6, 3, 4, 9, 16, 16), seed=63)],
+      needs=lambda t: None if t.gqa else "the target declares no GQA",
+      bound="running_forward_bound of each run")
+def gqa_equals_repeated_mha(ctx, case):
+    inp = build(case.problem, device=ctx.device)
+    o, lse = ctx.call(inp, tile=case.tile_dict)
+    rows = judge_rows(ctx, inp, tile=case.tile_dict)
+    ex, _ = ctx.judge(*sample(ctx, inp, o, lse, rows=rows), tile=case.tile_dict, label="GQA", fa=False)
+    rep = inp.q.shape[1] // inp.k.shape[1]
+    mha = inp.with_(k=inp.k.repeat_interleave(rep, dim=1), v=inp.v.repeat_interleave(rep, dim=1))
+    o1, l1 = ctx.call(mha, tile=case.tile_dict)
+    ctx.judge(*sample(ctx, mha, o1, l1, rows=rows), tile=case.tile_dict, label="MHA with repeated K/V", fa=False,
+              ex=ex)
+
+
+# ============================================================================ V = ones, convex hull
+@prop("ones_values_give_ones",
+      asserts="with V = ones every row that has an allowed key outputs 1 (and empty rows 0), within the bound",
+      classes=(10, 1),
+      strategy=lambda ctx: case_strategy(ctx, values=("ones",)),
+      corners=lambda ctx: [corner(ctx, values="ones", regime=Regime("spread", 0.0, 30.0), seed=71),
+                           corner(ctx, values="ones", regime=Regime("very_negative", -1e4, 1.0), seed=72)],
+      bound="running_forward_bound (exact O is exactly 1)")
+def ones_values_give_ones(ctx, case):
+    inp = build(case.problem, device=ctx.device)
+    o, lse = ctx.call(inp, tile=case.tile_dict)
+    ctx.judge(*sample(ctx, inp, o, lse, tile=case.tile_dict), tile=case.tile_dict, fa=False)
+
+
+@prop("output_in_convex_hull",
+      asserts="each output column lies within [min_j v_jc, max_j v_jc] over the row's allowed keys, up to the bound",
+      classes=(10, 4, 20),
+      strategy=lambda ctx: case_strategy(ctx, values=("normal", "offset", "large")),
+      corners=lambda ctx: [corner(ctx, values="offset", regime=Regime("spread", 0.0, 1e3), seed=81)],
+      bound="running_forward_bound around the hull")
+def output_in_convex_hull(ctx, case):
+    inp = build(case.problem, device=ctx.device)
+    o, _ = ctx.call(inp, tile=case.tile_dict, return_lse=False)
+    inp, o = sample(ctx, inp, o, tile=case.tile_dict)
+    o_b, _ = ctx.bound(inp, tile=case.tile_dict)
+    allowed = oracle.allowed_mask(inp)
+    v = to_np(inp.v)
+    rep = inp.q.shape[1] // inp.k.shape[1]
+    b, h, nq = allowed.shape[:3]
+    lo = np.empty((b, h, nq, v.shape[-1]))
+    hi = np.empty_like(lo)
+    for bi in range(b):  # one (b, h) slice at a time: (rows, Lk, Ev) is the largest temporary
+        for hi_ in range(h):
+            a = allowed[bi, hi_][..., None]
+            vv = v[bi, hi_ // rep][None]
+            lo[bi, hi_] = np.where(a, vv, np.inf).min(axis=1)
+            hi[bi, hi_] = np.where(a, vv, -np.inf).max(axis=1)
+    empty = ~allowed.any(axis=-1)
+    lo = np.where(empty[..., None], 0.0, lo)
+    hi = np.where(empty[..., None], 0.0, hi)
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    oracle.assert_within("O", to_np(o), mid, half + o_b, what="the convex hull of the allowed V rows (+ bound)")
+
+
+# ============================================================================ head-dim padding
+def _padded_dims(ctx, e, ev, pad):
+    """The declared (E2, Ev2) that E, Ev + pad pad to, or None when the target declares none."""
+    e2 = head_dim_at_least(ctx, e + pad)
+    ev2 = head_dim_at_least(ctx, ev + pad) if ctx.target.value_dim else e2
+    if e2 is None or ev2 is None or (not ctx.target.value_dim and e2 != ev2):
+        return None
+    return e2, ev2
+
+
+
+@prop("head_dim_zero_padding_invariant",
+      asserts="zero-padding q, k (and v) along the head dim with the scale fixed at 1/sqrt(E_real) leaves O "
+              "unchanged within the bound, and the padded value columns are 0",
+      classes=(18,),
+      strategy=lambda ctx: case_strategy(ctx, extra=st.sampled_from((1, 8, 24)).map(lambda p: (("pad", p),))).filter(
+          lambda c: _padded_dims(ctx, c.problem.shape.e, c.problem.shape.ev, c.get("pad")) is not None),
+      corners=lambda ctx: [corner(ctx, shape=Shape(1, 1, 1, 6, 9, 40, 40), seed=111, extra=(("pad", 24),))],
+      bound="running_forward_bound of the padded problem against the exact unpadded O")
+def head_dim_zero_padding_invariant(ctx, case):
+    import torch
+
+    inp = build(case.problem, device=ctx.device)
+    e, ev = inp.q.shape[-1], inp.v.shape[-1]
+    dims = _padded_dims(ctx, e, ev, case.get("pad"))
+    if dims is None:  # a corner on a target whose head dims stop here
+        raise Undeclared(f"no declared head dim above E={e}, Ev={ev}")
+    e2, ev2 = dims
+    s = float(case.problem.scale_value)
+    base = inp.with_(scale=s)
+    o0, l0 = ctx.call(base, tile=case.tile_dict)
+    rows = judge_rows(ctx, base, tile=case.tile_dict)
+    ex, _ = ctx.judge(*sample(ctx, base, o0, l0, rows=rows), tile=case.tile_dict, label="unpadded", fa=False)
+    pad = lambda x, n: torch.nn.functional.pad(x, (0, n - x.shape[-1]))  # noqa: E731
+    padded = base.with_(q=pad(inp.q, e2), k=pad(inp.k, e2), v=pad(inp.v, ev2))
+    o1, l1 = ctx.call(padded, tile=case.tile_dict)
+    padded, o1, l1 = sample(ctx, padded, o1, l1, rows=rows)
+    ob1, lb1 = ctx.bound(padded, tile=case.tile_dict)
+    want = np.concatenate([ex.o, np.zeros(ex.o.shape[:-1] + (ev2 - ev,))], axis=-1)
+    rad = np.concatenate([ex.o_rad, np.zeros(ex.o.shape[:-1] + (ev2 - ev,))], axis=-1)
+    oracle.assert_within(f"O (E {e}->{e2}, Ev {ev}->{ev2}, explicit scale)", to_np(o1), want, ob1 + rad,
+                         what="invariance under zero-padding the head dim")
+    if l1 is not None:
+        oracle.assert_within("LSE (padded head dim)", to_np(l1), ex.lse, lb1 + ex.lse_rad,
+                             what="invariance under zero-padding the head dim", dims="(b, h, i)")
