@@ -154,9 +154,9 @@ def _probe_backward(t: Target, **call) -> bool:
 
 # ---------------------------------------------------------------------------------------- flash_attn
 def flash_attn_style(fn, *, name=None, spec=None, dtypes=("float16", "bfloat16"), head_dims=FA_HEAD_DIMS,
-                     value_dim=False, devices=("cuda", "cpu"), alignment="bottom_right", lse=None, backward=None,
-                     lse_layout="bhl", empty_row_lse=math.inf, gqa=True, min_lq=1, min_lk=1, accepts=None,
-                     known_deviations=None, description=None, **declare) -> Target:
+                     value_dim=False, devices=("cuda", "cpu"), alignment="bottom_right", causal=None, window=None,
+                     softcap=None, lse=None, backward=None, lse_layout="bhl", empty_row_lse=math.inf, gqa=True,
+                     min_lq=1, min_lk=1, accepts=None, known_deviations=None, description=None, **declare) -> Target:
     """A kernel with flash-attn's ``flash_attn_func`` convention as a Target.
 
     What it declares comes from ``fn``'s signature: causal in ``alignment`` (flash-attn: bottom-right)
@@ -167,6 +167,8 @@ def flash_attn_style(fn, *, name=None, spec=None, dtypes=("float16", "bfloat16")
     target's device (declare them to skip the probe). The rest is declared: ``dtypes`` (flash-attn:
     fp16/bf16), ``head_dims``, ``value_dim`` (Ev != E), ``gqa``, ``min_lq``/``min_lk``,
     ``devices``, ``accepts`` (further limits) and any other Target field through ``**declare``.
+    ``causal`` / ``window`` / ``softcap``: None reads the signature; False declares the option absent
+    although the parameter exists (a port that raises on it); True requires the parameter.
 
     ``lse_layout``: "bhl" (flash-attn: (B, H, Lq)) or "blh" ((B, Lq, H)); the LSE must be in
     natural log (a log2 LSE fails the suite's LSE properties: there is no option to convert it,
@@ -193,6 +195,12 @@ def flash_attn_style(fn, *, name=None, spec=None, dtypes=("float16", "bfloat16")
     scale_name = next((n for n in _SCALE_NAMES if n in params), None)
     flag = next((n for n in _LSE_FLAGS if n in params), None)
     has = {n: n in params for n in ("causal", "window_size", "softcap", "dropout_p")}
+    for opt, param, want in (("causal", "causal", causal), ("window", "window_size", window),
+                             ("softcap", "softcap", softcap)):
+        if want is True and not has[param]:
+            raise TypeError(f"flash_attn_style: {opt}=True, and {who} has no `{param}` parameter")
+        if want is False:
+            has[param] = False
 
     kernel = alignment
 

@@ -283,3 +283,11 @@ def test_named_adapter_is_kept_in_the_reproducer():
 def test_adapted_targets_are_targets():
     for spec in _FLASH + [f"{MOD}:parallel_attn", f"{MOD}:sdpa_blhd@blhd"]:
         assert isinstance(load_target(spec), Target)
+
+
+def test_signature_options_can_be_declared_absent():
+    """A port whose wrapper raises on window_size / softcap declares them absent (not probed as failures)."""
+    t = flash_attn_style(fakes.flash_attn_func, window=False, softcap=False, causal=False)
+    assert not (t.window or t.softcap or t.alignments) and t.lse
+    with pytest.raises(TypeError, match="window=True, and .* has no `window_size`"):
+        flash_attn_style(lambda q, k, v, softmax_scale=None, causal=False: q, window=True)
