@@ -298,8 +298,9 @@ def _fa_call(fn, who, q, k, v, *, causal, alignment, window, scale, softcap, att
         # an invalid window reaches the kernel as given: rejecting it is the kernel's job (spec: an error)
         if not names[2]["window_size"]:
             raise ValueError(f"{who} takes no `window_size`")
-        return fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), window_size=tuple(window),
-                  **({"causal": True} if causal else {}))
+        kw = {"window_size": tuple(window), **({"causal": True} if causal else {})}
+        return _bhld_out(_fa_split(fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), **kw), who,
+                                   names[1], False)[0], q, v, who)
     mask = spec_mod.make_mask(causal=causal, window=window, alignment=alignment)
     kw = _fa_kwargs(mask, lq=lq, lk=lk, scale=scale, softcap=softcap, return_lse=return_lse, kernel=kernel,
                     names=names, who=who)
