@@ -98,7 +98,7 @@ def main(argv=None) -> int:
 
     from flashproof.properties import gen, suite
     from flashproof.properties.profiles import default_profile
-    from flashproof.properties.targets import load_target
+    from flashproof.properties.loading import load_target
 
     clock = _Clock()
     if not args.no_breakdown:

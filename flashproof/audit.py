@@ -117,7 +117,7 @@ def _flex_impl():
 
 
 def _target_impl(spec: str):
-    from flashproof.properties.targets import load_target
+    from flashproof.properties.loading import load_target
 
     t = load_target(spec)
 

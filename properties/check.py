@@ -25,6 +25,9 @@ def add_arguments(parser):
     parser.add_argument("target", nargs="?", default=None, metavar="TARGET",
                         help="module:attr of an SDPA-signature callable, a Target or a factory "
                              "(default: flashproof's own kernel)")
+    parser.add_argument("--adapter", default=None, metavar="NAME",
+                        help="apply this adapter of flashproof.properties.adapters to TARGET (flash_attn, fla, blhd, "
+                             "sdpa; default: detected from the target's signature)")
     parser.add_argument("--profile", default=None, choices=("ci", "gpu", "deep"),
                         help="Hypothesis profile (default: ci on CPU, gpu with CUDA)")
     parser.add_argument("--select", action="append", default=None, metavar="PATTERN",
@@ -98,7 +101,10 @@ def run(args) -> int:
         print(f"flashproof check: --state-dir/--db: {exc}", file=sys.stderr)
         return EXIT_ERROR
     try:
-        target = load_target_within(args.target, resolve_example_timeout(args.example_timeout, args.profile or "ci"))
+        from .adapters import with_adapter
+
+        spec = with_adapter(args.target, args.adapter)
+        target = load_target_within(spec, resolve_example_timeout(args.example_timeout, args.profile or "ci"))
         device = target.device()
     except TargetTimeout as exc:  # the target hung while it was loaded and probed: its fault
         print(f"flashproof check: {exc}", file=sys.stderr)

@@ -3,7 +3,8 @@
 Kept import-light: it is loaded by every pytest run in an environment that installs flashproof,
 so it imports nothing heavy at module level (no torch, triton or hypothesis). It
 
-- adds ``--flashproof-target=MODULE:ATTR`` (default: flashproof's own kernel),
+- adds ``--flashproof-target=MODULE:ATTR`` (default: flashproof's own kernel) and
+  ``--flashproof-adapter=NAME`` (flashproof.properties.adapters; default: by signature),
 - registers the Hypothesis profiles ``ci``, ``gpu``, ``deep`` before Hypothesis loads the one
   named by ``--hypothesis-profile`` (the suite defaults to ``ci`` on CPU, ``gpu`` with CUDA),
 - provides the session fixtures ``flashproof_target`` and ``flashproof_profile`` that the
@@ -27,6 +28,9 @@ def pytest_addoption(parser):
     group = parser.getgroup("flashproof")
     group.addoption("--flashproof-target", default=None, metavar="MODULE:ATTR",
                     help="attention kernel under test (default: flashproof's own Triton kernel)")
+    group.addoption("--flashproof-adapter", default=None, metavar="NAME",
+                    help="apply this adapter of flashproof.properties.adapters to the target (flash_attn, fla, blhd, "
+                         "sdpa; default: detected from the target's signature)")
     group.addoption("--flashproof-example-timeout", default=None, metavar="S",
                     help="seconds one example may take before the property fails as a TIMEOUT (0: no limit; "
                          "default per profile: ci 60, gpu 120, deep 300)")
@@ -80,7 +84,7 @@ def pytest_configure(config):
 
         limit = resolve_example_timeout(_example_timeout(config), _profile_option(config) or "ci")
         try:
-            load_target_within(config.getoption("flashproof_target"), limit)
+            load_target_within(_target_spec(config), limit)
         except TargetTimeout as exc:  # a hang is the target's fault: a failed session, not a usage error
             pytest.exit(f"--flashproof-target: {exc}", returncode=pytest.ExitCode.TESTS_FAILED)
         except (TargetLoadError, TypeError, ValueError) as exc:
@@ -90,21 +94,32 @@ def pytest_configure(config):
 
 
 def _wants_us(config) -> bool:
-    return config.getoption("flashproof_target", None) is not None
+    return (config.getoption("flashproof_target", None) is not None
+            or config.getoption("flashproof_adapter", None) is not None)
+
+
+def _target_spec(config):
+    """--flashproof-target with --flashproof-adapter applied ("module:attr@adapter")."""
+    adapter = config.getoption("flashproof_adapter", None)
+    if adapter is None:
+        return config.getoption("flashproof_target", None)
+    from flashproof.properties.adapters import with_adapter
+
+    return with_adapter(config.getoption("flashproof_target", None), adapter)
 
 
 def pytest_report_header(config):
     if _wants_us(config):
-        return f"flashproof target: {config.getoption('flashproof_target')}"
+        return f"flashproof target: {_target_spec(config)}"
     return None
 
 
 @pytest.fixture(scope="session")
 def flashproof_target(request):
     """The Target under test (``--flashproof-target``, default flashproof's kernel)."""
-    from flashproof.properties.targets import load_target
+    from flashproof.properties.loading import load_target
 
-    return load_target(request.config.getoption("flashproof_target"))
+    return load_target(_target_spec(request.config))
 
 
 @pytest.fixture(scope="session")

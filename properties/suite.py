@@ -27,7 +27,8 @@ from .outcomes import (ERROR, FAILED, NOT_DECLARED, NOT_RUN, PASSED, SKIPPED, TI
 from .profiles import DERANDOMIZED_SEED, get_profile, profile_name, register_profiles, settings_for
 from .registry import PROPERTIES, Property, Skip, TargetError, TargetTimeout, pinned_cases
 from .state import Journal, db_key, prepare_state_dir, run_key, save_reproducer
-from .targets import Target, load_target
+from .loading import load_target
+from .targets import Target
 from .timeouts import TimedOut, load_target_within, resolve_example_timeout, run_example, timeout_message
 
 __all__ = ["run_property", "run_suite", "replay", "select_properties", "load_properties"]

@@ -7,13 +7,11 @@ and its domain (``domain.Call``: the calls it takes). The suite exercises each d
 capability and reports the others as "not declared". The built-in targets (flashproof's kernel,
 torch, the tiled peer) are in builtin_targets.py.
 
-``load_target("pkg.mod:attr")`` accepts a Target, a zero-argument factory returning one, or an
-SDPA callable. This module imports no torch at import time (the pytest plugin imports it).
+Loading one by name (``load_target``) is loading.py's. This module imports no torch at import time
+(the pytest plugin imports it).
 """
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import inspect
 import math
 from dataclasses import dataclass, field
@@ -29,20 +27,10 @@ __all__ = [
     "Call",
     "OutsideDomain",
     "TargetLoadError",
-    "load_target",
     "from_sdpa",
-    "DEFAULT_TARGET",
     "DECLARE_HINT",
     "TORCH_CPU_DEVIATIONS",
 ]
-
-#: What ``--flashproof-target`` means when it is not given: flashproof's own Triton kernel.
-DEFAULT_TARGET = "flashproof.properties.builtin_targets:default_target"
-#: Targets named before the built-in ones moved to builtin_targets.py (saved reproducer files name
-#: them): load_target reads the old name as the new one.
-_MOVED_TARGETS = {f"flashproof.properties.targets:{n}": f"flashproof.properties.builtin_targets:{n}"
-                  for n in ("default_target", "torch_sdpa", "tiled_peer")}
-
 
 class TargetLoadError(ValueError):
     """The target named on the command line cannot be imported or is not a target."""
@@ -377,70 +365,3 @@ def from_sdpa(fn, *, name=None, spec=None, backward=None, known_deviations=None)
         spec=spec,
         description="plain SDPA callable",
     )
-
-
-# ---------------------------------------------------------------------- load_target
-def load_target(spec) -> Target:
-    """A Target from "module:attr" (or from a Target / factory / SDPA callable object).
-
-    ``attr`` may be dotted. Raises :class:`TargetLoadError` (a ValueError) with the reason when
-    the module does not import, the attribute is missing, or it is not callable.
-    """
-    if spec is None:
-        spec = DEFAULT_TARGET
-    if isinstance(spec, str):
-        spec = _MOVED_TARGETS.get(spec.strip(), spec)
-    if isinstance(spec, Target):
-        return spec
-    if not isinstance(spec, str):
-        if callable(spec):
-            return _coerce(spec, spec=None)
-        raise TypeError(f"target must be a 'module:attr' string, a Target or a callable, got {type(spec).__name__}")
-    text = spec.strip()
-    if text.count(":") != 1:
-        raise TargetLoadError(f"target must be given as 'module:attr' (e.g. "
-                              f"'torch.nn.functional:scaled_dot_product_attention'), got {spec!r}")
-    modname, attr = text.split(":")
-    if not modname or not attr:
-        raise TargetLoadError(f"target must be given as 'module:attr', got {spec!r}")
-    try:
-        obj = importlib.import_module(modname)
-    except Exception as exc:  # any import-time failure is the user's module's, report it
-        raise TargetLoadError(f"target {spec!r}: cannot import module {modname!r}: "
-                              f"{type(exc).__name__}: {exc}") from exc
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise TargetLoadError(f"target {spec!r}: module {modname!r} has no attribute {attr!r}") from None
-    if not (isinstance(obj, Target) or callable(obj)):
-        raise TargetLoadError(f"target {spec!r} is a {type(obj).__name__}, not a Target or a callable")
-    return _coerce(obj, spec=text)
-
-
-def _coerce(obj, *, spec) -> Target:
-    if isinstance(obj, Target):
-        return dataclasses.replace(obj, spec=obj.spec or spec)
-    # A zero-argument factory returns a Target; an SDPA callable takes (query, key, value, ...).
-    if _is_factory(obj):
-        try:
-            t = obj()
-        except TargetLoadError:
-            raise
-        except Exception as exc:
-            raise TargetLoadError(f"target {spec or obj!r}: the factory raised {type(exc).__name__}: {exc}") from exc
-        if not isinstance(t, Target):
-            raise TargetLoadError(f"target {spec or obj!r}: a zero-argument factory must return a Target, "
-                                  f"got {type(t).__name__}")
-        return dataclasses.replace(t, spec=t.spec or spec)
-    return from_sdpa(obj, spec=spec)
-
-
-def _is_factory(obj) -> bool:
-    try:
-        sig = inspect.signature(obj)
-    except (TypeError, ValueError):
-        return False
-    required = [p for p in sig.parameters.values()
-                if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return not required and not any(p.kind == p.VAR_POSITIONAL for p in sig.parameters.values())

@@ -13,7 +13,7 @@ import threading
 
 from .profiles import get_profile
 from .registry import TargetTimeout
-from .targets import load_target
+from .loading import load_target
 
 __all__ = ["resolve_example_timeout", "run_example", "TimedOut", "timeout_message", "load_target_within",
            "LOAD_TIMEOUT_FLOOR"]

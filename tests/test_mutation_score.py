@@ -23,8 +23,8 @@ import pytest
 
 from mutants.base import TiledAttention
 from mutants.registry import describe, mutant_targets, peer_targets
-from mutants.triggers import deviation
-from mutants.zoo import MUTANTS
+from mutants.triggers import bound_ratio, deviation
+from mutants.zoo import LONG_MUTANTS, MUTANTS
 
 try:
     from flashproof.properties import run_suite
@@ -57,6 +57,36 @@ def test_bugs_are_real(cls):
         bad = deviation(cls(), trig)
     assert base is None, f"the correct base disagrees with the reference on {cls.__name__}'s trigger: {base}"
     assert bad is not None, f"{cls.__name__} ({describe(cls)}) agrees with the reference on its trigger"
+
+
+@pytest.mark.parametrize("cls", list(LONG_MUTANTS.values()), ids=list(LONG_MUTANTS))
+def test_long_mutants_need_long_inputs(cls):
+    """Each long-accumulation mutant breaks the derived bound on its trigger at 4096 keys (128 tiles
+    of 32) and stays within it on the same construction at 32 and 40 keys (1 and 2 tiles: the ci
+    profile's max_len 40), where the correct base is within it everywhere: ci's length limit misses
+    them (zoo.LONG_MUTANTS). Measured: 6.5x (bf16 carry), 4.3x (fp16 carry), 14x (rescale) at 4096;
+    <= 0.36x at 32 and 40."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        long_ = bound_ratio(cls(), cls().trigger(4096))
+        short = {lk: bound_ratio(cls(), cls().trigger(lk)) for lk in (32, 40)}
+        base = {lk: bound_ratio(TiledAttention(), cls().trigger(lk)) for lk in (32, 40, 4096)}
+    assert long_ > 1, f"{cls.__name__} stays within the bound at 4096 keys: {long_:.3g} x the bound"
+    assert max(short.values()) <= 1, f"{cls.__name__} breaks the bound on a short input: {short}"
+    assert max(base.values()) <= 1, f"the correct base breaks the bound on {cls.__name__}'s trigger: {base}"
+
+
+@NEEDS_SUITE
+@pytest.mark.xfail(strict=True, reason="ci draws at most 40 keys (2 tiles of 32): the long-accumulation mutants pass "
+                                       "it until issue 15's adaptive length budget; then move them into MUTANTS")
+@pytest.mark.parametrize("cls", list(LONG_MUTANTS.values()), ids=list(LONG_MUTANTS))
+def test_long_mutants_are_killed_at_ci(cls, monkeypatch):
+    from flashproof.properties import profiles
+    from mutants.registry import target_of
+
+    monkeypatch.setitem(profiles.SHRINK_SECONDS, "ci", 0)
+    result = run_suite(target_of(cls()), profile="ci", fail_fast=True)
+    assert _killer(result) is not None, f"{cls.__name__} survives the ci suite: {result.table().splitlines()[-1]}"
 
 
 def _first_line(text, n=150):

@@ -1,12 +1,16 @@
 """properties/targets.py: load_target errors, SDPA wrapping, Target validation and calling."""
 import math
+import os
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
 
-from flashproof.properties.targets import Target, TargetLoadError, from_sdpa, load_target
+from flashproof.properties.loading import load_target
+from flashproof.properties.targets import Target, TargetLoadError, from_sdpa
 
 F = torch.nn.functional
 
@@ -154,3 +158,78 @@ def test_names_from_before_the_split_still_load_and_import():
     assert "Case" not in strategies.__all__  # strategies.py holds strategies only
     with pytest.raises(AttributeError, match="no_such_name"):
         strategies.no_such_name  # noqa: B018
+
+
+# ============================================================================ a module of the current directory
+_MYATTN = '''\
+"""A user's repo: a correct attention on torch's SDPA signature (fp32 inside), and a flash-attn-style
+kernel whose causal is top-left (flash-attn's is bottom-right)."""
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def good(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.float()
+    return F.scaled_dot_product_attention(query.float(), key.float(), value.float(), attn_mask=mask,
+                                          is_causal=is_causal, scale=scale, enable_gqa=enable_gqa).to(query.dtype)
+
+
+def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                    alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    if tuple(window_size) != (-1, -1) or softcap:
+        raise NotImplementedError("no window, no softcap")
+    qh, kh, vh = (x.transpose(1, 2).float() for x in (q, k, v))
+    rep = qh.shape[1] // kh.shape[1]
+    kh, vh = kh.repeat_interleave(rep, 1), vh.repeat_interleave(rep, 1)
+    s = qh @ kh.transpose(-1, -2) * (softmax_scale or qh.shape[-1] ** -0.5)
+    if causal:
+        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), -math.inf)
+    o = (s.softmax(-1) @ vh).to(q.dtype).transpose(1, 2)
+    return (o, torch.logsumexp(s, -1), None) if return_attn_probs else o
+'''
+_BIN = Path(sys.executable).parent
+
+
+def _in_repo(tmp_path, argv):
+    """``argv`` run in a fresh repo folder holding myattn.py, as a user types it there: no PYTHONPATH, and
+    the installed console scripts (``python -m`` would put the folder on sys.path by itself)."""
+    (tmp_path / "myattn.py").write_text(_MYATTN)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k != "PYTHONPATH"}
+    return subprocess.run([str(_BIN / argv[0]), *argv[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600, stdin=subprocess.DEVNULL)
+
+
+_PYTEST = ["pytest", "-q", "-p", "no:cacheprovider", "--pyargs", "flashproof.properties"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["flashproof", "check", "myattn:good", "--select", "output_within_error_bound", "--quiet"],
+    [*_PYTEST, "--flashproof-target=myattn:good", "-k", "test_output_within_error_bound"],
+], ids=["check", "pytest"])
+def test_a_target_module_of_the_current_directory_is_found(tmp_path, argv):
+    r = _in_repo(tmp_path, argv)
+    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    assert "passed" in r.stdout
+
+
+@pytest.mark.parametrize("argv", [
+    ["flashproof", "check", "myattn:flash_attn_func", "--adapter", "flash_attn", "--select",
+     "causal_alignment_on_unequal_lengths", "--quiet"],
+    [*_PYTEST, "--flashproof-target=myattn:flash_attn_func", "--flashproof-adapter=flash_attn", "-k",
+     "test_causal_alignment_on_unequal_lengths"],
+], ids=["check", "pytest"])
+def test_a_named_adapter_applies_from_the_command_line(tmp_path, argv):
+    r = _in_repo(tmp_path, argv)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, f"exit {r.returncode}\n{out[-4000:]}"
+    assert "closer to top_left causal" in out and "myattn:flash_attn_func@flash_attn" in out, out[-4000:]
+
+
+def test_sys_path_is_left_alone_when_the_module_is_nowhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = list(sys.path)
+    with pytest.raises(TargetLoadError, match="cannot import module 'fp_nowhere_xyz'"):
+        load_target("fp_nowhere_xyz:fn")
+    assert sys.path == before

@@ -18,7 +18,8 @@ from flashproof.properties.outcomes import PASSED
 from flashproof.properties.profiles import Limits
 from flashproof.properties.registry import PROPERTIES
 from flashproof.properties.suite import load_properties, run_property
-from flashproof.properties.targets import Target, from_sdpa, load_target
+from flashproof.properties.loading import load_target
+from flashproof.properties.targets import Target, from_sdpa
 
 load_properties()
 F = torch.nn.functional

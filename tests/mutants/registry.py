@@ -12,9 +12,9 @@ from flashproof.properties.targets import Target, from_sdpa
 
 from . import peers
 from .base import SPLIT_RANGE, TILE_CONFIGS, TiledAttention
-from .zoo import MUTANTS
+from .zoo import LONG_MUTANTS, MUTANTS
 
-__all__ = ["target_of", "mutant_targets", "peer_targets", "describe", "markdown_rows"]
+__all__ = ["target_of", "mutant_targets", "long_mutant_targets", "peer_targets", "describe", "markdown_rows"]
 
 
 def describe(cls) -> str:
@@ -31,7 +31,7 @@ def target_of(impl: TiledAttention) -> Target:
         name=name,
         sdpa=impl.sdpa,
         forward=impl.forward,
-        tile_configs=TILE_CONFIGS,
+        tile_configs=getattr(impl, "declared_tiles", TILE_CONFIGS),
         lse=True,
         alignments=("top_left", "bottom_right"),
         window=True,
@@ -42,7 +42,7 @@ def target_of(impl: TiledAttention) -> Target:
         decode=impl.decode,
         split_range=SPLIT_RANGE,
         paged=True,
-        dtypes=("float32", "float16", "bfloat16"),
+        dtypes=getattr(impl, "declared_dtypes", ("float32", "float16", "bfloat16")),
         devices=("cpu",),
         accumulator="fp32",
         # exp and log are computed in float64 and rounded once to float32 (spec.Float32Ops).
@@ -53,6 +53,11 @@ def target_of(impl: TiledAttention) -> Target:
 
 def mutant_targets() -> list[Target]:
     return [target_of(cls()) for cls in MUTANTS]
+
+
+def long_mutant_targets() -> list[Target]:
+    """zoo.LONG_MUTANTS as Targets (not scored yet: see zoo.LONG_MUTANTS)."""
+    return [target_of(cls()) for cls in LONG_MUTANTS.values()]
 
 
 def peer_targets() -> list[Target]:

@@ -3,6 +3,11 @@
 ``deviation(impl, trig)`` runs ``impl`` on a mutant's :class:`zoo.Trigger` and returns ``None``
 when the result agrees with flashproof.reference (the correct base must give None), or a
 sentence saying what is wrong (every mutant must give one).
+
+``bound_ratio(impl, trig)`` measures a forward trigger against the suite's own judge instead:
+max |O - exact| / (derived bound + the reference's radius), the bound being
+flashproof.proofs.bounds.running_forward_bound (through properties.oracle.bound) for the zoo's
+declaration (fp32 accumulator, c_exp = 1) and the trigger's key-tile count; > 1 is a violation.
 """
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import torch
 
 from flashproof.reference import backward_fp64, forward_fp64
 
-__all__ = ["deviation", "TOL"]
+__all__ = ["deviation", "bound_ratio", "TOL"]
 
 #: crude agreement thresholds for the hand check (not the suite's bounds): measured base error
 #: vs forward_fp64 is <= 1e-7 * max|v| (fp32 O; 4e-8 on the log2(e) trigger), <= 1e-6 (LSE), <= 1e-6 (fp32 grads) on these inputs.
@@ -105,3 +110,23 @@ def deviation(impl, trig) -> str | None:
             return None
         return f"accepted invalid options {opts} without ValueError"
     raise ValueError(f"unknown trigger kind {kind!r}")
+
+
+def bound_ratio(impl, trig) -> float:
+    """max over O of |O - exact| / (bound + radius) on a "forward" trigger (see the module docstring)."""
+    from flashproof.properties import oracle
+    from flashproof.properties.strategies import Inputs
+
+    if trig["kind"] != "forward":
+        raise ValueError(f"bound_ratio needs a forward trigger, got {trig['kind']!r}")
+    q, k, v = trig["qkv"]
+    opts = dict(trig.get("opts", {}))
+    tile = dict(trig.get("tile", {}))
+    o = impl.forward(q, k, v, **opts, **tile)
+    inp = Inputs(q=q, k=k, v=v, **opts)
+    block_n = tile.get("block_n", impl.block_n)
+    o_b, l_b = oracle.bound(inp, accumulator="fp32", c_exp=1, n_tiles=max(1, -(-k.shape[2] // block_n)))
+    ex = oracle.exact(inp, need_o=o_b, need_lse=l_b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.abs(oracle.to_np(o) - ex.o) / (o_b + ex.o_rad)
+    return float(np.nanmax(np.where(np.isnan(r), np.inf, r)))

@@ -21,7 +21,7 @@ from flashproof.spec import Float32Ops, State, round_to
 
 from .base import F32, NEG_INF, TiledAttention
 
-__all__ = ["Mutant", "MUTANTS", "Trigger", "mutant_by_name"]
+__all__ = ["Mutant", "MUTANTS", "Trigger", "mutant_by_name", "LongMutant", "LONG_MUTANTS"]
 
 LN2 = F32(math.log(2.0))
 LOG2E = F32(1.0 / math.log(2.0))
@@ -1058,10 +1058,117 @@ class BiasScaled(Mutant):
         return Trigger(kind="forward", qkv=(q, k, v), opts=dict(attn_mask=bias, scale=0.5))
 
 
+# ------------------------------------------------------------------ long accumulation (not scored yet)
+class LongMutant(Mutant):
+    """A kernel with fixed 32-key tiles whose bug only shows after many tiles (bug class 9).
+
+    ``trigger(lk)`` builds the same input at any length: beyond the derived bound at lk = 4096
+    (128 tiles), within it at lk <= 40 (at most 2 tiles, the ci profile's longest), which
+    tests/test_mutation_score.py::test_long_mutants_need_long_inputs shows. Declared like the
+    other mutants but with this one tile config and ``declared_dtypes`` (see registry.target_of).
+    """
+
+    block_m = 16
+    block_n = 32
+    declared_tiles = ({"block_m": 16, "block_n": 32},)
+    declared_dtypes = ("float16", "bfloat16")
+
+    def prepare(self, q, k, v, **kw):
+        return super().prepare(q, k, v, **{**kw, "block_n": 32})  # the tile is fixed: a request changes nothing
+
+    def trigger(self, lk=4096):  # pragma: no cover - every long mutant defines one
+        raise NotImplementedError
+
+
+def _uniform_tiles(lk, dtype, last):
+    """Uniform weights (q = k = 0) and v = 1 except every 32nd key = ``last``: each full tile sums to
+    31 + last in fp32, exactly. Rows: 4, E = 16."""
+    v = torch.ones(1, 1, lk, 16)
+    v[:, :, 31::32] = last
+    return (torch.zeros(1, 1, 4, 16, dtype=dtype), torch.zeros(1, 1, lk, 16, dtype=dtype), v.to(dtype))
+
+
+class _CarriedAcc(LongMutant):
+    """The running state crosses work units of ``carry_every`` tiles through a buffer; acc's is in
+    ``acc_dtype`` (m and l stay fp32). With at most ``carry_every`` tiles nothing is carried."""
+
+    acc_dtype = torch.bfloat16
+    carry_every = 2
+
+    def init_state(self, shape, ev, ops):
+        self._tiles = 0  # tiles merged into this query tile's state
+        return super().init_state(shape, ev, ops)
+
+    def merge(self, a, b, ops):
+        tiles = getattr(self, "_tiles", 0)
+        if tiles and tiles % self.carry_every == 0:  # the bug: acc came back from a buffer in acc_dtype
+            a = State(a.m, a.l, round_to(np.asarray(a.acc, F32), self.acc_dtype))
+        self._tiles = tiles + 1
+        return super().merge(a, b, ops)
+
+
+class LongBf16Acc(_CarriedAcc):
+    """Running acc carried between 64-key work units (2 tiles of 32) in bf16 while fp32 is declared (class 9, long inputs only).
+
+    Declared for bf16 inputs; nothing is rounded up to 64 keys. Trigger: uniform weights, each work unit summing
+    to 71.875 (v = 1, every 32nd key 4.9375): past acc = 2048 each carry loses 7.875, just under half an ulp (16).
+    """
+
+    acc_dtype = torch.bfloat16
+    declared_dtypes = ("bfloat16",)
+
+    def trigger(self, lk=4096):
+        return Trigger(kind="forward", qkv=_uniform_tiles(lk, torch.bfloat16, 4.9375), tile=dict(block_n=32))
+
+
+class LongFp16Acc(_CarriedAcc):
+    """Running acc carried between 64-key work units (2 tiles of 32) in fp16 while fp32 is declared (class 9, long inputs only).
+
+    Declared for fp16 inputs; nothing is rounded up to 64 keys. Trigger: uniform weights, each work unit summing
+    to 64.990234375 (v = 1, every 32nd key 1 + 507/1024): past acc = 2048 each carry loses 0.99, just under half an ulp (2).
+    """
+
+    acc_dtype = torch.float16
+    declared_dtypes = ("float16",)
+
+    def trigger(self, lk=4096):
+        return Trigger(kind="forward", qkv=_uniform_tiles(lk, torch.float16, 1 + 507 / 1024), tile=dict(block_n=32))
+
+
+class LongRescaleInStorage(LongMutant):
+    """acc rescaled in the storage dtype each tile: fl16(fl16(alpha) * fl16(acc)) while fp32 is declared (class 9, long inputs only).
+
+    Trigger: the logits grow by delta per 32-key tile (q = 1, k = tile index, scale = delta / E), v = 1, with
+    exp(-delta) = 1 - 0.9 u_in / 2 rounding to 1 in the storage dtype: acc is not shrunk while l is, so O
+    drifts up by ~0.45 u_in per tile (bf16 inputs; the fp16 case is the same with its u_in).
+    """
+
+    def merge(self, a, b, ops):
+        dt = ops.p_dtype or torch.float32
+        m = np.maximum(a.m, b.m)
+        shift = ops.shift(m)
+        alpha, beta = ops.exp(a.m - shift), ops.exp(b.m - shift)
+        scaled = round_to(round_to(np.asarray(alpha, F32), dt)[..., None] * round_to(np.asarray(a.acc, F32), dt), dt)
+        return State(m, (alpha * a.l + beta * b.l).astype(F32), (scaled + beta[..., None] * b.acc).astype(F32))
+
+    def trigger(self, lk=4096, dtype=torch.bfloat16):
+        e, u = 16, {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}[dtype]
+        delta = -math.log1p(-0.45 * u)
+        k = (torch.arange(lk) // 32).to(torch.float32)[None, None, :, None].expand(1, 1, lk, e)
+        return Trigger(kind="forward", qkv=(torch.ones(1, 1, 4, e, dtype=dtype), k.to(dtype).contiguous(),
+                                            torch.ones(1, 1, lk, e, dtype=dtype)),
+                       opts=dict(scale=delta / e), tile=dict(block_n=32))
+
+
 MUTANTS: tuple[type[Mutant], ...] = tuple(
     c for c in list(globals().values())
     if isinstance(c, type) and issubclass(c, Mutant) and c is not Mutant and not c.__name__.startswith("_")
+    and not issubclass(c, LongMutant)
 )
+#: Planted bugs that need long inputs (more than 2 tiles of 32 keys) to show at all: at the ci profile's max_len 40
+#: they compute what the correct base computes (the carried ones) or stay within the bound (the rescale), and pass. They are not in MUTANTS (not scored by test_mutation_score) until the adaptive length budget of
+#: issue 15 (phase 2) lets ci draw long sequences for fast targets; they then join the score.
+LONG_MUTANTS: dict[str, type[LongMutant]] = {c.__name__: c for c in (LongBf16Acc, LongFp16Acc, LongRescaleInStorage)}
 
 
 def mutant_by_name(name: str) -> type[Mutant]:
