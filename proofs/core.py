@@ -160,7 +160,8 @@ class SympyOps(ScalarOps):
         return self.zero if self.is_neg_inf(m) else m
 
     def is_empty(self, l) -> bool:
-        return l == 0  # structural: only the literal 0 (the identity's l) is empty
+        # the literal 0 (the identity's l), or an exact zero such as a Float 0.0; never a symbol
+        return l == 0 or (isinstance(l, sp.Number) and l.is_zero is True)
 
     def zeros(self, dim):
         if isinstance(dim, sp.Basic) and not dim.is_Integer:
@@ -394,6 +395,20 @@ def sums_equal(lhs, rhs) -> bool:
 
 
 __all__ += ["push_into_sums", "sums_equal", "peel_last_terms"]
+
+
+_OPERATOR_FREE: dict = {}
+
+
+def operator_free(key: str, fn: Callable[[], object]) -> bool:
+    """The truth of a check that does not involve the operator under test, computed once per process
+    (the negative controls re-run each theorem many times; the identity does not change)."""
+    if key not in _OPERATOR_FREE:
+        _OPERATOR_FREE[key] = bool(fn())
+    return _OPERATOR_FREE[key]
+
+
+__all__.append("operator_free")
 
 
 class MpmathOps(ScalarOps):

@@ -53,8 +53,9 @@ __all__ = [
 ]
 
 #: Accumulator widths at which every component is checked: all of 1..9, the powers of two 16..512
-#: (head dims and chunk sizes), one past each (a partial last chunk), and 80, 96.
-WIDTHS = tuple(range(1, 10)) + (16, 17, 32, 33, 64, 65, 80, 96, 128, 129, 256, 257, 512, 513)
+#: (chunk sizes), one past each (a partial last chunk), and the head dims in use 40..192.
+WIDTHS = tuple(range(1, 10)) + (16, 17, 32, 33, 40, 48, 64, 65, 72, 80, 96, 112, 128, 129, 160, 192, 256,
+                                 257, 512, 513)
 #: Exact representatives evaluated in every case besides the symbolic values.
 REPRESENTATIVES = 3
 #: Seconds an operator call (or one check) may take before it counts as a failure.
@@ -171,16 +172,16 @@ def _as_state(out, width, ops) -> State:
 
 def _short(x, n: int = 60) -> str:
     try:
-        r = repr(x)
+        r = " ".join(repr(x).split())  # one line
     except Exception:  # noqa: BLE001
         r = f"<{type(x).__name__}>"
     return r if len(r) <= n else r[:n] + "..."
 
 
-def guard(merge, *, seconds: float = CALL_SECONDS):
+def guard(merge, *, seconds: float | None = None):
     """``merge`` as a callable ``(a, b, ops) -> State`` that raises :class:`OperatorFailure` (or
     :class:`Undecidable`) instead of anything else. The operator gets its own copies of the inputs;
-    a change to them is reported as a mutation."""
+    a change to them is reported as a mutation. ``seconds``: per call (default :data:`CALL_SECONDS`)."""
     if hasattr(merge, "__wrapped_operator__"):
         return merge  # already guarded
 
@@ -189,7 +190,7 @@ def guard(merge, *, seconds: float = CALL_SECONDS):
         before = [_snapshot(st) for st in ins]
         width = a.acc if isinstance(a.acc, SymVec) else len(a.acc)
         try:
-            with deadline(seconds):
+            with deadline(seconds or CALL_SECONDS):
                 out = merge(ins[0], ins[1], ops)
                 changed = [not _unchanged(x, _snapshot(st)) for x, st in zip(before, ins)]
                 if any(changed):
@@ -408,7 +409,7 @@ def attempt(fn, *args, **kwargs):
     """Run ``fn``; return (value, None) or (None, reason) for an operator failure, an undecidable
     branch, a timeout or an error in the check itself (never raises, except KeyboardInterrupt)."""
     try:
-        with deadline(CALL_SECONDS * 3):
+        with deadline(CALL_SECONDS * 3):  # a check of one case: a few operator calls and reductions
             return fn(*args, **kwargs), None
     except Undecidable as exc:
         return None, ("undecidable", str(exc))

@@ -233,6 +233,9 @@ def prove(merge=spec.merge, *, variants=None, stop_on_failure=False) -> Proof:
     return p
 
 
+_IEEE = (float, int, np.floating, np.integer)
+
+
 def _finite(x) -> bool:
     try:
         return bool(np.all(np.isfinite(np.asarray(x, dtype=np.float64))))
@@ -262,12 +265,11 @@ def _numeric(p, F, variants, default) -> bool:
                     if why is not None:
                         errs.append(f"{name} merge at m = ({ma}, {mb}): operator {why[1]}")
                         continue
-                    kind = np.float32 if ops is F32 else float
                     vals = [out.m, out.l, *out.acc]
-                    if not all(isinstance(x, kind) for x in vals):
-                        bad = next(x for x in vals if not isinstance(x, kind))
-                        errs.append(f"{name} merge at m = ({ma}, {mb}): returned {type(bad).__name__} {bad!r}, "
-                                    f"not {kind.__name__}: it does not compute in the arithmetic of its ops")
+                    bad = [x for x in vals if not isinstance(x, _IEEE)]
+                    if bad:  # SymPy/mpmath numbers have no overflow: they would hide it
+                        errs.append(f"{name} merge at m = ({ma}, {mb}): returned {type(bad[0]).__name__} "
+                                    f"{bad[0]!r}, not an IEEE float: it does not compute in its ops' arithmetic")
                         continue
                     live = [st for st in sts if st.l != 0]
                     if not live:

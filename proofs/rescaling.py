@@ -21,7 +21,7 @@ import sympy as sp
 from flashproof import spec
 
 from . import harness as H
-from .core import MP as _MP, SYMPY, Proof, exact_equal, is_zero, proof_main, sums_equal, timed
+from .core import MP as _MP, SYMPY, Proof, exact_equal, is_zero, operator_free, proof_main, sums_equal, timed
 
 __all__ = ["prove", "main", "STATEMENT", "WIDTHS"]
 
@@ -58,18 +58,19 @@ def prove(merge=spec.merge, *, stop_on_failure=False) -> Proof:
     p.step("Linearity of finite sums and joining adjacent ranges give, for any shifts:",
            r"e^{m_1-m}\ell_1+e^{m_2-m}\ell_2=\sum_{j=1}^{a}e^{s_j-m}+\sum_{j=a+1}^{a+b}e^{s_j-m}=\ell")
     ok = p.check("l = e^{m1-m} l1 + e^{m2-m} l2 (symbolic lengths a, b; m = Max(m1, m2) left symbolic)",
-                 sums_equal(sp.exp(m1 - m) * l1 + sp.exp(m2 - m) * l2, l))
+                 operator_free("thm1 l split", lambda: sums_equal(sp.exp(m1 - m) * l1 + sp.exp(m2 - m) * l2, l)))
     mm = sp.Symbol("mu", real=True)
     lmu = sp.Sum(sp.exp(s[j] - mm), (j, 1, a + b))
     ok &= p.check("... and for an arbitrary common shift mu (no case split on which block holds the max)",
-                  sums_equal(sp.exp(m1 - mm) * l1 + sp.exp(m2 - mm) * sp.Sum(sp.exp(s[j] - m2), (j, a + 1, a + b)), lmu))
+                  operator_free("thm1 l split mu", lambda: sums_equal(
+                      sp.exp(m1 - mm) * l1 + sp.exp(m2 - mm) * sp.Sum(sp.exp(s[j] - m2), (j, a + 1, a + b)), lmu)))
     # (ii) probabilities: for j in A1, e^{s_j-m}/l = alpha e^{s_j-m1}/l1 (and A2 likewise)
     sm1 = sp.exp(s[k] - m1) / l1
     sm2 = sp.exp(s[k] - m2) / l2
     ok &= p.check("softmax([A1,A2])_k = alpha softmax(A1)_k for k in A1",
-                  is_zero(sp.exp(s[k] - m) / l - alpha * sm1))
+                  operator_free("thm1 alpha", lambda: is_zero(sp.exp(s[k] - m) / l - alpha * sm1)))
     ok &= p.check("softmax([A1,A2])_k = beta softmax(A2)_k for k in A2",
-                  is_zero(sp.exp(s[k] - m) / l - beta * sm2))
+                  operator_free("thm1 beta", lambda: is_zero(sp.exp(s[k] - m) / l - beta * sm2)))
     p.step("Per key, the common factor cancels:",
            r"\frac{e^{s_k-m}}{\ell}=\frac{\ell_1e^{m_1-m}}{\ell}\cdot\frac{e^{s_k-m_1}}{\ell_1}")
     # (iii) the weighted sum
@@ -77,7 +78,7 @@ def prove(merge=spec.merge, *, stop_on_failure=False) -> Proof:
     o1 = sp.Sum(sp.exp(s[j] - m1) * v[j], (j, 1, a)) / l1
     o2 = sp.Sum(sp.exp(s[j] - m2) * v[j], (j, a + 1, a + b)) / l2
     ok &= p.check("softmax([A1,A2])[V1;V2] = alpha softmax(A1)V1 + beta softmax(A2)V2 (symbolic lengths)",
-                  sums_equal(o * l, (alpha * o1 + beta * o2) * l))
+                  operator_free("thm1 weighted sum", lambda: sums_equal(o * l, (alpha * o1 + beta * o2) * l)))
     p.step("Multiplying by l and using linearity:",
            r"\sum_{j\in A_1\|A_2}e^{s_j-m}v_j=e^{m_1-m}\sum_{A_1}e^{s_j-m_1}v_j+e^{m_2-m}\sum_{A_2}e^{s_j-m_2}v_j")
     if stop_on_failure and not ok:
