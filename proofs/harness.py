@@ -189,9 +189,10 @@ def guard(merge, *, seconds: float | None = None):
         ins = [State(st.m, st.l, _copy_acc(st.acc)) for st in (a, b)]
         before = [_snapshot(st) for st in ins]
         width = a.acc if isinstance(a.acc, SymVec) else len(a.acc)
+        own_ops = copy.copy(ops)  # an operator that reassigns ops.exp changes only its own copy
         try:
             with deadline(seconds or CALL_SECONDS):
-                out = merge(ins[0], ins[1], ops)
+                out = merge(ins[0], ins[1], own_ops)
                 changed = [not _unchanged(x, _snapshot(st)) for x, st in zip(before, ins)]
                 if any(changed):
                     which = " and ".join(n for n, c in zip("ab", changed) if c)
@@ -257,7 +258,8 @@ def _weak_orders(n: int):
 
 def cases(k: int) -> list:
     """Exhaustive cases for k states: each subset of non-empty states times each weak order of
-    their maxima (k = 2: 6 cases; k = 3: 26)."""
+    their maxima (k = 2: 6 cases; k = 3: 26). Strict orders come first (most wrong operators show
+    there, so a failing check stops early), then ties, then empty states."""
     out = []
     for live in itertools.product((True, False), repeat=k):
         idx = [i for i in range(k) if live[i]]
@@ -266,7 +268,8 @@ def cases(k: int) -> list:
             for i, rk in zip(idx, ranks):
                 r[i] = rk
             out.append(Case(tuple(r)))
-    return out
+    return sorted(out, key=lambda c: (sum(r is None for r in c.ranks),
+                                      len(c.live) - len({c.ranks[i] for i in c.live})))
 
 
 MU = sp.Symbol("mu", real=True)

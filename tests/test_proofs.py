@@ -39,15 +39,13 @@ def test_every_negative_control_fails_a_theorem_and_none_crashes(results):
         assert results[key].ok, f"spec.merge not PROVED by {key}"
 
 
-def test_merge_algebra_rejects_every_control_directly():
-    """Theorem 2 alone (it covers every width and case) rejects every merge control."""
-    from flashproof.proofs import merge_algebra
-    for name, op in negative_controls.CONTROLS.items():
-        op = op() if isinstance(op, type) else op
-        if name.startswith("alpha = e^"):
-            continue  # exact in the reals: only theorem 8 (overflow) can reject it
-        p = merge_algebra.prove(op, stop_on_failure=True)
-        assert not p.ok, f"merge_algebra accepted the wrong merge '{name}'"
+def test_theorem_2_alone_rejects_every_merge_control_but_the_exact_ones(results):
+    """Theorem 2 (tried first) rejects every wrong merge except those exact in the reals, which only
+    theorem 8 (overflow) can reject."""
+    table = results["negative_controls"].extra["table"]
+    by_8 = {n for n, kind, theorem, *_ in table if kind == "merge" and theorem != "theorem 2"}
+    assert by_8 == set(negative_controls.EXACT_IN_THE_REALS), by_8
+    assert all(theorem == "theorem 8" for n, kind, theorem, *_ in table if n in by_8)
 
 
 def test_all_proofs_within_budget(results):
