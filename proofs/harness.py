@@ -334,7 +334,7 @@ def _template(out_acc, ins_acc):
     Output component c must contain no input component other than those at c; after replacing
     those by placeholders, all components must be the same expression. Input components must be
     distinct non-numeric expressions (symbols, or sums of symbolic length); numbers are constants."""
-    holders = sp.symbols(f"P0:{len(ins_acc)}", real=True)
+    holders = [sp.Dummy(f"P{k}", real=True) for k in range(len(ins_acc))]  # no operator can name these
     comps = [{acc[c] for acc in ins_acc if not acc[c].is_number} for c in range(len(out_acc))]
     every = set().union(*comps) if comps else set()
     first = None

@@ -118,6 +118,11 @@ def attention_shift_bound(logit_change, spread):
     return np.expm1(2 * np.asarray(logit_change, dtype=np.float64)) * np.asarray(spread, dtype=np.float64) * _ROUND_UP
 
 
+def _trig_zero(x) -> bool:
+    """x == 0 after distributing the angles (cos(t(m + d)) -> cos(tm + td)) and expanding sums of angles."""
+    return is_zero(sp.expand(sp.expand_trig(sp.expand(x))))
+
+
 def rot2(a):
     return sp.Matrix([[sp.cos(a), -sp.sin(a)], [sp.sin(a), sp.cos(a)]])
 
@@ -162,13 +167,13 @@ def prove() -> Proof:
         lhs = _rope(q2, m, [t], style).dot(_rope(k2, n, [t], style))
         rhs = q2.dot(_rope(k2, n - m, [t], style))
         p.check(f"one pair, spec.apply_rope ({style}): (R(m th) q) . (R(n th) k) = q . R((n-m) th) k",
-                (is_zero(sp.expand_trig(sp.expand(lhs - rhs)))))
+                (_trig_zero(lhs - rhs)))
         moved = sp.Matrix(spec.reposition_keys(list(_rope(k2, m, [t], style)), d, style=style, thetas=[t],
                                                ops=SYMPY_TRIG)) - _rope(k2, m + d, [t], style)
         p.check(f"one pair ({style}): spec.reposition_keys(R(p th) k, Delta) = R((p+Delta) th) k",
-                (all(is_zero(sp.expand_trig(x)) for x in moved)))
+                (all(_trig_zero(x) for x in moved)))
     p.check("R(a)^T R(b) = R(b - a) (rotation group law)",
-            (all(is_zero(sp.expand_trig(x)) for x in (rot2(m * t).T * rot2(n * t) - rot2((n - m) * t)))))
+            (all(_trig_zero(x) for x in (rot2(m * t).T * rot2(n * t) - rot2((n - m) * t)))))
     p.step("Per coordinate pair, rotations compose: $R(a)^\\top R(b)=R(b-a)$ and $R(a+b)=R(a)R(b)$, hence",
            r"(R_m q)\cdot(R_n k)=q^\top R_m^\top R_n k=q^\top R_{n-m}k,\qquad R_{p+\Delta}k=R_\Delta R_p k")
     # every head dim in DIMS: spec's code is the pair rotation on a partition of the coordinates
@@ -189,11 +194,11 @@ def prove() -> Proof:
         l6 = _rope(qv, m, thetas, style).dot(_rope(kv, n, thetas, style))
         r6 = qv.dot(_rope(kv, n - m, thetas, style))
         p.check(f"d = 6, {style} pairs: q_m . k_n = q . R_(n-m) k",
-                (is_zero(sp.expand_trig(sp.expand(l6 - r6)))))
+                (_trig_zero(l6 - r6)))
         moved = sp.Matrix(spec.reposition_keys(list(_rope(kv, m, thetas, style)), d, style=style, thetas=list(thetas),
                                                ops=SYMPY_TRIG)) - _rope(kv, m + d, thetas, style)
         p.check(f"d = 6, {style} pairs: moving a cached key by Delta = rotating it by R(Delta)",
-                (all(is_zero(sp.expand_trig(sp.expand(x))) for x in moved)))
+                (all(_trig_zero(x) for x in moved)))
     # the two conventions differ by a permutation of the coordinates
     perm = [c for ab in spec.rope_pairs(6, HALF) for c in ab]  # half's pairs laid out as interleaved
     inter = _rope(sp.Matrix([kv[c] for c in perm]), m, thetas, INTERLEAVED)
