@@ -35,7 +35,9 @@ STATEMENT = (
     r"$\frac{\sum_j e^{s_j-m}v_j}{\sum_j e^{s_j-m}}$ ($m=\max_j s_j$, v2), one-pass online "
     r"(fold of the merge under test over single keys, v3) and block-wise online (the flash loop: fold over "
     r"blocks, v4) are equal, as are their LSEs, for rows of any length, with ties, masked keys and empty "
-    r"rows (output 0, LSE $-\infty$)."
+    r"rows (output 0, LSE $-\infty$). Machine-checked at every pattern of tied and masked logits of 3 keys and "
+    r"13 of 4 keys (every block split, value width 2) and, for symbolic length $n$, by induction with the step "
+    r"checked in all 6 cases (width 3, every column one function of its own); other widths: theorem 2."
 )
 
 
