@@ -23,6 +23,10 @@ __all__ = [
     "Proof",
     "SympyOps",
     "SYMPY",
+    "SymVec",
+    "SymbolicWidth",
+    "exact_equal",
+    "exact_floats",
     "canonical",
     "is_zero",
     "random_point",
@@ -102,8 +106,40 @@ def proof_main(prove):
 __all__.append("proof_main")
 
 
+class SymbolicWidth(TypeError):
+    """An operator read a component, the length or an iterator of a symbolic-width accumulator."""
+
+
+class SymVec:
+    """An accumulator of symbolic length, given by its component ``expr`` at a symbolic index.
+
+    Only :class:`SympyOps`' ``vec_scale``/``vec_add``/``zeros`` act on it (component-wise by
+    construction); ``len``, indexing and iteration raise :class:`SymbolicWidth`, so an operator that
+    treats components individually cannot be evaluated this way (it is checked at finite widths)."""
+
+    __slots__ = ("expr",)
+
+    def __init__(self, expr):
+        self.expr = sp.sympify(expr)
+
+    def _refuse(self, *_):
+        raise SymbolicWidth("the accumulator has symbolic length: no len(), indexing or iteration")
+
+    __len__ = __iter__ = __getitem__ = __setitem__ = _refuse
+
+    def __eq__(self, other):
+        return isinstance(other, SymVec) and self.expr == other.expr
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"SymVec({self.expr})"
+
+
 class SympyOps(ScalarOps):
-    """spec's arithmetic on SymPy expressions: exp/log/Max symbolic, -oo for masked keys."""
+    """spec's arithmetic on SymPy expressions: exp/log/Max symbolic, -oo for masked keys.
+
+    Accumulators are lists of expressions, or a :class:`SymVec` (symbolic head dimension)."""
 
     neg_inf = -sp.oo
     zero = sp.Integer(0)
@@ -125,10 +161,32 @@ class SympyOps(ScalarOps):
         return self.zero if self.is_neg_inf(m) else m
 
     def is_empty(self, l) -> bool:
-        return l == 0  # structural: only the literal 0 (the identity's l) is empty
+        # the literal 0 (the identity's l), or an exact zero such as a Float 0.0; never a symbol
+        return l == 0 or (isinstance(l, sp.Number) and l.is_zero is True)
 
-    def zeros(self, dim: int):
+    def zeros(self, dim):
+        if isinstance(dim, sp.Basic) and not dim.is_Integer:
+            return SymVec(0)  # a symbolic width
         return [sp.Integer(0)] * dim
+
+    def vec_scale(self, a, acc):
+        if isinstance(a, SymVec):
+            raise SymbolicWidth("vec_scale: the scale must be a scalar")
+        return SymVec(a * acc.expr) if isinstance(acc, SymVec) else super().vec_scale(a, acc)
+
+    def vec_add(self, x, y):
+        if isinstance(x, SymVec) or isinstance(y, SymVec):
+            if not (isinstance(x, SymVec) and isinstance(y, SymVec)):
+                raise SymbolicWidth("vec_add of a symbolic-width and a finite accumulator")
+            return SymVec(x.expr + y.expr)
+        return super().vec_add(x, y)
+
+    def finalize(self, st: State):
+        if isinstance(st.acc, SymVec):
+            if self.is_empty(st.l):
+                return SymVec(0), self.neg_inf
+            return SymVec(st.acc.expr / st.l), st.m + self.log(st.l)
+        return super().finalize(st)
 
 
 SYMPY = SympyOps()
@@ -146,13 +204,46 @@ def is_zero(expr) -> bool:
     expr = sp.sympify(expr)
     if expr == 0:
         return True
+    if expr.is_Number:
+        return bool(expr.is_Float and expr == 0.0)  # a Float 0.0 is exactly 0 but != Integer 0
+    if expr.has(sp.nan, sp.zoo, sp.oo, -sp.oo):
+        return False  # an infinity or NaN left in a difference is never exactly 0
     c = canonical(expr)
     if c == 0:
         return True
+    if not c.free_symbols and _constant_nonzero(c):
+        return False
     if _numerically_nonzero(c):
         return False  # a refutation only: True is never returned on numeric evidence
     s = sp.simplify(c)
     return s == 0
+
+
+def _constant_nonzero(expr) -> bool:
+    """Refutation for a constant (exact numbers, exp of rationals...): |value| > 1e-40 at 60 digits."""
+    try:
+        val = sp.N(expr, 60)
+        return bool(val.is_number and val.is_comparable and abs(val) > sp.Float(10) ** -40)
+    except Exception:  # noqa: BLE001 -- optional probe; simplify decides
+        return False
+
+
+def exact_floats(expr):
+    """Each Float as the exact binary fraction it holds (SymPy would round a Rational to the Float's
+    precision when the two meet, making 0.333... - 1/3 == 0)."""
+    floats = expr.atoms(sp.Float)
+    return expr.xreplace({f: sp.Rational(f) for f in floats if f.is_finite}) if floats else expr
+
+
+def exact_equal(x, y) -> bool:
+    """x == y exactly: structural where an infinity or NaN is involved (-oo == -oo, NaN never
+    equals anything), else SymPy reduces x - y to 0."""
+    x, y = exact_floats(sp.sympify(x)), exact_floats(sp.sympify(y))
+    if x.has(sp.nan) or y.has(sp.nan) or x.has(sp.zoo) or y.has(sp.zoo):
+        return False
+    if x.has(sp.oo, -sp.oo) or y.has(sp.oo, -sp.oo):
+        return x == y
+    return is_zero(x - y)
 
 
 def _numerically_nonzero(expr) -> bool:
@@ -176,12 +267,14 @@ def _numerically_nonzero(expr) -> bool:
 
 
 def sym_states_equal(a: State, b: State) -> bool:
-    """Exact symbolic equality of two states (m compared structurally after Max canonicalisation)."""
-    if not is_zero(sp.sympify(a.m) - sp.sympify(b.m)) and sp.sympify(a.m) != sp.sympify(b.m):
+    """Exact equality of two states: m, l and every accumulator component (a symbolic-width
+    accumulator by its component); accumulators of different lengths are unequal."""
+    if not (exact_equal(a.m, b.m) and exact_equal(a.l, b.l)):
         return False
-    if not is_zero(sp.sympify(a.l) - sp.sympify(b.l)):
-        return False
-    return all(is_zero(sp.sympify(x) - sp.sympify(y)) for x, y in zip(a.acc, b.acc, strict=True))
+    if isinstance(a.acc, SymVec) or isinstance(b.acc, SymVec):
+        return isinstance(a.acc, SymVec) and isinstance(b.acc, SymVec) and exact_equal(a.acc.expr, b.acc.expr)
+    xs, ys = list(a.acc), list(b.acc)
+    return len(xs) == len(ys) and all(exact_equal(x, y) for x, y in zip(xs, ys))
 
 
 def random_point(symbols: Iterable[sp.Symbol], rng: random.Random, lo=-3.0, hi=3.0) -> dict:
@@ -303,6 +396,20 @@ def sums_equal(lhs, rhs) -> bool:
 
 
 __all__ += ["push_into_sums", "sums_equal", "peel_last_terms"]
+
+
+_OPERATOR_FREE: dict = {}
+
+
+def operator_free(key: str, fn: Callable[[], object]) -> bool:
+    """The truth of a check that does not involve the operator under test, computed once per process
+    (the negative controls re-run each theorem many times; the identity does not change)."""
+    if key not in _OPERATOR_FREE:
+        _OPERATOR_FREE[key] = bool(fn())
+    return _OPERATOR_FREE[key]
+
+
+__all__.append("operator_free")
 
 
 MP = mpmath_ops()  # the one mpmath ops (spec.MP)
