@@ -39,6 +39,8 @@ from .golden_paths import GOLDEN_PATH
 from .precision import C_EXP_MEASURED, FORMATS, Precision, precision_for
 
 __all__ = [
+    "rowwise",
+    "logit_terms",
     "Precision",
     "precision_for",
     "C_EXP_MEASURED",
@@ -382,6 +384,61 @@ def _weights(pi, y, delta, c, infl):
     return w
 
 
+class _Logits:
+    """Per (row, key) logit quantities of one slice (see :func:`logit_terms`)."""
+
+    __slots__ = ("ok", "bad_row", "s", "xs", "scap", "ga", "g_e", "G", "gap", "sa", "evk", "evmax", "delta", "dcore")
+
+
+def logit_terms(qs, ks, allowed, bias, sigma, cap, p, *, fast):
+    """The logits of one slice and their error budgets, per (row, key): ``ok`` (allowed, finite),
+    ``bad_row`` (NaN/inf in an allowed q, k or bias: no claim), ``s`` (logits, -inf where not ok),
+    ``xs`` (scale q.k), ``scap`` (softcapped), ``G`` (scale sum|q||k|), ``gap`` (row max - s),
+    ``sa`` (|s|), ``evk``/``evmax`` (the fp64/fp32 evaluation error of s, per pair / per row),
+    ``delta`` (theorem 6's logit error budget Delta, at upper bounds), ``dcore`` (the same before
+    softcap and mask, for the backward's tanh)."""
+    lt = _Logits()
+    r, e = qs.shape
+    ok = np.array(allowed, dtype=bool)
+    if bias is not None:
+        ok &= ~np.isneginf(bias)  # an additive -inf masks the key
+    x, ga, g_e = _logit_products(qs, ks, sigma, ok, fast=fast)
+    xs = sigma * x
+    if cap:
+        scap = cap * np.tanh(xs / cap)
+        s = scap + bias if bias is not None else scap
+    else:
+        scap = xs
+        s = xs + bias if bias is not None else xs
+    fin = np.isfinite(s) & np.isfinite(ga)
+    lt.bad_row = (ok & ~fin).any(axis=1)
+    ok &= fin
+    G = np.where(ok, sigma * ga, 0.0)
+    s = np.where(ok, s, -np.inf)
+    m = s.max(axis=1, initial=-np.inf)
+    m = np.where(np.isfinite(m), m, 0.0)
+    gap = np.where(ok, m[:, None] - s, 0.0)
+    sa = np.where(ok, np.abs(s), 0.0)
+    g_e = g_e[:, None]
+    evk = g_e * G + 2.0 ** -51 * (np.where(ok, np.abs(xs) + np.abs(scap), 0.0) + sa) + _TINY
+    evmax = evk.max(axis=1, initial=0.0) + 2.0 ** -51 * gap.max(axis=1, initial=0.0)
+    lc = _affine("logit_err", CAP=cap or 0.0, h=1.0 if cap else 0.0, hb=0.0 if bias is None else 1.0, E=e,
+                 u_acc=p.u_acc, u_dot=p.u_dot, c_tanh=p.tanh_ulps, **_mma(p))
+    xa = np.where(ok, np.abs(xs), 0.0) + evk
+    delta = lc["0"] + lc["G"] * G * (1 + g_e) + lc["X"] * xa
+    if cap:
+        delta = delta + lc["Y"] * (np.where(ok, np.abs(scap), 0.0) + evk)
+    if bias is not None:
+        delta = delta + lc["BIAS"] * np.where(ok, np.abs(bias), 0.0) + lc["S"] * (sa + evk)
+    lc0 = _affine("logit_err", CAP=0.0, h=0.0, hb=0.0, E=e, u_acc=p.u_acc, u_dot=p.u_dot, c_tanh=p.tanh_ulps,
+                  **_mma(p))
+    lt.dcore = np.where(ok, (lc0["0"] + lc0["G"] * G * (1 + g_e) + lc0["X"] * xa) * _RND, 0.0)
+    lt.delta = np.where(ok, delta * _RND, 0.0)
+    lt.ok, lt.s, lt.xs, lt.scap, lt.ga, lt.g_e, lt.G, lt.gap, lt.sa, lt.evk, lt.evmax = (
+        ok, s, xs, scap, ga, g_e, G, gap, sa, evk, evmax)
+    return lt
+
+
 def _slice_bound(qs, ks, vs, allowed, bias, sigma, cap, p, n_tiles, hs):
     """Bounds for the rows of one (batch, kv-head) slice: qs (R, E), ks (Lk, E), vs (Lk, Ev).
     Returns (o_bound (R, Ev), lse_bound (R,), [(row, reason) for unbounded rows]).
@@ -392,49 +449,17 @@ def _slice_bound(qs, ks, vs, allowed, bias, sigma, cap, p, n_tiles, hs):
     a short chain of fp64 operations on non-negative numbers, covered by _RND and gamma_{Lk+2}."""
     r, e = qs.shape
     lk, ev_dim = vs.shape
-    ok = np.array(allowed, dtype=bool)
-    if bias is not None:
-        ok &= ~np.isneginf(bias)  # an additive -inf masks the key
-    x, ga, g_e = _logit_products(qs, ks, sigma, ok, fast=p.u_acc >= 2.0 ** -30)
-    xs = sigma * x
-    if cap:
-        scap = cap * np.tanh(xs / cap)
-        s = scap + bias if bias is not None else scap
-    else:
-        scap = xs
-        s = xs + bias if bias is not None else xs
-    fin = np.isfinite(s) & np.isfinite(ga)
-    bad_row = (ok & ~fin).any(axis=1)  # NaN/inf in an allowed q, k or bias: no claim
-    ok &= fin
+    lt = logit_terms(qs, ks, allowed, bias, sigma, cap, p, fast=p.u_acc >= 2.0 ** -30)
+    ok, bad_row, G, gap, sa, delta, evmax = lt.ok, lt.bad_row, lt.G, lt.gap, lt.sa, lt.delta, lt.evmax
     n_i = ok.sum(axis=1)
     nonempty = (n_i > 0) & ~bad_row
     nn = np.maximum(n_i, 1).astype(np.float64)
-    G = np.where(ok, sigma * ga, 0.0)
-    s = np.where(ok, s, -np.inf)
-    m = s.max(axis=1, initial=-np.inf)
-    m = np.where(np.isfinite(m), m, 0.0)
-    gap = np.where(ok, m[:, None] - s, 0.0)
     w = np.where(ok, np.exp(-gap), 0.0)
     pi = w * (1.0 / np.maximum(w.sum(axis=1), 1.0))[:, None]
-    sa = np.where(ok, np.abs(s), 0.0)
-    # evaluation error of the fp64 logits (per row, at its worst key)
-    g_e = g_e[:, None]
-    evk = g_e * G + 2.0 ** -51 * (np.where(ok, np.abs(xs) + np.abs(scap), 0.0) + sa) + _TINY
-    evmax = evk.max(axis=1, initial=0.0)
     gapmax = gap.max(axis=1, initial=0.0)
-    evmax = evmax + 2.0 ** -51 * gapmax
     infl = np.exp(2 * evmax) * _RND  # exact weights <= computed ones * infl
-    # logit error budget Delta (affine in G, |X|, |Y|, |b|, |s|), at upper bounds
-    lc = _affine("logit_err", CAP=cap or 0.0, h=1.0 if cap else 0.0, hb=0.0 if bias is None else 1.0, E=e,
-                 u_acc=p.u_acc, u_dot=p.u_dot, c_tanh=p.tanh_ulps, **_mma(p))
-    delta = lc["0"] + lc["G"] * G * (1 + g_e)
-    delta = delta + lc["X"] * (np.where(ok, np.abs(xs), 0.0) + evk)
-    if cap:
-        delta = delta + lc["Y"] * (np.where(ok, np.abs(scap), 0.0) + evk)
-    if bias is not None:
-        delta = delta + lc["BIAS"] * np.where(ok, np.abs(bias), 0.0) + lc["S"] * (sa + evk)
-    delta = np.where(ok, delta * _RND, 0.0)
     dmax = delta.max(axis=1, initial=0.0)
+    ga, g_e = lt.ga, lt.g_e
     smax = sa.max(axis=1, initial=0.0) + evmax
     logn = np.log(nn) * _RND
     rho = _FN["rho"](smax, dmax, logn, p.u_acc, p.c_exp) * _RND

@@ -23,6 +23,7 @@ THEOREMS = {
     "backward": "theorem 4",
     "rope": "theorem 5",
     "fp_error": "theorem 6",
+    "fp_backward": "theorem 4b",
     "negative_controls": "theorem 7",
 }
 
@@ -128,6 +129,9 @@ def render_report(results: dict, total: float) -> str:
             lines.append("")
         if key == "fp_error":
             lines += _fp_section(p)
+        if key == "fp_backward":
+            from .fp_backward import report_lines
+            lines += report_lines(p)
         if key == "negative_controls" and "table" in p.extra:
             lines += ["| proof | mutant | result | first failed check |", "|---|---|---|---|"]
             lines += [f"| {a} | {b} | {c} | {_md_escape(d)} |" for a, b, c, d in p.extra["table"]]

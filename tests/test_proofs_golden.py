@@ -64,3 +64,23 @@ def test_first_order_apriori_has_the_expected_storage_term():
                     locals=fp_error.SYMBOLS)  # E and N are symbols here, not Euler's number / sympy.N
     u_in, V = fp_error.SYMBOLS["u_in"], fp_error.SYMBOLS["V"]
     assert sp.expand(fo).coeff(u_in) == 2 * V
+
+
+def test_backward_golden_and_generated_module_match_rederivation():
+    from flashproof.proofs import fp_backward
+    from flashproof.proofs.golden_paths import BACKWARD_GENERATED_PATH, BACKWARD_GOLDEN_PATH
+    proof, counts, exprs = fp_backward.derive()
+    assert proof.ok, [c.name for c in proof.checks if not c.ok]
+    fresh = fp_backward.golden_dict(counts, exprs)
+    golden = json.loads(BACKWARD_GOLDEN_PATH.read_text())
+    for section in ("expressions", "counts", "args"):
+        assert golden[section] == fresh[section], f"golden {section} differ: regenerate with " \
+                                                  "`python -m flashproof.proofs.fp_backward --write-golden`"
+    assert BACKWARD_GENERATED_PATH.read_text() == fp_backward._source(fresh)
+
+
+def test_first_order_forms_are_those_of_the_expressions(fresh):
+    """prove() takes the report's first-order forms from the golden file once its expressions match:
+    they must be exactly the first-order parts of those expressions."""
+    golden = json.loads(fp_error.GOLDEN_PATH.read_text())
+    assert golden["first_order"] == fresh["first_order"]
