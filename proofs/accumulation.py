@@ -37,7 +37,8 @@ from .core import Proof
 from .fp_model import nonneg_certificate
 
 __all__ = ["NAMES", "BLOCK_FMA_RE", "MMAModel", "block_fma_name", "block_fma_unit", "mma_model",
-           "simulate_block_fma", "round_fraction", "derive"]
+           "simulate_block_fma", "round_fraction", "derive", "CANDIDATES", "probe_battery", "simulate_probe",
+           "consistent_models"]
 
 #: fixed accumulator names; a block-FMA name matches :data:`BLOCK_FMA_RE`
 NAMES = ("fp32", "fp32_rz", "same", "fp64")
@@ -193,3 +194,70 @@ def derive(proof: Proof, *, seed: int = 41) -> dict:
                "IEEE fp32 is k = 1 with u = 2^-24 (products rounded or fused).",
                r"u_{mma} = u_f + k\,2^{1-p-x}(1+u_f),\qquad c_{mma}(m) = \lceil m/k\rceil \le \tfrac{m-1}{k}+1")
     return {"max_ratio_adversarial": worst_adv, "max_ratio_random": worst}
+
+
+# ---------------------------------------------------------------------------------------------
+# Identifying a device's matrix unit: a battery of crafted dot products whose bit-exact results
+# differ between models; a device's results leave the consistent models (benchmarks/probe_mma.py).
+
+#: candidate models (k, x, final); x = 30 aligns exactly (k = 1, x = 30, rn is an IEEE FMA chain)
+CANDIDATES = tuple((k, x, f) for k in (1, 2, 4, 8, 16, 32, 64) for x in (0, 1, 2, 3, 4, 5, 8, 30)
+                   for f in ("rn", "rz"))
+
+
+def probe_battery(dtype: str, *, seed: int = 0, rows: int = 64, length: int = 64, calls: int = 8):
+    """[(c (rows,) float32, a (rows, length) float64 exact in ``dtype``)] * calls: each row is one
+    dot product c + sum_e a_e * 1 (the device multiplies by a column of ones). Rows mix a large term
+    at a random position with terms just above and below the truncation quanta of 24 + x bits,
+    cancelling pairs, and random spreads; c is an fp32 value with an odd last bit half the time."""
+    import numpy as np
+
+    from .kernel_sim import round_to
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(calls):
+        a = np.zeros((rows, length))
+        c = np.zeros(rows, dtype=np.float32)
+        for r in range(rows):
+            kind = r % 4
+            big = float(2.0 ** rng.integers(-2, 6))
+            if kind == 0:  # one big term, small ones below / around its quanta
+                a[r] = big * 2.0 ** -rng.integers(21, 31, size=length) * rng.choice([-1, 1, 1], size=length)
+                a[r, rng.integers(length)] = big
+            elif kind == 1:  # cancelling big pair, small residue
+                a[r] = big * 2.0 ** -rng.integers(18, 28, size=length) * rng.uniform(0.5, 1, size=length)
+                i, j = rng.choice(length, 2, replace=False)
+                a[r, i], a[r, j] = big, -big
+            elif kind == 2:  # spread of magnitudes
+                a[r] = rng.standard_normal(length) * 2.0 ** rng.integers(-12, 4, size=length)
+            else:  # small terms only, large accumulator
+                a[r] = rng.uniform(0.5, 1, size=length) * big * 2.0 ** -rng.integers(22, 27)
+            c[r] = np.float32(big * (1 + rng.integers(0, 2 ** 23) * 2.0 ** -23) * rng.choice([0, 1, -1]))
+        out.append((c, round_to(a, dtype).astype(np.float64)))
+    return out
+
+
+def simulate_probe(battery, model):
+    """The model's bit-exact results (float32) on a probe battery."""
+    import numpy as np
+
+    from .kernel_sim import block_fma
+
+    k, x, f = model
+    return [block_fma(c, a, np.ones_like(a), k_blk=k, extra_bits=x, final=f) for c, a in battery]
+
+
+def consistent_models(battery, observed):
+    """The candidate (k, x, final) whose simulated results equal ``observed`` bit for bit, and the
+    declarable name of the most conservative of them (largest ((m - 1)/k + 1) u_blk at m = 128), or
+    None when no block-FMA model explains the device."""
+    import numpy as np
+
+    ok = [m for m in CANDIDATES
+          if all(np.array_equal(np.asarray(o, dtype=np.float32).view(np.uint32), s.view(np.uint32))
+                 for o, s in zip(observed, simulate_probe(battery, m)))]
+    if not ok:
+        return [], None
+    worst = max(ok, key=lambda m: (127 / m[0] + 1) * block_fma_unit(*m))
+    return ok, block_fma_name(*worst)
