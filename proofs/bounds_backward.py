@@ -16,8 +16,12 @@ import numpy as np
 
 from flashproof import spec
 
-from .bounds import _U64, Unbounded, _as_f64, _check_precision, _mask_arg, _mma, _pos_int, logit_terms, rowwise
-from .bounds import running_forward_bound
+from .bounds import Unbounded, _check_precision, _pos_int, running_forward_bound
+from .bounds_eval import U64 as _U64
+from .bounds_eval import as_f64 as _as_f64
+from .bounds_eval import lambdify_golden, logit_terms, rowwise
+from .bounds_eval import mask_arg as _mask_arg
+from .bounds_eval import mma_args as _mma
 from .precision import Precision
 
 __all__ = ["running_backward_bound"]
@@ -27,10 +31,9 @@ def _load():
     try:
         from . import bounds_backward_gen as g
     except ImportError:  # first generation: lambdify the golden file
-        from .bounds import _lambdify_golden
         from .golden_paths import BACKWARD_GOLDEN_PATH
 
-        return _lambdify_golden(BACKWARD_GOLDEN_PATH)[0]
+        return lambdify_golden(BACKWARD_GOLDEN_PATH)[0]
     return dict(g.FUNCTIONS)
 
 

@@ -24,7 +24,7 @@ from .core import Proof, is_zero, timed
 from .fp_error import generated_source
 from .fp_model import Linearisations, chain_count, gam, w
 from .fp_symbols import SYMBOLS as FWD_SYMBOLS
-from .fp_symbols import c_exp, c_tanh, eta, eta_in, k_mma, u_acc, u_dot, u_in, u_mma
+from .fp_symbols import c_exp, c_tanh, eta, eta_in, u_acc, u_dot, u_in, u_mma
 from .golden_paths import BACKWARD_GENERATED_PATH, BACKWARD_GOLDEN_PATH
 
 __all__ = ["SYMBOLS", "ARGS", "derive", "expressions", "golden_dict", "write_golden", "prove", "main", "report_lines"]

@@ -35,9 +35,9 @@ from .core import Proof, timed
 from .golden_paths import GENERATED_PATH, GOLDEN_PATH
 from .fp_model import (Linearisations, ceil_lemma, entropy_lemma, gam, log_sum_scaling_lemma,
                        lse_lipschitz_lemma, remainder_lemmas, w)
-from .fp_symbols import (BIAS, CAP, ED, EN, SB, SBl, SD, SMALL, SYMBOLS, UNITS, Delta, Dmax, E, G, Gm, K, Kmax,
+from .fp_symbols import (BIAS, CAP, ED, EN, SB, SBl, SD, SMALL, SYMBOLS, UNITS, Delta, Dmax, G, Gm, K, Kmax,
                          L, N, S, Sd, Sdmax, Smax, Sn, Snmax, V, W, X, Y, absO, beta, c_exp, c_tanh, eta, eta_in, gap,
-                         h, hb, hs, k_mma, logn, n, rho, u_acc, u_dot, u_in, u_mma)
+                         h, hb, hs, logn, n, rho, u_acc, u_dot, u_in, u_mma)
 
 __all__ = ["SYMBOLS", "GOLDEN_PATH", "GENERATED_PATH", "ARGS", "LINEAR", "derive", "expressions", "golden_dict",
            "generated_source", "write_golden", "linear_parts", "first_order", "prove", "main"]

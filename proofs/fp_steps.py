@@ -19,7 +19,7 @@ from sympy.calculus.util import maximum
 
 from .core import Proof, is_zero
 from .fp_model import Fresh, Linearisations, add_counts, chain_count, nonneg_certificate, step_counts
-from .fp_symbols import E, N, c_exp, k_mma, n, u_acc, u_dot, u_in, u_mma
+from .fp_symbols import E, N, c_exp, k_mma, n, u_acc, u_mma
 
 __all__ = ["step_dot", "step_scale", "step_softcap", "step_tanh_model", "step_bias", "step_max", "step_exp",
            "step_rescale", "step_accumulate", "step_round_p", "step_division", "step_store", "step_lse",
