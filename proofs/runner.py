@@ -23,6 +23,7 @@ THEOREMS = {
     "backward": "theorem 4",
     "rope": "theorem 5",
     "fp_error": "theorem 6",
+    "fp_backward": "theorem 4b",
     "overflow": "theorem 8",
     "negative_controls": "theorem 7",
 }
@@ -124,6 +125,9 @@ def render_report(results: dict, total: float) -> str:
             lines.append("")
         if key == "fp_error":
             lines += _fp_section(p)
+        if key == "fp_backward":
+            from .fp_backward import report_lines
+            lines += report_lines(p)
         if key == "negative_controls" and "table" in p.extra:
             lines += ["| control | kind | first failing theorem | result | failed check | reason |",
                       "|---|---|---|---|---|---|"]
@@ -164,14 +168,18 @@ def _fp_section(p) -> list:
         "lse_apriori": "A-priori LSE bound",
         "o_cap": "Convexity cap, valid whatever the logit errors ($W=\\max v-\\min v$ over allowed keys; "
                  "shown: the cap minus $W$)",
+        "lse_any": "LSE bound at any logit magnitude (no budget condition)",
     }
     lines = ["**Assumptions.** Model $fl(x\\circ y)=(x\\circ y)(1+\\delta)+e$, $|\\delta|\\le u$, $|e|\\le\\eta$; "
-             "storage unit $u_{in}$ (q, k, v, P before $PV$, output store), accumulator unit $u_{acc}$; "
+             "storage unit $u_{in}$ (q, k, v, P before $PV$, output store), scalar accumulator unit $u_{acc}$, "
+             "matrix unit adding blocks of $k$ products with unit $u_{mma}$ (IEEE: $k=1$, $u_{mma}=u_{acc}$); "
              "exp/exp2/log/log2 relative error $2c_{exp}u_{acc}$ with flush-to-zero; tanh absolute error "
              "$c_{tanh}u_{acc}$; the kernel computes the spec's recurrence with the computed P and "
-             "$\\alpha$ each used for both $\\ell$ and acc (flash-attention structure), at most one "
-             "LSE-combine level (split-KV partials kept in fp32); no overflow (checked: bound = inf "
-             "otherwise); budgets $<1$. The exact result is that of the stored q, k, v.", "",
+             "$\\alpha$ each used for both $\\ell$ and acc (flash-attention structure), optionally one "
+             "LSE-combine level ($h_s=1$); no overflow (checked: bound = inf otherwise). The first-order form "
+             "needs budgets $<1$; `lse_any` and the cap ($h_s=0$) need none. The exact result is that of the "
+             "stored q, k, v. Which inequalities are machine-checked and which are argued (and checked "
+             "numerically with adversarial roundings) is tabled in proofs/README.md.", "",
              "**Output error (exact identity, then bounds).** With per-key perturbations $a_j$ "
              "(numerator), $b_j$ (denominator), $|b_j|\\le \\mathrm{expm1}(K_j+S^d_j)$, "
              "$|a_j-b_j|\\le e^{K_j}(\\mathrm{expm1}(S^n_j)+\\mathrm{expm1}(S^d_j))$:", "",
@@ -182,6 +190,10 @@ def _fp_section(p) -> list:
     for k, title in names.items():
         if k in fo:
             lines += [f"- {title}:", "", f"  $$ {_latex(fo[k])} $$", ""]
+    adv = p.extra.get("adversarial")
+    if adv:
+        lines += ["**Argued steps, checked at mpmath precision with adversarial roundings** (max error / derived "
+                  "budget): " + ", ".join(f"{k_} {v_:.5g}" for k_, v_ in adv.items()) + ".", ""]
     t = p.extra.get("tightness")
     if t:
         lines += ["**Tightness** (fixed-seed experiment, `flashproof.proofs.tightness`: kernel-like fp32 "

@@ -16,7 +16,7 @@ from . import kernel_sim as ks
 from .bounds import apriori_forward_bound, apriori_lse_bound, precision_for, running_forward_bound
 from .core import Proof
 
-__all__ = ["experiment", "CASES", "tf32_round"]
+__all__ = ["experiment", "backward_experiment", "CASES", "tf32_round"]
 
 CASES = ("random", "large logits", "one dominant key", "v offset", "near-uniform", "tiny weights",
          "causal", "big v spread", "tiny v")
@@ -133,3 +133,44 @@ def _tf32_control(rng) -> dict:
         worst_tf = max(worst_tf, float(np.max(np.abs(o - oe) / obt)))
         violated += r > 1
     return dict(cases=n, max_ratio_fp32_bound=worst, violated=violated, max_ratio_tf32_bound=worst_tf)
+
+
+def backward_experiment(proof: Proof | None = None, *, seed: int = 2025) -> dict:
+    """Tightness of theorem 4b: the fp32 FA2-backward simulation (kernel_sim.simulate_backward) vs an
+    fp64 backward, per storage dtype; any ratio above 1 is a violation and fails theorem 4b."""
+    from .bounds_backward import running_backward_bound
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    cases = ("random", "large logits", "one dominant key", "v offset", "causal", "big dO")
+    for store in ("float16", "bfloat16", "float32"):
+        prec = precision_for(store)
+        worst = {"dq": 0.0, "dk": 0.0, "dv": 0.0}
+        closest = None
+        n = 0
+        for case in cases:
+            for _ in range(2):
+                lk = int(rng.choice([7, 33, 48]))
+                e = int(rng.choice([16, 32]))
+                q, k, v, causal = _inputs(rng, case, store, lk, e)
+                do = ks.round_to(rng.standard_normal((1, 2, q.shape[2], v.shape[3])) * (30.0 if case == "big dO" else 1.0),
+                                 store).astype(np.float64)
+                bn = int(rng.choice([4, 16]))
+                edges = list(range(0, lk, bn)) + [lk]
+                got = ks.simulate_backward(q, k, v, do, store=store, boundaries=edges, causal=causal)
+                ref = ks.exact_backward_fp64(q, k, v, do, causal=causal)
+                bnd = running_backward_bound(q, k, v, do, precision=prec, n_tiles=len(edges) - 1, causal=causal)
+                n += 1
+                for name, g, r_, b in zip(("dq", "dk", "dv"), got, ref, bnd):
+                    err = np.abs(g - r_) + 1e-12 * np.abs(r_)  # the fp64 reference's own error, generously
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        ratio = float(np.nanmax(np.where(b > 0, err / b, 0.0)))
+                    if closest is None or ratio > closest["ratio"]:
+                        closest = dict(case=case, grad=name, lk=lk, e=e, ratio=ratio)
+                    worst[name] = max(worst[name], ratio)
+        out[store] = dict(cases=n, max_ratio=worst, closest=closest)
+        if proof is not None:
+            proof.check(f"backward tightness experiment, {store}: no violation of running_backward_bound ({n} cases, "
+                        "kernel-like fp32 FA2 backward simulation vs fp64)", max(worst.values()) <= 1, kind="numeric",
+                        detail=", ".join(f"{k_} {v_:.3g}" for k_, v_ in worst.items()))
+    return out

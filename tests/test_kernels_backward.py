@@ -1,6 +1,6 @@
 """Triton backward (dQ, dK, dV through autograd) under the interpreter, against backward_fp64.
 
-FlashAttention criterion against naive autograd in the input dtype (test_kernels_util).
+Criterion: theorem 4b's derived bound (proofs.running_backward_bound, test_kernels_util.check_backward).
 """
 import pytest
 import torch
@@ -8,7 +8,7 @@ import torch
 from flashproof import spec
 from flashproof.kernels import attention, sdpa
 
-from test_kernels_util import UNIT, check_backward, rand
+from test_kernels_util import check_backward, rand
 
 CASES = [
     # dtype, b, h, hkv, lq, lk, e, ev, causal, window, softcap, bm, bn
@@ -21,6 +21,9 @@ CASES = [
     (torch.float32, 1, 6, 2, 45, 13, 16, 32, "bottom_right", (-1, -1), None, 32, 32),
     (torch.float16, 1, 2, 2, 17, 17, 80, 80, False, None, 5.0, 64, 16),
 ]
+
+
+TIGHTNESS = {}
 
 
 @pytest.mark.parametrize("dtype,b,h,hkv,lq,lk,e,ev,causal,window,softcap,bm,bn", CASES,
@@ -37,7 +40,8 @@ def test_backward_matches_fp64(dtype, b, h, hkv, lq, lk, e, ev, causal, window, 
     for x, gx in zip((q, k, v), grads):
         assert gx.shape == x.shape and gx.dtype == x.dtype
         assert torch.isfinite(gx).all()
-    check_backward(grads, q, k, v, do, o=o.detach(), causal=causal, window=window, softcap=softcap)
+    tight = check_backward(grads, q, k, v, do, n_tiles=-(-lk // bn), causal=causal, window=window, softcap=softcap)
+    TIGHTNESS.setdefault(str(dtype)[6:], []).append(max(tight.values()))
 
 
 def _grads(q, k, v, do, **kw):
@@ -61,7 +65,7 @@ def test_backward_empty_rows_zero_and_deterministic():
         assert torch.equal(x, y)
         assert torch.isfinite(x).all()
     assert (a[0][:, :, :19] == 0).all()
-    check_backward(a, q, k, v, do, o=o, causal="bottom_right")
+    check_backward(a, q, k, v, do, causal="bottom_right")
 
 
 def test_backward_through_lse():
@@ -76,10 +80,9 @@ def test_backward_through_lse():
     m = torch.from_numpy(spec.make_mask(causal=True).matrix(19, 19))
     s = (q64 @ k64.transpose(-1, -2) / 4).masked_fill(~m, float("-inf"))
     ((torch.logsumexp(s, -1) * w).sum() + (torch.softmax(s, -1) @ v64).sum()).backward()
-    for name, x, r in (("dq", qq, q64), ("dk", kk, k64), ("dv", vv, v64)):
-        # fp32 kernel vs fp64: a few fp32 roundings of O(1) sums of 19 terms
-        err = (x.grad.double() - r.grad).abs().max()
-        assert err <= 64 * UNIT[torch.float32] * (1 + r.grad.abs().max()), (name, float(err))
+    # theorem 4b with the gradient reaching the LSE (dlse = w, dO = 1)
+    check_backward((qq.grad, kk.grad, vv.grad), q, k, v, torch.ones_like(q), dlse=w, causal=True,
+                   ref=(q64.grad, k64.grad, v64.grad))
 
 
 def test_backward_garbage_in_masked_keys_never_leaks():
@@ -113,7 +116,7 @@ def test_sdpa_backward_with_masks():
     qq, kk, vv = (x.clone().requires_grad_() for x in (q, k, v))
     o = sdpa(qq, kk, vv, attn_mask=m)
     o.backward(do)
-    check_backward((qq.grad, kk.grad, vv.grad), q, k, v, do, o=o.detach(), attn_mask=m.expand(2, 2, 17, 21))
+    check_backward((qq.grad, kk.grad, vv.grad), q, k, v, do, attn_mask=m.expand(2, 2, 17, 21))
 
 
 def test_backward_fp32_tight():
@@ -121,4 +124,15 @@ def test_backward_fp32_tight():
     q, k, v = (rand(1, 1, 25, 16, dtype=torch.float32, gen=g) for _ in range(3))
     do = rand(1, 1, 25, 16, dtype=torch.float32, gen=g)
     grads, o = _grads(q, k, v, do, window=(2, 2), block_m=16, block_n=16)
-    check_backward(grads, q, k, v, do, o=o, window=(2, 2))
+    check_backward(grads, q, k, v, do, n_tiles=2, window=(2, 2))
+
+
+def test_backward_tightness_on_the_kernel():
+    """Runs after the CASES in this module: the bound is not vacuous on the kernel (max error / bound
+    per dtype; recorded in proofs/README.md). Floors: a tenth of the measured values."""
+    if len(TIGHTNESS) < 3:
+        pytest.skip("the parametrized kernel cases did not all run in this session (run the whole module)")
+    print("\n" + "; ".join(f"{d}: max error/bound {max(r):.3g} over {len(r)} cases" for d, r in sorted(TIGHTNESS.items())))
+    floors = {"float16": 0.03, "bfloat16": 0.03, "float32": 0.001}
+    for d, rows in TIGHTNESS.items():
+        assert max(rows) >= floors[d], f"{d}: the backward bound looks vacuous on the kernel ({max(rows):.3g})"

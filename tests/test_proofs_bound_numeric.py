@@ -208,3 +208,52 @@ def test_tightness_report():
     floors = {"float16": 0.1, "bfloat16": 0.1, "float32": 0.005}  # measured: ~0.6, ~0.6, ~0.05
     for store, rows in TIGHTNESS.items():
         assert max(rows)[0] >= floors[store], f"{store} bound looks vacuous: {max(rows)}"
+
+
+BLOCK_MODELS = [(8, 0, "rz"), (4, 3, "rn"), (16, 1, "rz")]
+
+
+@pytest.mark.parametrize("store", ["float16", "bfloat16"])
+@pytest.mark.parametrize("model", BLOCK_MODELS, ids=[f"k{k}x{x}{f}" for k, x, f in BLOCK_MODELS])
+def test_block_fma_kernel_within_its_declared_bound(store, model):
+    """A forward whose q.k and P@V run on a block-FMA matrix unit (kernel_sim.block_fma: bit-exact to
+    accumulation.simulate_block_fma) stays within the bound of precision_for(accumulator=that model)."""
+    from flashproof.proofs.accumulation import block_fma_name
+    rng = np.random.default_rng(abs(hash((store, model))) % 2 ** 32)
+    prec = precision_for(DTYPES[store], accumulator=block_fma_name(*model))
+    for regime in ("random", "large logits", "dominant key", "large v offset"):
+        (q, k, v), _ = _case(rng, regime, DTYPES[store])
+        lk = k.shape[2]
+        bn = int(rng.choice([4, 16]))
+        edges = list(range(0, lk, bn)) + [lk]
+        qn, kn, vn = (x.double().numpy() for x in (q, k, v))
+        o, lse = ks.simulate_block_fma(qn, kn, vn, store=store, k_blk=model[0], extra_bits=model[1], final=model[2],
+                                       boundaries=edges)
+        cert = forward_certified(q, k, v)
+        ob, lb = running_forward_bound(q, k, v, precision=prec, n_tiles=len(edges) - 1, lse_combine=False)
+        _check(store, o, lse, cert, ob, lb, f"block-FMA {model} {store} {regime}")
+
+
+def test_truncating_matrix_unit_exceeds_the_ieee_bound_and_not_its_own():
+    """Crafted operands: per key one dominant product and 63 products just below the truncation
+    quantum of a k = 8, x = 0, rz block FMA, positive for half the keys and negative for the other
+    half; the truncation then moves the two halves' logits apart by ~2 E u |q.k|, twice an IEEE dot's
+    budget. The output exceeds the IEEE-fp32 accumulator's bound and stays within the block model's."""
+    from flashproof.proofs.accumulation import block_fma_name
+    e = 64
+    q = np.full((1, 1, 2, e), 8.0)
+    k = np.zeros((1, 1, 16, e))
+    k[..., 0] = 512.0  # dominant product 4096 = 2^12: quantum 2^(12-23) at x = 0
+    tiny = 1023 * 2.0 ** -24  # 8 * tiny = (1 - 2^-10) quantum, an fp16 subnormal
+    k[0, 0, :8, 1:], k[0, 0, 8:, 1:] = tiny, -tiny
+    v = np.zeros((1, 1, 16, 4))
+    v[0, 0, :8], v[0, 0, 8:] = 1.0, -1.0
+    assert np.array_equal(ks.round_to(k, "float16"), k)
+    o, _ = ks.simulate_block_fma(q, k, v, store="float16", k_blk=8, extra_bits=0, final="rz")
+    cert = forward_certified(*(torch.from_numpy(x).half() for x in (q, k, v)))
+    err = np.abs(o - cert.o_mid) + cert.o_rad
+    ieee, _ = running_forward_bound(q, k, v, precision=precision_for("float16"), n_tiles=1, lse_combine=False)
+    blk, _ = running_forward_bound(q, k, v, precision=precision_for("float16", accumulator=block_fma_name(8, 0, "rz")),
+                                   n_tiles=1, lse_combine=False)
+    assert (err / ieee).max() > 1.2, f"the truncating unit stayed within the IEEE bound ({(err / ieee).max():.3g})"
+    assert np.all(err <= blk), f"max error/block-FMA bound {(err / blk).max():.3g}"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from flashproof.proofs.bounds import C_EXP_MEASURED
-from flashproof.proofs import (Precision, apriori_forward_bound, apriori_lse_bound, precision_for,
+from flashproof.proofs import (Precision, Unbounded, apriori_forward_bound, apriori_lse_bound, precision_for,
                                running_forward_bound)
 
 F16 = precision_for(torch.float16)
@@ -126,6 +126,17 @@ def test_masked_garbage_does_not_change_the_bound(rng):
     np.testing.assert_array_equal(clean[1], dirty[1])
 
 
+def test_nan_in_allowed_query_or_key_gives_no_claim_for_its_rows(rng):
+    q, k, v = _qkv(rng, lq=4, lk=8)
+    q2, k2 = q.clone(), k.clone()
+    q2[0, 1, 2, 3] = float("nan")
+    k2[0, 0, 1, 0] = float("inf")  # key 1: allowed for rows >= 1 (causal)
+    ob, lb = running_forward_bound(q2, k, v, precision=F16, causal=True)
+    assert np.isnan(ob[0, 1, 2]).all() and np.isnan(lb[0, 1, 2]) and np.isfinite(np.delete(lb[0, 1], 2)).all()
+    ob, lb = running_forward_bound(q, k2, v, precision=F16, causal=True)
+    assert np.isnan(lb[0, :, 1:]).all() and np.isfinite(lb[0, :, 0]).all() and (lb[0, :, 0] > 0).all()
+
+
 def test_nan_in_allowed_value_gives_no_claim_only_there(rng):
     q, k, v = _qkv(rng, lq=4, lk=8)
     v2 = v.clone()
@@ -146,11 +157,40 @@ def test_additive_minus_inf_equals_bool_mask(rng):
 
 
 def test_gqa_equals_repeated_heads(rng):
+    """Bitwise: a row's bound depends only on its own q, mask and allowed keys (GQA groups rows of
+    several heads into one slice; repeating the KV heads puts each head in its own slice)."""
     q, k, v = _qkv(rng, h=6, hk=2)
     a = running_forward_bound(q, k, v, precision=F16, n_tiles=2)
     b = running_forward_bound(q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1), precision=F16, n_tiles=2)
-    np.testing.assert_allclose(a[0], b[0], rtol=1e-12)
-    np.testing.assert_allclose(a[1], b[1], rtol=1e-12)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("mask", ["causal", "window", "bool"])
+def test_row_bound_does_not_depend_on_the_batch(rng, mask):
+    """Bitwise: the bound of a row computed alone (its mask row as attn_mask), inside a subset of
+    rows, or in a batch with other sequences equals its bound in the full problem."""
+    q, k, v = _qkv(rng, b=2, h=3, hk=1, lq=23, lk=31, e=24, ev=5)
+    if mask == "bool":
+        opts = dict(attn_mask=torch.rand(2, 3, 23, 31, generator=rng) > 0.5)
+    else:
+        opts = dict(causal="bottom_right", window=(6, 2) if mask == "window" else None)
+    full_o, full_l = running_forward_bound(q, k, v, precision=F16, n_tiles=4, **opts)
+    from flashproof import spec
+    m = spec.make_mask(causal=opts.get("causal", False), window=opts.get("window"),
+                       alignment=None).matrix(23, 31)
+    allow = torch.from_numpy(np.broadcast_to(m, (2, 3, 23, 31)).copy())
+    if "attn_mask" in opts:
+        allow &= opts["attn_mask"]
+    for rows in ([0], [5, 17], list(range(3, 20, 4)), [22]):
+        sub_o, sub_l = running_forward_bound(q[:, :, rows], k, v, precision=F16, n_tiles=4,
+                                             attn_mask=allow[:, :, rows])
+        np.testing.assert_array_equal(sub_o, full_o[:, :, rows])
+        np.testing.assert_array_equal(sub_l, full_l[:, :, rows])
+    one_o, one_l = running_forward_bound(q[1:, 2:, 7:8], k[1:], v[1:], precision=F16, n_tiles=4,
+                                         attn_mask=allow[1:, 2:, 7:8])
+    np.testing.assert_array_equal(one_o, full_o[1:, 2:, 7:8])
+    np.testing.assert_array_equal(one_l, full_l[1:, 2:, 7:8])
 
 
 def test_spread_form_constant_offset_does_not_scale_with_length(rng):
@@ -195,12 +235,58 @@ def test_convexity_cap_bounds_huge_logit_errors():
     assert np.all(np.isfinite(ob)) and np.all(ob >= spread) and np.all(ob <= spread * 1.2 + 1)
 
 
-def test_overflow_gives_inf():
-    q = np.full((1, 1, 2, 4), 2.0 ** 40)
-    k = np.full((1, 1, 3, 4), 2.0 ** 40)
+def test_overflow_gives_inf_or_raises_with_the_reason():
+    q = np.full((1, 1, 2, 4), 2.0 ** 63)  # q.k = 2^128: beyond fp32
+    k = np.full((1, 1, 3, 4), 2.0 ** 63)
     v = np.ones((1, 1, 3, 2))
-    ob, lb = running_forward_bound(q, k, v, precision=precision_for("fp32", accumulator="same"))
+    prec = precision_for("fp32", accumulator="same")
+    ob, lb = running_forward_bound(q, k, v, precision=prec)
     assert np.isinf(ob).all() and np.isinf(lb).all()
+    with pytest.raises(Unbounded, match="accumulator's largest value") as info:
+        running_forward_bound(q, k, v, precision=prec, on_unbounded="raise")
+    assert info.value.rows == [(0, 0, 0), (0, 0, 1)]
+    with pytest.raises(ValueError, match="on_unbounded"):
+        running_forward_bound(q, k, v, precision=prec, on_unbounded="skip")
+
+
+@pytest.mark.parametrize("dt", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("offset", [-1e4, -1e6, -1e30, 1e30])
+def test_lse_bound_finite_at_any_logit_magnitude(dt, offset):
+    """The LSE bound is finite at every magnitude (theorem 6, lse_any) and relative to |lse|; without
+    an LSE combine so is the output bound (the convexity cap)."""
+    rng = np.random.default_rng(4)
+    e = 16
+    q = rng.standard_normal((1, 2, 5, e))
+    k = rng.standard_normal((1, 1, 9, e))
+    c = offset if dt != "float16" else math.copysign(1e4, offset)  # fp16 holds |k| <= 65504
+    q[..., 0] = 1.0
+    k[..., 0] = c * math.sqrt(e)
+    v = rng.standard_normal((1, 1, 9, 3))
+    t = [torch.from_numpy(x).to(getattr(torch, dt)) for x in (q, k, v)]
+    prec = precision_for(dt)
+    ob, lb = running_forward_bound(*t, precision=prec, lse_combine=False, on_unbounded="raise")
+    assert np.isfinite(ob).all() and np.isfinite(lb).all() and (lb > 0).all()
+    assert lb.max() <= 1e-4 * abs(c) + 1e-2  # relative to |lse| ~ |c|, never a blow-up
+    assert ob.max() <= 2 * np.ptp(v, axis=2).max() + 1  # at worst the convexity cap: spread + O(u)
+    lb2 = running_forward_bound(*t, precision=prec)[1]  # with the LSE-combine model: the LSE stays finite
+    assert np.isfinite(lb2).all()
+
+
+def test_accumulator_models():
+    from flashproof.proofs.accumulation import block_fma_name, block_fma_unit
+    p = precision_for("fp16", accumulator=block_fma_name(8, 0, "rz"))
+    assert p.u_acc == 2 ** -24 and p.k_mma == 8 and p.u_mma == block_fma_unit(8, 0, "rz") == 2 ** -23 + 8 * 2 ** -23 * (1 + 2 ** -23)
+    assert precision_for("fp16").u_mma is None and precision_for("fp16").mma_unit == 2 ** -24
+    with pytest.raises(ValueError, match="blockfma"):
+        precision_for("fp16", accumulator="fp32_blockfma_k0_x0_rz")
+    with pytest.raises(ValueError, match="float64"):
+        precision_for("fp64", accumulator="fp32_blockfma_k8_x0_rz")
+    q = torch.randn(1, 1, 4, 64).half()
+    k = torch.randn(1, 1, 40, 64).half()
+    v = torch.randn(1, 1, 40, 8).half()
+    a = running_forward_bound(q, k, v, precision=precision_for("fp16"), n_tiles=3)
+    b = running_forward_bound(q, k, v, precision=p, n_tiles=3)
+    assert np.all(b[0] >= a[0]) and np.all(b[1] >= a[1]) and np.any(b[1] > a[1])
 
 
 def _reference_workload(q, k):

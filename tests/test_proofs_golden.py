@@ -38,11 +38,13 @@ def test_generated_code_evaluates_the_golden_expressions():
         for _ in range(5):
             vals = []
             for a in args:
-                if a in ("u_in", "u_acc", "u_dot"):
+                if a in ("u_in", "u_acc", "u_dot", "u_mma"):
                     vals.append(2.0 ** -rng.randint(10, 30))
+                elif a == "k_mma":
+                    vals.append(float(rng.randint(1, 16)))
                 elif a in ("eta", "eta_in"):
                     vals.append(2.0 ** -rng.randint(20, 130))
-                elif a in ("h", "hb"):
+                elif a in ("h", "hb", "hs"):
                     vals.append(float(rng.randint(0, 1)))
                 elif a in ("E", "n", "N", "L"):
                     vals.append(float(rng.randint(1, 300)))
@@ -50,7 +52,8 @@ def test_generated_code_evaluates_the_golden_expressions():
                     vals.append(rng.uniform(0, 0.01))
                 else:
                     vals.append(rng.uniform(0, 5))
-            a_, b_ = lam[name](*vals), gen[name](*vals)
+            with np.errstate(all="ignore"):  # random arguments may leave an expression's domain (NaN both sides)
+                a_, b_ = lam[name](*vals), gen[name](*vals)
             assert np.isclose(a_, b_, rtol=1e-12, atol=0, equal_nan=True), (name, vals, a_, b_)
 
 
@@ -61,3 +64,23 @@ def test_first_order_apriori_has_the_expected_storage_term():
                     locals=fp_error.SYMBOLS)  # E and N are symbols here, not Euler's number / sympy.N
     u_in, V = fp_error.SYMBOLS["u_in"], fp_error.SYMBOLS["V"]
     assert sp.expand(fo).coeff(u_in) == 2 * V
+
+
+def test_backward_golden_and_generated_module_match_rederivation():
+    from flashproof.proofs import fp_backward
+    from flashproof.proofs.golden_paths import BACKWARD_GENERATED_PATH, BACKWARD_GOLDEN_PATH
+    proof, counts, exprs = fp_backward.derive()
+    assert proof.ok, [c.name for c in proof.checks if not c.ok]
+    fresh = fp_backward.golden_dict(counts, exprs)
+    golden = json.loads(BACKWARD_GOLDEN_PATH.read_text())
+    for section in ("expressions", "counts", "args"):
+        assert golden[section] == fresh[section], f"golden {section} differ: regenerate with " \
+                                                  "`python -m flashproof.proofs.fp_backward --write-golden`"
+    assert BACKWARD_GENERATED_PATH.read_text() == fp_backward._source(fresh)
+
+
+def test_first_order_forms_are_those_of_the_expressions(fresh):
+    """prove() takes the report's first-order forms from the golden file once its expressions match:
+    they must be exactly the first-order parts of those expressions."""
+    golden = json.loads(fp_error.GOLDEN_PATH.read_text())
+    assert golden["first_order"] == fresh["first_order"]

@@ -156,9 +156,10 @@ def test_long_context_is_skipped_with_its_reason_on_cpu():
 
 
 def warm_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    """A planted bug: softmax at temperature 1 + 2^-17 (every exponent 128 u_fp32 too small), as a
-    wrong exp base or a rounded scale makes; invisible in fp16/bf16 and below the fp32 running bound."""
-    s = (scale if scale is not None else query.shape[-1] ** -0.5) * (1 - 2.0 ** -17)
+    """A planted bug: softmax at temperature 1 + 2^-18 (every exponent 64 u_fp32 too small), as a
+    wrong exp base or a rounded scale makes; invisible in fp16/bf16 and below the fp32 running bound
+    (at 2^-17 theorem 6's derived bound itself catches it on the weight-ratio inputs)."""
+    s = (scale if scale is not None else query.shape[-1] ** -0.5) * (1 - 2.0 ** -18)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=s,
                                           enable_gqa=enable_gqa)
 
