@@ -7,20 +7,22 @@ import functools
 import math
 import time
 import weakref
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.errors import UnsatisfiedAssumption
 
 from . import oracle, suite
-from .strategies import (GQA_RATIOS, KV_HEADS, REGIMES, Case, MaskSpec, Problem, Regime, Shape, dtypes,
+from .strategies import (GQA_RATIOS, KV_HEADS, REGIMES, Case, MaskSpec, Problem, Regime, Shape, build, dtypes,
                          head_dims, lengths, masks, max_abs_logit, problems, shapes, tile_configs, value_kinds)
 from .targets import DECLARE_HINT, Call, OutsideDomain
 
 __all__ = [
     "tile_sizes", "problem_strategy", "case_strategy", "corner", "first_dtype", "pick_dtype",
     "head_dim_at_least", "small_tiles", "SCALES", "SOFTCAPS", "conform", "in_domain", "prop", "Undeclared",
-    "run_tiles", "judge_rows", "sample", "rows_of", "budget_report",
+    "run_tiles", "judge_rows", "sample", "rows_of", "budget_report", "Judgement", "judge_case",
 ]
 
 
@@ -319,3 +321,39 @@ def sample(ctx, inp, *outs, tile=None, rows="auto"):
     if isinstance(rows, str):
         rows = judge_rows(ctx, inp, tile=tile)
     return (oracle.take_rows(inp, rows),) + tuple(rows_of(o, rows) for o in outs)
+
+
+@dataclass
+class Judgement:
+    """What ``judge_case`` measured on the judged rows: the target's O and LSE (float64 numpy), the
+    exact values with their radii, the running bounds, and the Violation the judge raised (None: none)."""
+
+    case: Any
+    inputs: Any
+    rows: Any
+    o: np.ndarray
+    lse: Any
+    exact: Any
+    o_bound: np.ndarray
+    lse_bound: np.ndarray
+    violation: Any
+
+
+def judge_case(ctx, case, *, inputs=None) -> Judgement:
+    """Run the target on ``case`` and judge its output as output_within_error_bound does (the
+    running bound of the exact values on the profile's judged rows, and the FA criterion), returning
+    the numbers instead of raising; ``flashproof audit`` judges every cell with it. A target that
+    raises or breaks the call contract raises here (Context.call)."""
+    tile = case.tile_dict
+    inp = build(case.problem, device=ctx.device) if inputs is None else inputs
+    o, lse = ctx.call(inp, tile=tile)
+    rows = judge_rows(ctx, inp, tile=tile)
+    inp_s, o_s, lse_s = sample(ctx, inp, o, lse, rows=rows)
+    o_b, l_b = ctx.bound(inp_s, tile=tile)
+    ex = oracle.exact(inp_s, need_o=o_b, need_lse=l_b if lse_s is not None else None)
+    try:
+        ctx.judge(inp_s, o_s, lse_s, tile=tile, ex=ex, bounds=(o_b, l_b))
+        violation = None
+    except oracle.Violation as exc:
+        violation = exc
+    return Judgement(case, inp_s, rows, oracle.to_np(o_s), oracle.to_np(lse_s), ex, o_b, l_b, violation)

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from flashproof import spec
 
 from . import oracle
-from .gen import (Undeclared, case_strategy, conform, corner, first_dtype, head_dim_at_least, in_domain, judge_rows,
-                  problem_strategy, prop, rows_of, run_tiles, sample, small_tiles, tile_sizes)
+from .gen import (Undeclared, case_strategy, conform, corner, first_dtype, head_dim_at_least, in_domain, judge_case,
+                  judge_rows, problem_strategy, prop, rows_of, run_tiles, sample, small_tiles, tile_sizes)
 from .oracle import Violation, to_np
 from .strategies import (REGIMES, Case, MaskSpec, Problem, Regime, Shape, build, key_partitions, logits_exact,
                          max_abs_logit, torch_dtype)
@@ -72,9 +72,9 @@ def _corners_bound(ctx):
       classes=(2, 3, 5, 9, 18, 19, 20), strategy=lambda ctx: case_strategy(ctx), corners=_corners_bound,
       bound="running_forward_bound (+ reference radius); FA criterion eps from oracle.fa_eps")
 def output_within_error_bound(ctx, case):
-    inp = build(case.problem, device=ctx.device)
-    o, lse = ctx.call(inp, tile=case.tile_dict)
-    ctx.judge(*sample(ctx, inp, o, lse, tile=case.tile_dict), tile=case.tile_dict)
+    judged = judge_case(ctx, case)
+    if judged.violation is not None:
+        raise judged.violation
 
 
 # ============================================================================ tail tiles
