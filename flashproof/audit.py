@@ -26,7 +26,7 @@ from flashproof.audit_metrics import measure, row_error as _row_error
 from flashproof.audit_report import PROPERTY, SCHEMA, assemble, executive, write_report
 
 __all__ = ["add_arguments", "run", "audit", "Audited", "builtin", "judge", "row_error", "naive_baseline",
-           "out_problem", "PROPERTY", "SCHEMA"]
+           "PROPERTY", "SCHEMA"]
 
 _ROLES = ("kernel", "peer", "target")
 
@@ -138,13 +138,13 @@ def naive_baseline(judged):
 
 
 def _tiles(ctx, cell: Cell) -> list:
-    """[None] (the target's default), or for the tiling sweep an even spread of the target's tile
-    configs that fit the cell (Context.tile_fits: the target's own accepts_tile)."""
+    """The case's own tile (None: the target's default), or for the tiling sweep an even spread of
+    the target's tile configs that fit the cell (Context.tile_fits: the target's own accepts_tile)."""
     import torch
 
     t = ctx.target
     if not cell.tiles or not t.tile_configs:
-        return [None]
+        return [cell.case.tile_dict or None]
     sh = cell.problem.shape
     dt = getattr(torch, cell.problem.dtype)
     q, v = torch.empty(1, 1, 1, sh.e, dtype=dt, device="meta"), torch.empty(1, 1, 1, sh.ev, dtype=dt, device="meta")
@@ -253,17 +253,6 @@ def add_arguments(p):
                    help="audit only the TARGETs (the naive baseline is always measured for the ratios)")
 
 
-def out_problem(out) -> str | None:
-    """Why ``out`` cannot be the report folder (None: it can), checked before any work."""
-    from flashproof.proofs.runner import writable_file
-
-    if os.path.isdir(out):
-        return None if os.access(out, os.W_OK | os.X_OK) else f"--out {out} is not writable"
-    if os.path.exists(out):
-        return f"--out {out} is a file; give a folder"
-    return writable_file(out, "--out")  # the folder is created: what lies above it must allow that
-
-
 def _load(specs, profile, device):
     """The named TARGETs as Audited, loaded as ``flashproof check`` loads its TARGET."""
     from flashproof.properties.suite import load_target_within, resolve_example_timeout
@@ -282,7 +271,9 @@ def run(args) -> int:
     from flashproof.properties.suite import TargetTimeout
     from flashproof.properties.targets import TargetLoadError
 
-    why = out_problem(args.out)
+    from flashproof.proofs.runner import writable_folder
+
+    why = writable_folder(args.out, "--out")
     if why:  # a bad --out must not cost the whole sweep
         print(f"flashproof audit: {why}", file=sys.stderr)
         return EXIT_ERROR

@@ -172,7 +172,7 @@ def reproducer(r, profile) -> str:
     b, h, i = m["worst_row"]
     tgt = repr(r["spec"]) if r["spec"] else "None  # set TARGET to the Target object you audited (no module:attr)"
     return (f"# {r['target']} ({r['name']}), {r['dtype']}, {r['sweep']} = {r['x']}: worst row (b, h, i) = ({b}, {h}, {i}), "
-            f"max |O - exact| = {m['worst_row_error']:.6g}\n"
+            f"max |O - exact| = {m['worst_row_error']!r}\n"
             "from flashproof.audit import judge, row_error\n"
             "from flashproof.properties import replay\n"
             "from flashproof.properties.strategies import Case, MaskSpec, Problem, Regime, Shape\n\n"
@@ -187,16 +187,23 @@ def _sweep_table(rep, sweep) -> list:
     if not rows:
         return []
     lines = ["", f"## Sweep: {sweep.replace('_', ' ')}", "",
-             "| dtype | target | L | E | causal | logit scale | T | regime | max abs | mean abs | RMSE | bias | "
-             "max row rel | max ULP | vs naive | tightness | LSE err | rows judged |", "|" + "---|" * 18]
+             "| dtype | target | L | E | causal | logit scale | T | regime | verdict | max abs | mean abs | RMSE | "
+             "bias | max row rel | max ULP | vs naive | tightness | LSE err | rows judged |", "|" + "---|" * 19]
     for r in rows:
         m = r["metrics"]
+        verdict = "-" if r["role"] == "baseline" else ("**FAIL**" if r.get("violation") else "ok")
         lines.append(f"| {r['dtype']} | {r['target']} | {r['L']} | {r['E']} | {int(r['causal'])} | "
-                     f"{_fmt(r['logit_scale'])} | {_fmt(r['temperature'])} | {r['regime']} | {_err_cell(m)} | "
-                     f"{_fmt(m['mean_abs'])} | {_fmt(m['rmse'])} | {_fmt(m['bias'])} | {_fmt(m['max_row_rel'])} | "
-                     f"{_fmt(m['ulp_max'])} | {_fmt(m.get('ratio_to_naive'))} | {_fmt(m.get('tightness'))} | "
-                     f"{_fmt(m.get('lse_max_abs'))} | {m['rows_judged']} |")
+                     f"{_fmt(r['logit_scale'])} | {_fmt(r['temperature'])} | {r['regime']} | {verdict} | "
+                     f"{_err_cell(m)} | {_fmt(m['mean_abs'])} | {_fmt(m['rmse'])} | {_fmt(m['bias'])} | "
+                     f"{_fmt(m['max_row_rel'])} | {_fmt(m['ulp_max'])} | {_fmt(m.get('ratio_to_naive'))} | "
+                     f"{_fmt(m.get('tightness'))} | {_lse_cell(m)} | {m['rows_judged']} |")
     return lines
+
+
+def _lse_cell(m) -> str:
+    """The LSE column: its max error, and the count of LSEs that are not finite where they should be."""
+    bad = m.get("lse_nonfinite", 0) + m.get("lse_wrong_empty", 0)
+    return _fmt(m.get("lse_max_abs")) + (f" (**{bad} non-finite or wrong on empty rows**)" if bad else "")
 
 
 def write_report(rep, out_dir) -> str:

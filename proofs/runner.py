@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["add_arguments", "run", "THEOREMS", "render_report", "run_all", "writable_file"]
+__all__ = ["add_arguments", "run", "THEOREMS", "render_report", "run_all", "writable_file",
+           "writable_folder"]
 
 #: key -> (module, title); run in this order (negative controls reuse the algebraic results)
 THEOREMS = {
@@ -77,6 +78,18 @@ def writable_file(path, flag: str):
                 return f"{flag} {path}: {parent} is not writable"
             return None
     return None
+
+
+def writable_folder(path, flag: str):
+    """None if ``path`` is, or can be created as, a writable folder, else a one-line reason naming
+    ``flag`` (``flashproof audit`` and ``bench`` check their --out with it before any work)."""
+    import os
+
+    if os.path.isdir(path):
+        return None if os.access(path, os.W_OK | os.X_OK) else f"{flag} {path} is not writable"
+    if os.path.exists(path):
+        return f"{flag} {path} is a file; give a folder"
+    return writable_file(path, flag)  # created with its parents: the first existing one must be a writable folder
 
 
 def run(args) -> int:
