@@ -16,13 +16,21 @@ import numpy as np
 import pytest
 
 TARGETS = '''
+import json
+import os
+
 import torch
 from flashproof import reference
 from flashproof.properties.targets import Target
 
+CALLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "calls.jsonl")
+
 
 def _forward(q, k, v, *, causal=False, alignment=None, window=None, scale=None, softcap=None, attn_mask=None,
              return_lse=False, **tile):
+    s = (q.double() @ k.double().transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    with open(CALLS, "a") as f:  # what the target was asked: its softmax scale and the logits' spread
+        f.write(json.dumps({"E": q.shape[-1], "scale": scale, "std": float(s.std())}) + "\\n")
     o, lse = reference.forward_naive(q.double(), k.double(), v.double(), causal=causal, scale=scale)
     o, lse = o.to(q.dtype), lse.float()
     if q.abs().max() > 100:
@@ -126,54 +134,49 @@ def test_summary_states_ratio_spread_and_nonfinite_counts_first(run):
 
 
 def test_temperature_is_softmax_temperature(run):
-    """Bug: "temperature" multiplied q (a higher T gave sharper logits). T now divides the logits
-    (scale 1/(T sqrt E)), so the logits' spread falls as T rises; the old sweep is "logit scale",
-    whose spread rises with s."""
-    from flashproof.audit_cells import temperature_scale
+    """Bug: "temperature" multiplied q (a higher T gave sharper logits). T now divides the logits:
+    the target is called with the softmax scale 1/(T sqrt E), and the logits' spread falls as T
+    rises; the old sweep is "logit scale" (q's spread), whose logits' spread rises with s."""
+    _, out, _ = run
+    calls = [json.loads(ln) for ln in (out.parent / "calls.jsonl").read_text().splitlines()]
+    scaled = {(c["E"], c["scale"]): c["std"] for c in calls if c["scale"] is not None}
+    assert len(scaled) >= 3, "the target never received a softmax scale: temperature does not divide the logits"
+    temps = sorted({c["x"] for c in _cells(out) if c["sweep"] == "temperature"})
+    std = [scaled[(c_e, 1 / (t * math.sqrt(c_e)))] for t in temps for c_e in {e for e, _ in scaled}]
+    assert len(temps) >= 3 and all(a > b for a, b in zip(std, std[1:])), list(zip(temps, std))
     from flashproof.properties.strategies import Case, MaskSpec, Problem, Regime, Shape, build, logits_exact
 
-    _, out, _ = run
     names = {"Case": Case, "MaskSpec": MaskSpec, "Problem": Problem, "Regime": Regime, "Shape": Shape}
-
-    def spread(sweep):
-        cells = {c["x"]: c for c in _cells(out) if c["sweep"] == sweep and c["label"] == "bad"}
-        out_ = []
-        for x in sorted(cells):
-            case = eval(cells[x]["case"], {"__builtins__": {}}, names)
-            if sweep == "temperature":
-                assert case.problem.scale == temperature_scale(x, case.problem.shape.e)
-            s, _ = logits_exact(build(case.problem))
-            out_.append(float(np.std(s)))
-        return out_
-    t = spread("temperature")
-    s = spread("logit_scale")
-    assert len(t) >= 3 and all(a > b for a, b in zip(t, t[1:])), t
-    assert len(s) >= 3 and all(a < b for a, b in zip(s, s[1:])), s
+    cells = sorted((c for c in _cells(out) if c["sweep"] == "logit_scale" and c["label"] == "bad"), key=lambda c: c["x"])
+    spread = [float(np.std(logits_exact(build(eval(c["case"], {"__builtins__": {}}, names).problem))[0]))
+              for c in cells]
+    assert len(spread) >= 3 and all(a < b for a, b in zip(spread, spread[1:])), spread
 
 
 def test_ulp_is_defined_against_a_stated_floor(run):
     """Bug: "max ULP" was undefined and near-zero references dominated it (an error of 2^-20 next to
     a reference of 2^-20 read as 8 million ULPs). ULP error is measured at max(|exact|, 1/16 of the
     row's max |exact|) and the report states that definition."""
+    _, out, _ = run
+    md = (out / "report.md").read_text()
+    assert "ULP error of an element" in md and "0.0625 x the largest |exact| of its row" in md
     from flashproof.ulp import ULP_FLOOR, spacing, ulp_error
 
+    assert ULP_FLOOR == 0.0625
     want = np.array([[1.0, 2.0 ** -20]])
     got = np.array([[1.0, 2.0 ** -19]])  # off by 2^-20: 2^23 ULPs of fp32 at 2^-20, 128 at the floor 1/16
     u = ulp_error(got, want, "float32")
     assert u[0, 0] == 0 and u[0, 1] == 2.0 ** -20 / spacing(ULP_FLOOR, "float32") == 128
-    _, out, _ = run
-    md = (out / "report.md").read_text()
-    assert "ULP error of an element" in md and f"{ULP_FLOOR:g} x the largest |exact| of its row" in md
 
 
 def test_plots_label_their_axes_and_cells(run):
     """Bug: the plots had no y-axis labels and did not say which cells they show."""
     _, _, figs = run
-    assert {"error_vs_L.png", "error_vs_logit_scale.png", "error_vs_temperature.png", "ulp_histogram.png"} <= set(figs)
     for name, fig in figs.items():
         for ax in fig.axes:
             assert ax.get_xlabel() and ax.get_ylabel(), name
             assert "E=" in ax.get_title() and "B×H=" in ax.get_title(), (name, ax.get_title())
+    assert {"error_vs_L.png", "error_vs_logit_scale.png", "error_vs_temperature.png", "ulp_histogram.png"} <= set(figs)
 
 
 def test_out_under_a_file_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
@@ -207,13 +210,12 @@ def test_worst_row_snippet_replays_the_target_that_produced_it(tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     md = (out / "report.md").read_text()
     snippet = md.split("## Worst row and its reproducer")[1].split("```python\n")[1].split("```")[0]
-    assert "audit_targets:off_by" in snippet
-    worst = re.search(r"max \|O - exact\| = (\S+)", snippet).group(1)
     code = snippet.rsplit("\nreplay(", 1)[0]  # the replay line raises (the case violates): run the print
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     printed = float(p.stdout.strip().splitlines()[-1])
     import audit_targets
 
-    assert printed == float(worst) and printed > audit_targets.OFF_BY / 2
-    assert math.isfinite(printed)
+    assert math.isfinite(printed) and printed > audit_targets.OFF_BY / 2, (printed, snippet)
+    assert "audit_targets:off_by" in snippet and "replay(" in snippet
+    assert printed == float(re.search(r"max \|O - exact\| = (\S+)", snippet).group(1))
