@@ -214,6 +214,9 @@ def audit(audited, *, device="cpu", dtypes=("bfloat16", "float16", "float32"), q
     from flashproof.properties.profiles import default_profile
 
     profile = profile or default_profile(device)
+    labels = [a.label for a in audited]
+    if len(set(labels)) != len(labels) or "naive" in labels:
+        raise ValueError(f"the audited targets' labels must be distinct and not 'naive' (the baseline's), got {labels}")
     grid = list(cells) if cells is not None else grid_cells(quick=quick, device=device, dtypes=dtypes, seed=seed)
     live = [a for a in audited if not a.unavailable]
     ctxs = {a.label: _context(a.target, profile, device) for a in live}
@@ -266,6 +269,21 @@ def _load(specs, profile, device):
     return out
 
 
+def _unique(audited) -> list:
+    """The same list with every label distinct (a TARGET named twice, or like a built-in, gets " #2")."""
+    import dataclasses
+
+    seen, out = {"naive"}, []  # "naive" is the baseline's row
+    for a in audited:
+        label, n = a.label, 1
+        while label in seen:
+            n += 1
+            label = f"{a.label} #{n}"
+        seen.add(label)
+        out.append(a if label == a.label else dataclasses.replace(a, label=label))
+    return out
+
+
 def run(args) -> int:
     from flashproof.cli import EXIT_ERROR, EXIT_OK, EXIT_VIOLATION
     from flashproof.properties.suite import TargetTimeout
@@ -298,7 +316,7 @@ def run(args) -> int:
         print(f"flashproof audit: {exc}", file=sys.stderr)
         return EXIT_ERROR
     try:
-        audited = ([] if args.no_defaults else builtin(device)) + named
+        audited = _unique(([] if args.no_defaults else builtin(device)) + named)
     except Exception as exc:
         print(f"flashproof audit: could not set up the built-in targets: {type(exc).__name__}: {exc}",
               file=sys.stderr)
@@ -322,8 +340,8 @@ def run(args) -> int:
         return EXIT_ERROR
     print("\n".join(executive(rep)))
     print(f"report: {path} ({rep['config']['seconds']} s)")
-    unjudged = [a.label for a in named if not any(r["label"] == a.label and r["status"] != "not declared"
-                                                  for r in rep["cells"])]
+    judged = {r["label"] for r in rep["cells"] if r["status"] != "not declared"}
+    unjudged = [a.label for a in audited if a.role == "target" and a.label not in judged]
     if unjudged:
         print(f"flashproof audit: no cell of the sweep is in the declared domain of {', '.join(unjudged)} "
               f"(see 'not declared' in {path})", file=sys.stderr)

@@ -175,3 +175,24 @@ def test_default_audit_passes(tmp_path):
 
     assert main(["audit", "--out", str(tmp_path / "audit-out")]) == 0
     assert "Verdict: PASS" in open(tmp_path / "audit-out" / "report.md").read()
+
+
+def test_labels_are_made_distinct_and_a_target_outside_every_cell_is_an_error(tmp_path, monkeypatch, capsys):
+    """A TARGET named twice (or like a built-in, or "naive", the baseline's row) gets its own label;
+    a TARGET whose declared domain takes no cell of the sweep is exit 2, not a silent PASS."""
+    from flashproof.cli import main
+    from flashproof.properties.targets import torch_sdpa
+
+    t = torch_sdpa()
+    got = audit._unique([audit.Audited(t, "peer", "x"), audit.Audited(t, "target", "x"),
+                         audit.Audited(t, "target", "naive")])
+    assert [a.label for a in got] == ["x", "x #2", "naive #2"]
+    with pytest.raises(ValueError, match="distinct"):
+        audit.audit([audit.Audited(t, "peer", "x")] * 2, cells=[], progress=False)
+    (tmp_path / "fpa_f64.py").write_text(
+        "import torch\nfrom flashproof.properties.targets import Target\n"
+        "def t():\n    return Target(name='f64 only', sdpa=torch.nn.functional.scaled_dot_product_attention,"
+        " dtypes=('float64',))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["audit", "--no-defaults", "--dtype", "float32", "fpa_f64:t", "--out", str(tmp_path / "o")]) == 2
+    assert "no cell of the sweep is in the declared domain of f64 only" in capsys.readouterr().err
