@@ -25,8 +25,8 @@ from flashproof.audit_cells import Cell, cells as grid_cells, with_tile
 from flashproof.audit_metrics import measure, row_error as _row_error
 from flashproof.audit_report import PROPERTY, SCHEMA, assemble, executive, write_report
 
-__all__ = ["add_arguments", "run", "audit", "Audited", "builtin", "judge", "row_error", "naive_baseline",
-           "PROPERTY", "SCHEMA"]
+__all__ = ["add_arguments", "run", "audit", "Audited", "builtin", "judge", "judge_pairs", "row_error",
+           "naive_baseline", "AUDIT_JUDGE_PAIRS", "PROPERTY", "SCHEMA"]
 
 _ROLES = ("kernel", "peer", "target")
 
@@ -91,16 +91,33 @@ def _flex() -> Audited:
         return Audited(stub, "peer", "flex", only=only, unavailable=f"{type(exc).__name__}: {exc}")
 
 
+#: Where a profile judges a sample of rows (gpu: 2^18 row-key pairs per problem, so that `check`
+#: fits its time), the audit judges at least this many: 256 rows per head at L = 8192, H = 8. Each
+#: judged row is judged as check judges it; the sample is larger.
+AUDIT_JUDGE_PAIRS = 1 << 24
+
+
+def judge_pairs(profile: str):
+    """The row-key pairs the audit judges per problem under ``profile`` (None: every row)."""
+    from flashproof.properties.profiles import limits_for
+
+    jp = limits_for(profile).judge_pairs
+    return None if jp is None else max(jp, AUDIT_JUDGE_PAIRS)
+
+
 def _context(target, profile: str, device: str):
+    import dataclasses
+
     from flashproof.properties.profiles import limits_for
     from flashproof.properties.suite import Context
 
-    return Context(target=target, limits=limits_for(profile), profile=profile, device=device)
+    lim = dataclasses.replace(limits_for(profile), judge_pairs=judge_pairs(profile))
+    return Context(target=target, limits=lim, profile=profile, device=device)
 
 
 def judge(case, *, target=None, profile="ci"):
-    """Judge one Case against a target (a Target or "module:attr") as the audit does: a
-    properties.gen.Judgement (the worst-row snippet of report.md calls this)."""
+    """Judge one Case against a target (a Target or "module:attr") as the audit does under
+    ``profile``: a properties.gen.Judgement (the worst-row snippet of report.md calls this)."""
     from flashproof.properties.gen import judge_case
     from flashproof.properties.targets import load_target
 
@@ -152,7 +169,26 @@ def _tiles(ctx, cell: Cell) -> list:
     return fits[:: max(1, len(fits) // cell.tiles)][: cell.tiles] or [None]
 
 
-def _judge_cell(a: Audited, ctx, cell: Cell):
+class _NaiveError:
+    """oracle.naive_error of a cell's judgements, computed once per distinct (judged rows, exact
+    values): every target of a cell is judged on the same deterministic inputs."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, j):
+        from flashproof.properties import oracle
+
+        rows = None if j.rows is None else np.asarray(j.rows)
+        for r, o, nerr in self.seen:
+            if (r is None) == (rows is None) and (r is None or np.array_equal(r, rows)) and np.array_equal(o, j.exact.o):
+                return nerr
+        nerr = oracle.naive_error(j.inputs, j.exact)
+        self.seen.append((rows, j.exact.o, nerr))
+        return nerr
+
+
+def _judge_cell(a: Audited, ctx, cell: Cell, naive_error):
     """Rows of the report for one target on one cell (one per tile run), and its judgements."""
     from hypothesis.errors import UnsatisfiedAssumption
 
@@ -181,8 +217,7 @@ def _judge_cell(a: Audited, ctx, cell: Cell):
         except oracle.Violation as exc:  # the call contract (O's type, shape, dtype; LSE's shape)
             rows.append(dict(row, status="error", violation=str(exc)))
             continue
-        nerr = oracle.naive_error(j.inputs, j.exact)
-        row.update(status="judged", metrics=measure(j, dtype=cell.problem.dtype, naive_error=nerr),
+        row.update(status="judged", metrics=measure(j, dtype=cell.problem.dtype, naive_error=naive_error(j)),
                    violation=None if j.violation is None else str(j.violation))
         rows.append(row)
         judged.append(j)
@@ -223,11 +258,11 @@ def audit(audited, *, device="cpu", dtypes=("bfloat16", "float16", "float32"), q
     prog = _Progress(len(grid)) if progress else None
     results = []
     for cell in grid:
-        first = None
+        first, nerr = None, _NaiveError()
         for a in live:
             if a.only is not None and not a.only(cell):
                 continue
-            rows, judged = _judge_cell(a, ctxs[a.label], cell)
+            rows, judged = _judge_cell(a, ctxs[a.label], cell, nerr)
             results += rows
             first = first or (judged[0] if judged else None)
         if first is not None:  # the naive baseline, on the rows and exact values of the cell's first judgement
@@ -236,7 +271,8 @@ def audit(audited, *, device="cpu", dtypes=("bfloat16", "float16", "float32"), q
                                 status="measured", metrics=m, violation=None, **cell.params()))
         if prog:
             prog.step(f"{cell.problem.dtype} {cell.sweep}={cell.value}")
-    return assemble(audited, results, device=device, dtypes=list(dtypes), quick=quick, seed=seed, profile=profile)
+    return assemble(audited, results, device=device, dtypes=list(dtypes), quick=quick, seed=seed, profile=profile,
+                    judge_pairs=judge_pairs(profile))
 
 
 # ----------------------------------------------------------------------------- CLI

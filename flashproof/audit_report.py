@@ -67,9 +67,8 @@ def assemble(audited, results, **config) -> dict:
     if torch.cuda.is_available():
         machine["gpu"] = torch.cuda.get_device_name(0)
     from flashproof.properties.oracle import bound_source
-    from flashproof.properties.profiles import limits_for
 
-    config = dict(config, judge_pairs=limits_for(config["profile"]).judge_pairs, bound=bound_source())
+    config = dict(config, bound=bound_source())
     targets = []
     for a in audited:
         t = a.target
@@ -230,7 +229,8 @@ def write_report(rep, out_dir) -> str:
               "- Errors are against the judge's exact values (fp64 where its own error is provably below 1/64 of "
               "the bound, else certified arb), on the rows the judge evaluates: "
               + ("every row." if jp is None else f"at most {jp} row-key pairs per problem (oracle.judge_rows; "
-                                                 "*rows judged* per head in the tables)."),
+                                                 "*rows judged* per head in the tables; `flashproof check` judges "
+                                                 "fewer rows per problem at this profile, each the same way)."),
               f"- {ULP_DEFINITION}.",
               "- *vs naive*: max error / the max error of the naive same-precision baseline (softmax(QK^T)V in the "
               "input dtype, oracle.naive_error) on the same rows; undefined (-) when the target's output is not "

@@ -196,3 +196,27 @@ def test_labels_are_made_distinct_and_a_target_outside_every_cell_is_an_error(tm
     monkeypatch.syspath_prepend(str(tmp_path))
     assert main(["audit", "--no-defaults", "--dtype", "float32", "fpa_f64:t", "--out", str(tmp_path / "o")]) == 2
     assert "no cell of the sweep is in the declared domain of f64 only" in capsys.readouterr().err
+
+
+def test_sampled_rows_are_numbered_as_in_the_problem(monkeypatch):
+    """Where the profile judges a sample of rows (gpu), the audit judges at least AUDIT_JUDGE_PAIRS
+    row-key pairs, reports rows in the problem's numbering, and `judge` (the snippet's call) judges
+    the same rows: its row_error of the worst row is the report's."""
+    from flashproof.properties import sdpa_backends
+    from flashproof.properties.profiles import limits_for
+    from flashproof.properties.strategies import MaskSpec, Problem, Shape
+
+    assert audit.judge_pairs("ci") is None
+    assert audit.judge_pairs("gpu") == max(limits_for("gpu").judge_pairs, audit.AUDIT_JUDGE_PAIRS)
+    monkeypatch.setattr(audit, "AUDIT_JUDGE_PAIRS", 1 << 16)
+    case = Case(Problem(shape=Shape(1, 2, 2, 600, 600, 16, 16), dtype="float32", mask=MaskSpec(causal="top_left"),
+                        seed=5))
+    t = sdpa_backends.math()
+    rep = audit.audit([audit.Audited(t, "peer", "m")], cells=[audit_cells.Cell("L", 600, case)], profile="gpu",
+                      device="cpu", progress=False)
+    (row,) = [r for r in rep["cells"] if r["label"] == "m"]
+    m = row["metrics"]
+    assert 2 <= m["rows_judged"] < 600 and rep["config"]["judge_pairs"] == limits_for("gpu").judge_pairs
+    b, h, i = m["worst_row"]
+    j = audit.judge(case, target=t, profile="gpu")
+    assert i in set(j.rows.tolist()) and audit.row_error(j, b, h, i) == m["worst_row_error"]
