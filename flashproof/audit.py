@@ -13,7 +13,6 @@ and plots (``audit_plots``). Exit 1 when a target violates the spec or its decla
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass
