@@ -2,16 +2,16 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Without a CUDA GPU, pin the CPU build of torch (an unpinned torch pulls GBs of CUDA wheels).
-HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
-CONSTRAINTS := $(if $(HAS_GPU),,-c constraints/cpu.txt)
 
 .PHONY: audit test prove check bench clean
 
-$(BIN)/.installed: pyproject.toml constraints/cpu.txt
+# Without a CUDA GPU, constraints/pip_args.py pins the CPU build of torch (constraints/cpu.txt; an
+# unpinned torch pulls GBs of CUDA wheels) where pip's indexes serve it, and says so in one line
+# where they do not (plain PyPI) and the default torch is installed instead.
+$(BIN)/.installed: pyproject.toml constraints/cpu.txt constraints/pip_args.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(CONSTRAINTS) -e .
+	args="$$($(BIN)/python constraints/pip_args.py --pip $(BIN)/pip)" && $(BIN)/pip install -q $$args -e .
 	touch $@
 
 audit: $(BIN)/.installed
@@ -22,6 +22,12 @@ test: $(BIN)/.installed
 
 prove: $(BIN)/.installed
 	$(BIN)/flashproof prove
+
+check: $(BIN)/.installed
+	$(BIN)/flashproof check
+
+bench: $(BIN)/.installed
+	$(BIN)/flashproof bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .hypothesis .pytest_cache

@@ -9,9 +9,27 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import sys
 
-__all__ = ["add_arguments", "run", "attention_flops"]
+__all__ = ["add_arguments", "run", "attention_flops", "device_slug", "table_path", "DEFAULT_OUT"]
+
+#: where ``flashproof bench`` writes by default: a folder of its own, never the committed results
+DEFAULT_OUT = "bench-out"
+_VENDOR = {"nvidia", "amd", "geforce", "tesla", "quadro", "radeon", "instinct"}
+_PACKAGING = re.compile(r"^(\d+gb|\d+g|hbm\d*e?|sxm\d*|pcie|nvl|nvlink)$")
+
+
+def device_slug(name: str) -> str:
+    """A file-name slug of a GPU's name: vendor, memory and packaging words dropped
+    ("NVIDIA H100 80GB HBM3" -> "h100", "NVIDIA GeForce RTX 4090" -> "rtx-4090"); "gpu" if nothing is left."""
+    words = [w for w in re.split(r"[^a-z0-9]+", str(name).lower()) if w]
+    return "-".join(w for w in words if w not in _VENDOR and not _PACKAGING.match(w)) or "gpu"
+
+
+def table_path(out_dir, device_name: str) -> str:
+    """The Markdown table ``bench`` writes: <out_dir>/<device slug>.md."""
+    return os.path.join(out_dir, device_slug(device_name) + ".md")
 
 
 def _num(x, fmt):
@@ -172,7 +190,8 @@ def bench(*, dtypes=("bfloat16", "float16"), lengths=(1024, 2048, 4096, 8192, 16
     return rows, drows
 
 
-def write_tables(rows, drows, out_dir, *, command):
+def write_tables(rows, drows, out_dir, *, command) -> str:
+    """bench.json, the plot and the table named after the device (table_path) in ``out_dir``; returns the table's path."""
     import torch
     import triton
 
@@ -212,8 +231,10 @@ def write_tables(rows, drows, out_dir, *, command):
                          f"{_num(d.get('gbs'), '.0f')} | {_num(d.get('frac_copy'), '.0%')} |")
     _plot(rows, out_dir)
     lines += ["", "![TFLOP/s vs L](tflops_vs_L.png)"]
-    with open(os.path.join(out_dir, "h100.md"), "w") as f:
+    path = table_path(out_dir, meta["device"])
+    with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+    return path
 
 
 def _plot(rows, out_dir):
@@ -233,14 +254,17 @@ def _plot(rows, out_dir):
         ax.set_title(f"{dt} E=128 {'causal' if c else 'non-causal'} {p}")
         ax.set_xlabel("L")
         ax.set_ylabel("TFLOP/s")
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "tflops_vs_L.png"), dpi=90)
     plt.close(fig)
 
 
 def add_arguments(p):
-    p.add_argument("--out", default="benchmarks/results", help="where h100.md, bench.json and the plot go")
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help="folder for the table (<device>.md, named after the GPU), bench.json and the plot "
+                        f"(default ./{DEFAULT_OUT}; the committed tables are in benchmarks/results)")
     p.add_argument("--quick", action="store_true", help="bf16, E=128, L in {1024, 4096} only")
     p.add_argument("--no-backward", action="store_true")
     p.add_argument("--no-decode", action="store_true")
@@ -250,7 +274,12 @@ def run(args) -> int:
     import torch
 
     from flashproof.cli import EXIT_ERROR, EXIT_OK
+    from flashproof.proofs.runner import writable_folder
 
+    why = writable_folder(args.out, "--out")
+    if why:  # checked before the GPU runs
+        print(f"flashproof bench: {why}", file=sys.stderr)
+        return EXIT_ERROR
     if not torch.cuda.is_available():
         print("flashproof bench: needs a CUDA GPU; none is available here", file=sys.stderr)
         return EXIT_ERROR
@@ -258,6 +287,6 @@ def run(args) -> int:
     if args.quick:
         kw.update(dtypes=("bfloat16",), lengths=(1024, 4096), heads_dims=(128,))
     rows, drows = bench(**kw)
-    write_tables(rows, drows, args.out, command="flashproof bench " + " ".join(sys.argv[2:]))
-    print(f"wrote {os.path.join(args.out, 'h100.md')}")
+    path = write_tables(rows, drows, args.out, command="flashproof bench " + " ".join(sys.argv[2:]))
+    print(f"wrote {path}")
     return EXIT_OK

@@ -1,6 +1,11 @@
-"""Exhaustive ULP audit of the exp primitives the kernels use (GPU only).
+"""ULPs: what one ULP of an output dtype is (``spacing``, ``ulp_error``, the audit's definition),
+and the exhaustive ULP audit of the exp primitives the kernels use (GPU only).
 
-Every fp32 input x in [-150, 0] (the range the kernels feed to exp2: logits minus a running max,
+``ulp_error``: |got - want| / spacing(max(|want|, ULP_FLOOR x the row's max |want|)) in the
+output dtype, so an element far below its row's magnitude (whose error the row's rounding
+sets, not its own) is measured against the ULP at 1/16 of the row's largest value.
+
+Exp audit: every fp32 input x in [-150, 0] (the range the kernels feed to exp2: logits minus a running max,
 times log2(e)) goes through ``tl.exp2`` and ``tl.exp``, and every x in [1, 2^24] (row sums) through
 ``tl.log2``; the result is compared with the fp64
 libdevice value (error far below one fp32 ULP). Results in the normal range are measured in fp32
@@ -11,7 +16,36 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["exp_ulp_audit"]
+import numpy as np
+
+__all__ = ["exp_ulp_audit", "spacing", "ulp_error", "ULP_FLOOR"]
+
+#: ulp_error measures an element against the ULP at max(|want|, ULP_FLOOR x its row's max |want|)
+ULP_FLOOR = 2.0 ** -4
+
+
+def spacing(x, dtype: str) -> np.ndarray:
+    """One ULP of ``dtype`` (a torch dtype name) at each |x|: 2^floor(log2 |x|) x eps, and the
+    subnormal spacing (eps x the smallest normal) below the normal range (torch.finfo's constants)."""
+    import torch
+
+    fi = torch.finfo(getattr(torch, dtype))
+    a = np.maximum(np.abs(np.asarray(x, dtype=np.float64)), fi.tiny)
+    with np.errstate(invalid="ignore"):
+        return np.exp2(np.floor(np.log2(a))) * fi.eps
+
+
+def ulp_error(got, want, dtype: str, *, floor=ULP_FLOOR) -> np.ndarray:
+    """|got - want| in ULPs of ``dtype`` at max(|want|, floor x the row's max |want|) (rows: the last
+    axis); NaN where got or want is not finite."""
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    fin = np.isfinite(want)
+    mag = np.where(fin, np.abs(want), 0.0)
+    row = mag.max(axis=-1, keepdims=True, initial=0.0) if mag.ndim else mag
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.abs(got - want)
+        return np.where(fin & np.isfinite(got), err / spacing(np.maximum(mag, floor * row), dtype), np.nan)
 
 
 def _kernels():

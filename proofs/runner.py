@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["add_arguments", "run", "THEOREMS", "render_report", "run_all"]
+__all__ = ["add_arguments", "run", "THEOREMS", "render_report", "run_all", "writable_file",
+           "writable_folder"]
 
 #: key -> (module, title); run in this order (negative controls reuse the algebraic results)
 THEOREMS = {
@@ -58,8 +59,11 @@ def run_all(only=None, *, echo=print):
     return results
 
 
-def _writable_file(path, flag: str):
-    """None if ``path`` can be written as a file, else a one-line reason naming ``flag``."""
+def writable_file(path, flag: str):
+    """None if ``path`` can be written as a file (its missing folders created), else a one-line
+    reason naming ``flag``; ``flashproof audit`` checks its --out with it too."""
+    import os
+
     p = Path(path)
     if p.is_dir():
         return f"{flag} {path} is a directory; give a file path"
@@ -67,13 +71,27 @@ def _writable_file(path, flag: str):
         if parent.exists():
             if not parent.is_dir():
                 return f"{flag} {path}: {parent} is not a directory"
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return f"{flag} {path}: {parent} is not writable"
             return None
     return None
 
 
+def writable_folder(path, flag: str):
+    """None if ``path`` is, or can be created as, a writable folder, else a one-line reason naming
+    ``flag`` (``flashproof audit`` and ``bench`` check their --out with it before any work)."""
+    import os
+
+    if os.path.isdir(path):
+        return None if os.access(path, os.W_OK | os.X_OK) else f"{flag} {path} is not writable"
+    if os.path.exists(path):
+        return f"{flag} {path} is a file; give a folder"
+    return writable_file(path, flag)  # created with its parents: the first existing one must be a writable folder
+
+
 def run(args) -> int:
     for flag, path in (("--out", args.out), ("--json", getattr(args, "json_out", None))):
-        why = path and _writable_file(path, flag)
+        why = path and writable_file(path, flag)
         if why:  # checked before proving: a bad path must not cost the whole run, nor read as a failed proof
             print(f"flashproof prove: {why}", file=sys.stderr)
             return 2

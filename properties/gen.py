@@ -7,6 +7,8 @@ from __future__ import annotations
 import functools
 import time
 import weakref
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from hypothesis import strategies as st
@@ -17,7 +19,7 @@ from . import oracle
 from .cases import REGIMES, Case, MaskSpec, Problem, Regime, Shape
 from .domain import DECLARE_HINT, OutsideDomain, conform, in_domain
 from .hypothesis_internals import Reject
-from .inputs import max_abs_logit, torch_dtype
+from .inputs import build, max_abs_logit, torch_dtype
 from .registry import TargetError, register, skip
 from .strategies import (GQA_RATIOS, KV_HEADS, dtypes, head_dims, masks, problems, shapes, tile_configs,
                          value_kinds)
@@ -26,7 +28,7 @@ __all__ = [
     "tile_sizes", "problem_strategy", "case_strategy", "corner", "first_dtype",
     "head_dim_at_least", "small_tiles", "SCALES", "SOFTCAPS", "prop", "Undeclared",
     "run_tiles", "judge_rows", "sample", "rows_of", "budget_report", "empty_row_mechanisms", "empty_row_cases",
-    "plain_mask",
+    "plain_mask", "Judgement", "judge_case",
 ]
 
 
@@ -347,3 +349,39 @@ def empty_row_cases(ctx):
         pr = conform(ctx.target, Problem(**{**p.__dict__, "shape": sh, "mask": mk}))
         return Case(problem=pr, tile=c.tile, extra=(("via", m),))
     return st.tuples(case_strategy(ctx), st.sampled_from(mech)).map(lambda x: adapt(*x))
+
+
+@dataclass
+class Judgement:
+    """What ``judge_case`` measured on the judged rows: the target's O and LSE (float64 numpy), the
+    exact values with their radii, the running bounds, and the Violation the judge raised (None: none)."""
+
+    case: Any
+    inputs: Any
+    rows: Any
+    o: np.ndarray
+    lse: Any
+    exact: Any
+    o_bound: np.ndarray
+    lse_bound: np.ndarray
+    violation: Any
+
+
+def judge_case(ctx, case, *, inputs=None) -> Judgement:
+    """Run the target on ``case`` and judge its output as output_within_error_bound does (the
+    running bound of the exact values on the profile's judged rows, and the FA criterion), returning
+    the numbers instead of raising; ``flashproof audit`` judges every cell with it. A target that
+    raises or breaks the call contract raises here (Context.call)."""
+    tile = case.tile_dict
+    inp = build(case.problem, device=ctx.device) if inputs is None else inputs
+    o, lse = ctx.call(inp, tile=tile)
+    rows = judge_rows(ctx, inp, tile=tile)
+    inp_s, o_s, lse_s = sample(ctx, inp, o, lse, rows=rows)
+    o_b, l_b = ctx.bound(inp_s, tile=tile)
+    ex = oracle.exact(inp_s, need_o=o_b, need_lse=l_b if lse_s is not None else None)
+    try:
+        ctx.judge(inp_s, o_s, lse_s, tile=tile, ex=ex, bounds=(o_b, l_b))
+        violation = None
+    except oracle.Violation as exc:
+        violation = exc
+    return Judgement(case, inp_s, rows, oracle.to_np(o_s), oracle.to_np(lse_s), ex, o_b, l_b, violation)

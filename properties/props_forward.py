@@ -14,7 +14,7 @@ from flashproof import spec
 from . import oracle
 from .cases import Case, MaskSpec, Problem, Regime, Shape
 from .domain import in_domain
-from .gen import (case_strategy, corner, first_dtype, head_dim_at_least, judge_rows, plain_mask, prop, run_tiles,
+from .gen import (case_strategy, corner, first_dtype, head_dim_at_least, judge_case, judge_rows, plain_mask, prop, run_tiles,
                   sample, small_tiles, tile_sizes)
 from .inputs import Inputs, build, max_abs_logit, torch_dtype
 from .oracle import to_np
@@ -49,9 +49,9 @@ def _corners_bound(ctx):
       classes=(2, 3, 5, 9, 18, 19, 20), strategy=lambda ctx: case_strategy(ctx), corners=_corners_bound,
       bound="running_forward_bound (+ reference radius); FA criterion eps from oracle.fa_eps")
 def output_within_error_bound(ctx, case):
-    inp = build(case.problem, device=ctx.device)
-    o, lse = ctx.call(inp, tile=case.tile_dict)
-    ctx.judge(*sample(ctx, inp, o, lse, tile=case.tile_dict), tile=case.tile_dict)
+    judged = judge_case(ctx, case)
+    if judged.violation is not None:
+        raise judged.violation
 
 
 # ============================================================================ tail tiles

@@ -1,0 +1,64 @@
+"""`flashproof bench`'s output naming, without a GPU (the timing itself is faked).
+
+Bug (issue 16): bench always wrote h100.md into benchmarks/results by default, so a run on any GPU
+inside the repo overwrote the committed table. It names its table after the device it ran on and
+writes under --out, by default a folder of its own."""
+import hashlib
+import os
+
+import pytest
+
+from flashproof import bench
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("name,slug", [("NVIDIA H200", "h200"), ("NVIDIA H100 80GB HBM3", "h100"),
+                                       ("NVIDIA A100-SXM4-80GB", "a100"), ("NVIDIA GeForce RTX 4090", "rtx-4090"),
+                                       ("NVIDIA H100 PCIe", "h100"), ("AMD Instinct MI300X", "mi300x"),
+                                       ("", "gpu"), ("../..", "gpu")])
+def test_device_slug(name, slug):
+    assert bench.device_slug(name) == slug
+    assert bench.table_path("d", name) == os.path.join("d", slug + ".md")
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """torch says an 'NVIDIA H200' is there, and bench() returns one timed row and no decode rows."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    row = dict(impl="flashproof", dtype="bfloat16", B=1, H=16, L=1024, E=128, causal=False, pass_="fwd", ms=1.0,
+               tflops=100.0)
+    monkeypatch.setattr(bench, "bench", lambda **kw: ([row], []))
+
+
+def _digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_bench_names_its_table_after_the_device_and_writes_under_out(fake_gpu, tmp_path, monkeypatch, capsys):
+    from flashproof.cli import main
+
+    committed = os.path.join(REPO, "benchmarks", "results", "h100.md")
+    before = _digest(committed)
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--quick"]) == 0  # the default --out
+    assert (tmp_path / bench.DEFAULT_OUT / "h200.md").exists()
+    assert "NVIDIA H200" in (tmp_path / bench.DEFAULT_OUT / "h200.md").read_text()
+    assert not (tmp_path / "benchmarks").exists()
+    assert main(["bench", "--quick", "--out", str(tmp_path / "elsewhere")]) == 0
+    assert sorted(os.listdir(tmp_path / "elsewhere")) == ["bench.json", "h200.md", "tflops_vs_L.png"]
+    assert "h200.md" in capsys.readouterr().out
+    assert _digest(committed) == before
+
+
+def test_bench_checks_out_before_running(fake_gpu, tmp_path, monkeypatch, capsys):
+    from flashproof.cli import main
+
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(bench, "bench", lambda **kw: pytest.fail("bench ran before --out was checked"))
+    assert main(["bench", "--out", str(tmp_path / "file" / "sub")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
