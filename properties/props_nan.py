@@ -184,8 +184,12 @@ def _garbage_corners(ctx, *, ieee=False):
     for n, m in enumerate(_garbage_mechanisms(t)):
         out.append(one(m, Shape(1, 2, 1 if t.gqa else 2, 5, 37, 16, 16), 600 + n, "kv",
                        (("slice_seed", n),) if ieee else ()))
-    if ieee and t.gqa:  # two batch elements, two KV heads: a leak between them shows
-        out.append(one(_garbage_mechanisms(t)[0], Shape(2, 4, 2, 5, 37, 16, 16), 610, "v", (("slice_seed", 1),)))
+    if ieee:  # two batch elements (and KV heads): a leak between them shows; finite garbage changes nothing
+        m = _garbage_mechanisms(t)[0]
+        out.append(one(m, Shape(2, 4, 2 if t.gqa else 4, 5, 37, 16, 16), 610, "v", (("slice_seed", 1),)))
+        c = one(m, Shape(2, 2, 2, 5, 37, 16, 16), 611, "kv", (("slice_seed", 2),))
+        out.append(Case(problem=c.problem, tile=c.tile, extra=tuple((k, "huge" if k == "garbage" else v)
+                                                                     for k, v in c.extra)))
     return out
 
 
@@ -276,7 +280,9 @@ def garbage_in_masked_keys_isolated(ctx, case):
 def garbage_in_masked_keys_ieee(ctx, case):
     inp, o0, l0, o1, l1, where, what = _garbage_run(ctx, case, one_slice=True)
     may_o, may_l = _garbage_may_nan(inp, case, where)
-    _assert_bitwise_except_nan("O" + what + " [NaN allowed only in that slice's rows]", o1, o0, may_o)
+    rule = (" [finite garbage: 0 x it is 0, nothing may change]" if case.get("garbage") == "huge" else
+            " [NaN allowed only in that slice's rows]")
+    _assert_bitwise_except_nan("O" + what + rule, o1, o0, may_o)
     if l0 is not None:
         _assert_bitwise_except_nan("LSE" + what, l1, l0, may_l, dims="(b, h, i)")
 

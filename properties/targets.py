@@ -12,6 +12,7 @@ Loading one by name (``load_target``) is loading.py's. This module imports no to
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from dataclasses import dataclass, field
@@ -418,7 +419,7 @@ def _cuda() -> bool:
 
 
 def from_sdpa(fn, *, name=None, spec=None, backward=None, known_deviations=None, nan_policy="ieee",
-              batch_invariant=False) -> Target:
+              batch_invariant=False, **declare) -> Target:
     """Wrap a callable with torch's SDPA signature as a Target with only what it offers:
     top-left causal, attn_mask (bool and additive), scale, GQA through ``enable_gqa``.
 
@@ -426,8 +427,14 @@ def from_sdpa(fn, *, name=None, spec=None, backward=None, known_deviations=None,
     "ieee": what torch's SDPA and a plain ``softmax(s) @ v`` do (a masked P = 0 may multiply a NaN
     value); declare "strict" for a kernel that drops masked keys. ``batch_invariant`` is not
     claimed by default (torch's batched CPU matmul changes a row's rounding with the batch size,
-    docs/findings.md F4): declare True to have it checked.
+    docs/findings.md F4): declare True to have it checked. Other Target fields (the domain:
+    ``causal_only``, ``equal_lengths``, ``length_multiple``, ``min_lq`` ... ``max_lk``, ``head_dims``,
+    ``dtypes``, ``accepts``; ``devices``, ...) through ``**declare``.
     """
+    own = {"name", "sdpa", "forward", "spec"}
+    bad = sorted(set(declare) - ({f.name for f in dataclasses.fields(Target)} - own))
+    if bad:
+        raise TypeError(f"from_sdpa: unknown Target field(s) {bad} (or set by from_sdpa itself: {sorted(own)})")
     if not callable(fn):
         raise TypeError(f"an SDPA target must be callable, got {type(fn).__name__}")
     import torch
@@ -438,9 +445,7 @@ def from_sdpa(fn, *, name=None, spec=None, backward=None, known_deviations=None,
         backward = _probe_backward(fn)
     deviations = dict(TORCH_CPU_DEVIATIONS if is_torch and not _cuda() else {})
     deviations.update(known_deviations or {})
-    return Target(
-        name=name,
-        sdpa=fn,
+    fields = dict(
         alignments=("top_left",),
         attn_mask=_accepts(fn, "attn_mask"),
         gqa=_accepts(fn, "enable_gqa"),
@@ -450,6 +455,6 @@ def from_sdpa(fn, *, name=None, spec=None, backward=None, known_deviations=None,
         known_deviations=deviations,
         nan_policy=nan_policy,
         batch_invariant=batch_invariant,
-        spec=spec,
         description="plain SDPA callable",
     )
+    return Target(name=name, sdpa=fn, spec=spec, **{**fields, **declare})
