@@ -15,7 +15,7 @@ from flashproof import spec
 
 from . import oracle
 from .cases import REGIMES, Case, MaskSpec, Problem, Regime, Shape
-from .domain import DECLARE_HINT, Domain, OutsideDomain, conform, in_domain
+from .domain import DECLARE_HINT, Domain, OutsideDomain, conform
 from .hypothesis_internals import Reject
 from .inputs import max_abs_logit, torch_dtype
 from .registry import TargetError, not_applicable, register, skip
@@ -93,7 +93,7 @@ def admit(ctx, problem) -> bool:
     """Whether the target's declaration takes ``problem`` (in_domain); a refusal is counted against
     the running property (refusals): its accepts() predicate is the filter the strategies cannot
     draw inside of."""
-    why, by_accepts = ctx.target._refusal(_call_of(problem))
+    why, by_accepts = ctx.target.refusal_detail(_call_of(problem))
     if why is None:
         return True
     _refused(ctx, why, by_fields=not by_accepts)

@@ -11,8 +11,8 @@ from flashproof import spec
 
 from . import oracle
 from .cases import Case, MaskSpec, Problem, Regime, Shape
-from .gen import (Undeclared, case_strategy, corner, domain, head_dim_at_least, judge_rows, plain_mask, problem_strategy,
-                  prop, rows_of, sample, tile_sizes)
+from .gen import (Undeclared, case_strategy, corner, domain, head_dim_at_least, judge_rows, plain_mask,
+                  problem_strategy, prop, rows_of, sample, tile_sizes)
 from .inputs import build, tensor_like
 from .oracle import to_np
 from .registry import not_applicable

@@ -11,7 +11,7 @@ from flashproof import spec
 
 from . import oracle
 from .cases import Case, MaskSpec, Problem, Regime, Shape
-from .domain import OutsideDomain, conform, in_domain
+from .domain import OutsideDomain, conform
 from .gen import (EMPTY_ROW_WAYS, admit, case_strategy, corner, domain, empty_row_cases, empty_row_mechanisms,
                   empty_window_causal, first_dtype, head_dim_at_least, judge_rows, prop, run_tiles, sample, small_tiles,
                   tile_sizes)

@@ -122,8 +122,8 @@ def _ratio_strategy(ctx):
     t, dom = ctx.target, domain(ctx)
     if not dom.default and not any(_ratio_key_counts(ctx, int(c.get("block_n", 16)), 0)
                                    for c in (t.tile_configs or [{}])):
-        not_applicable(f"one-hot value columns need Ev >= Lk + 2, and no declared head dim reaches the declared lengths "
-                       f"(multiples of {dom.multiple} from {dom.span('k')[0]})")
+        not_applicable(f"one-hot value columns need Ev >= Lk + 2, and no declared head dim reaches the declared "
+                       f"lengths (multiples of {dom.multiple} from {dom.span('k')[0]})")
     return _ratio_cases(ctx)
 
 

@@ -247,10 +247,11 @@ class Target:
     # ------------------------------------------------------------------ domain
     def refusal(self, call: Call) -> str | None:
         """Why the declared domain excludes ``call`` (None: the target must run it correctly)."""
-        return self._refusal(call)[0]
+        return self.refusal_detail(call)[0]
 
-    def _refusal(self, call: Call):
-        """(why the domain excludes ``call`` or None, whether the reason is the accepts() predicate's)."""
+    def refusal_detail(self, call: Call):
+        """(why the domain excludes ``call`` or None, whether the reason is the accepts() predicate's: the
+        strategies draw inside the declared fields, so only that predicate's refusals are expected)."""
         why = self._field_refusal(call)
         if why is not None:
             return why, False
@@ -324,8 +325,9 @@ class Target:
         raises ValueError rather than silently being dropped.
         """
         tile = dict(tile or {})
-        why, by_accepts = self._refusal(Call.of_tensors(q, k, v, causal=causal, alignment=alignment, window=window,
-                                                        attn_mask=attn_mask, softcap=softcap, scale=scale))
+        call = Call.of_tensors(q, k, v, causal=causal, alignment=alignment, window=window, attn_mask=attn_mask,
+                               softcap=softcap, scale=scale)
+        why, by_accepts = self.refusal_detail(call)
         if why is not None:
             raise OutsideDomain(f"target {self.name!r} does not declare this call: {why}", by_fields=not by_accepts)
         if self.forward is not None:
