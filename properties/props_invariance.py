@@ -186,7 +186,7 @@ def _dup_strategy(ctx):
     return base.map(drop_one).filter(lambda c: c is not None)
 
 
-def _multiplicity_bias(inp, inp1, idx):
+def _multiplicity_bias(inp, inp1, j, pos):
     """(B, H, Lq, Lk) float64 additive mask of the original problem that makes its exact attention equal
     the duplicated call's: log of how many copies of key j row i attends there (ln 2 where both copies
     are allowed, 0 where one is, -inf where none), plus key j's finite additive mask value."""
@@ -194,9 +194,9 @@ def _multiplicity_bias(inp, inp1, idx):
 
     b, h, lq, lk = inp.q.shape[0], inp.q.shape[1], inp.q.shape[2], inp.k.shape[2]
     allowed1 = oracle.allowed_mask(inp1)  # (B, H, Lq, Lk + 1): positional and attn_mask
-    onehot = np.zeros((len(idx), lk))
-    onehot[np.arange(len(idx)), idx] = 1.0
-    count = allowed1.astype(np.float64) @ onehot  # copies of key j each row attends
+    keys = np.arange(lk)
+    count = allowed1[..., keys + (keys >= pos)].astype(np.float64)  # each original key's copy, after the insert
+    count[..., j] += allowed1[..., pos]  # and key j's second copy, inserted at pos
     base = np.zeros((b, h, lq, lk))
     if inp.attn_mask is not None and inp.attn_mask.dtype != torch.bool:
         full = inp.attn_mask.detach().expand(b, h, lq, lk).cpu().double().numpy()
@@ -230,7 +230,7 @@ def duplicate_key_adds_ln2(ctx, case):
         am_dup = inp.attn_mask.detach().expand(b, h, lq, lk).index_select(-1, it)
     inp1 = inp.with_(k=inp.k.index_select(2, it), v=inp.v.index_select(2, it), attn_mask=am_dup)
     # the exact logit + log(copies), as a float64 additive bias (ln 2 to 2^-53) on the original keys
-    bias = _multiplicity_bias(inp, inp1, idx)
+    bias = _multiplicity_bias(inp, inp1, j, pos)
     o1, l1 = ctx.call(inp1, tile=case.tile_dict)
     rows = judge_rows(ctx, inp1, tile=case.tile_dict)
     inp1, o1, l1 = sample(ctx, inp1, o1, l1, rows=rows)

@@ -182,17 +182,23 @@ COMBOS = {
 
 
 @pytest.fixture
-def reduced_ci(monkeypatch):
+def reduced_ci():
     """The ci profile with one drawn example per property (after its corners and pins), one batch element
     and at most 4 heads, no shrinking (a failure is reported as found): what the strategies can draw is
-    unchanged, each example is cheaper."""
+    unchanged, each example is cheaper. Its Hypothesis settings are registered for the test and the
+    original ones again after it (a monkeypatch would leave the reduced ones registered)."""
     ci = profiles.PROFILES["ci"]
-    monkeypatch.setitem(profiles.PROFILES, "ci", ci.replace(settings={**ci.settings, "max_examples": 1},
-                                                            shrink_seconds=0,
-                                                            limits=ci.limits.replace(max_batch=1, max_heads=4)))
-    monkeypatch.setattr(profiles, "_registered", False)
-    yield
-    monkeypatch.setattr(profiles, "_registered", False)
+    profiles.PROFILES["ci"] = ci.replace(settings={**ci.settings, "max_examples": 1}, shrink_seconds=0,
+                                         limits=ci.limits.replace(max_batch=1, max_heads=4))
+    profiles._registered = False
+    profiles.register_profiles()
+    try:
+        yield
+    finally:
+        profiles.PROFILES["ci"] = ci
+        profiles._registered = False
+        profiles.register_profiles()
+    assert profiles.settings_for("ci").max_examples == ci.settings["max_examples"]
 
 
 @pytest.mark.parametrize("name", list(COMBOS))
