@@ -13,10 +13,11 @@ Public API (imported lazily: the pytest plugin imports this package in every pyt
 - ``strategies``                             shapes, regimes, masks, values, tilings, problems
 
 The modules, from the bottom up: cases (value objects), inputs (tensors of a problem),
-strategies, profiles, domain (what a target takes), targets, adapters, loading, peers and builtin_targets, oracle
-(the judge), registry, outcomes, context, timeouts, state, hypothesis_internals, gen (shared
-builders), the property catalogues props_*.py and pins.py, suite, then check (the CLI command)
-and plugin (pytest).
+strategies, profiles, domain (what a target takes, as the strategies draw inside it), targets,
+adapters, loading, peers and builtin_targets, oracle (the judge), registry, outcomes, context,
+timeouts, state, hypothesis_internals, gen (shared builders), the property catalogues props_*.py
+(props_nan: the properties judged by the target's NaN policy) and pins.py, suite, then check
+(the CLI command) and plugin (pytest).
 """
 import importlib
 

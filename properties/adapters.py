@@ -27,7 +27,7 @@ import math
 from .targets import Target, TargetLoadError, OutsideDomain, _accepts, from_sdpa
 
 __all__ = ["flash_attn_style", "fla_style", "blhd", "ADAPTERS", "adapter_names", "get_adapter", "detect",
-           "with_adapter", "FA_HEAD_DIMS"]
+           "with_adapter", "FA_HEAD_DIMS", "ADAPTER_NAN_POLICY"]
 
 #: Head dims flash-attn 2 takes (any d <= 256: its wrapper pads d to a multiple of 8).
 FA_HEAD_DIMS = tuple(range(1, 257))
@@ -37,9 +37,15 @@ _LSE_FLAGS = ("return_attn_probs", "return_softmax_lse", "return_lse")
 #: Target fields an adapter sets itself (the rest may be declared through ``**declare``).
 _OWN = {"name", "sdpa", "forward", "lse", "alignments", "window", "softcap", "attn_mask", "gqa", "backward",
         "dtypes", "devices", "head_dims", "value_dim", "accepts", "known_deviations", "spec", "description",
-        "min_lq", "min_lk"}
+        "min_lq", "min_lk", "nan_policy"}
 _BLHD_OWN = {"name", "sdpa", "forward", "lse", "alignments", "window", "softcap", "attn_mask", "gqa", "backward",
-             "known_deviations", "spec", "description"}
+             "known_deviations", "spec", "description", "nan_policy"}
+#: What the adapters declare unless told otherwise: flash-attn, FlexAttention, fla and most ports compute
+#: P @ V densely, a masked P being an exact 0 (spec/README.md, "NaN and inf policy").
+ADAPTER_NAN_POLICY = "ieee"
+#: ... and they do not claim bitwise batch invariance (flash-attn picks its split-KV count from the grid
+#: size); ``batch_invariant=True`` through ``**declare`` has it checked.
+ADAPTER_DEFAULTS = {"batch_invariant": False}
 
 
 # ---------------------------------------------------------------------------------------- signatures
@@ -156,7 +162,8 @@ def _probe_backward(t: Target, **call) -> bool:
 def flash_attn_style(fn, *, name=None, spec=None, dtypes=("float16", "bfloat16"), head_dims=FA_HEAD_DIMS,
                      value_dim=False, devices=("cuda", "cpu"), alignment="bottom_right", causal=None, window=None,
                      softcap=None, lse=None, backward=None, lse_layout="bhl", empty_row_lse=math.inf, gqa=True,
-                     min_lq=1, min_lk=1, accepts=None, known_deviations=None, description=None, **declare) -> Target:
+                     min_lq=1, min_lk=1, accepts=None, known_deviations=None, description=None,
+                     nan_policy=ADAPTER_NAN_POLICY, **declare) -> Target:
     """A kernel with flash-attn's ``flash_attn_func`` convention as a Target.
 
     What it declares comes from ``fn``'s signature: causal in ``alignment`` (flash-attn: bottom-right)
@@ -166,7 +173,9 @@ def flash_attn_style(fn, *, name=None, spec=None, dtypes=("float16", "bfloat16")
     ``(out, softmax_lse)`` anyway. ``lse=None`` / ``backward=None`` probe one tiny call on the
     target's device (declare them to skip the probe). The rest is declared: ``dtypes`` (flash-attn:
     fp16/bf16), ``head_dims``, ``value_dim`` (Ev != E), ``gqa``, ``min_lq``/``min_lk``,
-    ``devices``, ``accepts`` (further limits) and any other Target field through ``**declare``.
+    ``devices``, ``accepts`` (further limits), ``nan_policy`` ("ieee" by default: flash-attn multiplies a
+    masked P = 0 by V; "strict" for a port that drops masked keys) and any other Target field through
+    ``**declare`` (e.g. ``length_multiple``, ``max_lq`` / ``max_lk``, ``causal_only``, ``equal_lengths``).
     ``causal`` / ``window`` / ``softcap``: None reads the signature; False declares the option absent
     although the parameter exists (a port that raises on it); True requires the parameter.
 
@@ -223,9 +232,9 @@ def flash_attn_style(fn, *, name=None, spec=None, dtypes=("float16", "bfloat16")
                else (), window=has["window_size"], softcap=has["softcap"], attn_mask=False, gqa=bool(gqa),
                backward=False, dtypes=tuple(dtypes), devices=tuple(devices), head_dims=head_dims,
                value_dim=bool(value_dim), min_lq=min_lq, min_lk=min_lk, accepts=_combine(domain, accepts),
-               known_deviations=dict(known_deviations or {}), spec=spec,
+               known_deviations=dict(known_deviations or {}), spec=spec, nan_policy=nan_policy,
                description=description or f"{who} through flashproof.properties.adapters.flash_attn_style",
-               **_own_or_declared(declare, "flash_attn_style"))
+               **{**ADAPTER_DEFAULTS, **_own_or_declared(declare, "flash_attn_style")})
     if lse is None:
         lse = _probe_fa_lse(fn, who, t, flag, lse_layout)
     if backward is None:
@@ -348,17 +357,18 @@ def _probe_fa_lse(fn, who, t, flag, lse_layout) -> bool:
 # ---------------------------------------------------------------------------------------- fla
 def fla_style(fn, *, name=None, spec=None, dtypes=("float16", "bfloat16"), head_dims=FA_HEAD_DIMS, value_dim=True,
               devices=("cuda", "cpu"), backward=None, gqa=True, min_len=1, accepts=None, known_deviations=None,
-              description=None, **declare) -> Target:
+              description=None, nan_policy=ADAPTER_NAN_POLICY, **declare) -> Target:
     """flash-linear-attention's ``parallel_attn(q, k, v, g=None, scale=None, window_size=None,
     cu_seqlens=None, ...)`` as a Target.
 
-    It is causal with one length T for q, k and v, so the Target declares causal only with
-    Lq == Lk (both alignments coincide there) and refuses non-causal calls (OutsideDomain). Its
+    It is causal with one length T for q, k and v, so the Target declares ``causal_only`` and
+    ``equal_lengths`` (both alignments coincide there; the suite draws only such calls). Its
     window is an int: key j is attended by query i when i - window_size < j <= i, which is spec's
     causal window (window_size - 1, 0). It returns O only (no LSE). ``g``, ``cu_seqlens`` and
     ``sink_bias`` are left at None. Declared: ``dtypes`` (default fp16/bf16: its fp32 Q K^T runs
     through tl.dot's default TF32), ``head_dims`` (it asserts E <= 256), ``value_dim``, ``gqa``,
-    ``min_len``, ``devices``, ``accepts``, and other Target fields through ``**declare``.
+    ``min_len``, ``devices``, ``accepts``, ``nan_policy`` (default "ieee"), and other Target fields
+    through ``**declare``.
     """
     if not callable(fn):
         raise TypeError(f"fla_style: fn must be callable, got {type(fn).__name__}")
@@ -407,13 +417,13 @@ def fla_style(fn, *, name=None, spec=None, dtypes=("float16", "bfloat16"), head_
                             f"(B, T, H, V)")
         return _bhld_out(out, q, v, who, "(B, T, HQ, V)")
 
-    t = Target(name=who if spec is None else spec, forward=forward, alignments=("top_left",),
-               causal_equal_lengths=True, window=has_window, softcap=False, lse=False, attn_mask=False, gqa=bool(gqa),
+    t = Target(name=who if spec is None else spec, forward=forward, alignments=("top_left",), causal_only=True,
+               equal_lengths=True, window=has_window, softcap=False, lse=False, attn_mask=False, gqa=bool(gqa),
                backward=False, dtypes=tuple(dtypes), devices=tuple(devices), head_dims=head_dims,
                value_dim=bool(value_dim), min_lq=min_len, min_lk=min_len, accepts=_combine(domain, accepts),
-               known_deviations=dict(known_deviations or {}), spec=spec,
+               known_deviations=dict(known_deviations or {}), spec=spec, nan_policy=nan_policy,
                description=description or f"{who} through flashproof.properties.adapters.fla_style",
-               **_own_or_declared(declare, "fla_style"))
+               **{**ADAPTER_DEFAULTS, **_own_or_declared(declare, "fla_style")})
     if backward is None:
         backward = _probe_backward(t, causal="top_left")
     return dataclasses.replace(t, backward=bool(backward))
@@ -427,13 +437,15 @@ def _call_of(q, k, *, causal, scale):
 
 
 # ---------------------------------------------------------------------------------------- blhd
-def blhd(fn, *, name=None, spec=None, backward=None, known_deviations=None, description=None, **declare) -> Target:
+def blhd(fn, *, name=None, spec=None, backward=None, known_deviations=None, description=None,
+         nan_policy=ADAPTER_NAN_POLICY, **declare) -> Target:
     """A kernel with torch's SDPA signature (``attn_mask``, ``is_causal`` top-left, ``scale``,
     ``enable_gqa``) on (B, L, H, D) tensors, as a Target: the suite's (B, H, L, D) tensors reach it
     as (B, L, H, D) views, its (B, Lq, H, Ev) output comes back as (B, H, Lq, Ev). attn_mask and
     GQA are declared when the signature has them (the mask stays (..., Lq, Lk): it is over logits,
-    not over the layout). ``backward=None`` probes on the target's device; other Target fields
-    (dtypes, devices, head_dims, accepts, ...) through ``**declare``.
+    not over the layout). ``backward=None`` probes on the target's device; ``nan_policy`` defaults to
+    "ieee" (as for any SDPA callable); other Target fields (dtypes, devices, head_dims, accepts, ...)
+    through ``**declare``.
     """
     if not callable(fn):
         raise TypeError(f"blhd: fn must be callable, got {type(fn).__name__}")
@@ -450,7 +462,7 @@ def blhd(fn, *, name=None, spec=None, backward=None, known_deviations=None, desc
         return _bhld_out(out, query, value, who)
 
     t = from_sdpa(sdpa, name=who if spec is None else spec, spec=spec, backward=False,
-                  known_deviations=known_deviations)
+                  known_deviations=known_deviations, nan_policy=nan_policy)
     t = dataclasses.replace(t, attn_mask=_accepts(fn, "attn_mask"), gqa=_accepts(fn, "enable_gqa"),
                             description=description or f"{who} through flashproof.properties.adapters.blhd",
                             **_own_or_declared(declare, "blhd", _BLHD_OWN))

@@ -60,6 +60,7 @@ def tiled_peer() -> Target:
         split_range=(1, 16),
         paged=True,
         accumulator="fp32",
+        nan_policy="strict",  # masked keys are dropped (peers.TorchRowOps.weighted_sum), never multiplied by 0
         spec="flashproof.properties.builtin_targets:tiled_peer",
         description="correct tiled FlashAttention-2 in torch (properties/peers.py)",
     )
@@ -139,6 +140,7 @@ def _kernel_target(kernels) -> Target:
         accepts_tile=accepts,
         round_toward_zero=("bfloat16",) if _bf16_store_truncates(kernels) else (),
         head_dims=tuple(range(1, 257)),
+        nan_policy="strict",  # masked keys are skipped or masked before P @ V (kernels/attention.py)
         spec="flashproof.properties.builtin_targets:default_target",
         description="flashproof's Triton FlashAttention (interpreted on CPU)" if interp else
                     "flashproof's Triton FlashAttention",

@@ -117,9 +117,9 @@ def run(args) -> int:
 
     profile = args.profile or default_profile(device)
     limit = resolve_example_timeout(args.example_timeout, profile)
-    print(f"flashproof check: target {target.name} ({target.description or 'SDPA callable'}), profile {profile}, "
-          f"{len(names)} properties; per-example time limit {f'{limit:g} s' if limit else 'none'}; "
-          f"state in {state_dir}", flush=True)
+    print(f"flashproof check: target {target.name} ({target.description or 'SDPA callable'}), judged by nan_policy "
+          f"{target.nan_policy!r}, profile {profile}, {len(names)} properties; per-example time limit "
+          f"{f'{limit:g} s' if limit else 'none'}; state in {state_dir}", flush=True)
 
     def progress(o):
         if not args.quiet:
@@ -158,7 +158,8 @@ def run(args) -> int:
               f"command with --resume to continue.")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"target": res.target, "profile": res.profile, "bound": res.bound_source,
+            json.dump({"target": res.target, "nan_policy": res.nan_policy, "domain": target.capabilities(),
+                       "profile": res.profile, "bound": res.bound_source,
                        "seconds": res.seconds, "exit_code": res.exit_code, "interrupted": res.interrupted,
                        "notes": res.notes,
                        "outcomes": [{"name": o.name, "status": o.status, "examples": o.examples,

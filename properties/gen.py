@@ -17,10 +17,10 @@ from flashproof import spec
 
 from . import oracle
 from .cases import REGIMES, Case, MaskSpec, Problem, Regime, Shape
-from .domain import DECLARE_HINT, OutsideDomain, conform, in_domain
+from .domain import DECLARE_HINT, Domain, OutsideDomain, conform
 from .hypothesis_internals import Reject
 from .inputs import build, max_abs_logit, torch_dtype
-from .registry import TargetError, register, skip
+from .registry import TargetError, not_applicable, register, skip
 from .strategies import (GQA_RATIOS, KV_HEADS, dtypes, head_dims, masks, problems, shapes, tile_configs,
                          value_kinds)
 
@@ -28,7 +28,8 @@ __all__ = [
     "tile_sizes", "problem_strategy", "case_strategy", "corner", "first_dtype",
     "head_dim_at_least", "small_tiles", "SCALES", "SOFTCAPS", "prop", "Undeclared",
     "run_tiles", "judge_rows", "sample", "rows_of", "budget_report", "empty_row_mechanisms", "empty_row_cases",
-    "plain_mask", "Judgement", "judge_case",
+    "plain_mask", "domain", "admit", "refusals", "empty_rows_not_applicable", "EMPTY_ROW_WAYS", "empty_window_causal",
+    "Judgement", "judge_case",
 ]
 
 
@@ -40,7 +41,7 @@ def prop(name, **kw):
     fails with a hint to declare the constraint. Under a profile with Limits.property_seconds,
     drawn examples past the budget pass without running (see _over_budget)."""
     strategy = kw.pop("strategy")
-    reg = register(name, strategy=lambda ctx: _budgeted(ctx, name, strategy(ctx)), **kw)
+    reg = register(name, strategy=lambda ctx: _budgeted(ctx, name, strategy), **kw)
 
     def deco(check):
         reg(_within_domain(check, name))
@@ -56,8 +57,61 @@ _DRAWN = weakref.WeakSet()  # drawn (not explicit) cases, so the budget never sk
 def _budgeted(ctx, name, strategy):
     """Start the property's clock (run_property builds the strategy once per run, just before its
     corners run) and mark the cases it draws: see _within_domain."""
-    _RUNS[(id(ctx), name)] = {"t0": time.monotonic(), "judged": 0, "skipped": 0, "failed": False}
-    return strategy.map(_mark_drawn)
+    _RUNS[(id(ctx), name)] = {"t0": time.monotonic(), "judged": 0, "skipped": 0, "failed": False,
+                              "refused": {}, "by_fields": 0}
+    _CURRENT[id(ctx)] = name
+    return strategy(ctx).map(_mark_drawn)
+
+
+#: id(ctx) -> the property whose strategy was built last (its examples are the ones being drawn)
+_CURRENT: dict = {}
+
+
+def _refused(ctx, reason, *, by_fields):
+    """Count an example discarded as outside the target's domain against the running property."""
+    run = _RUNS.get((id(ctx), _CURRENT.get(id(ctx))))
+    if run is not None:
+        run["refused"][reason] = run["refused"].get(reason, 0) + 1
+        run["by_fields"] += bool(by_fields)
+
+
+def _refused_drawn(ctx, case, exc):
+    """Count a drawn example's refusal (a corner case outside the domain is merely skipped)."""
+    try:
+        drawn = case in _DRAWN
+    except TypeError:
+        drawn = False
+    if drawn:
+        _refused(ctx, str(exc), by_fields=exc.by_fields)
+
+
+def refusals(ctx, name):
+    """({reason: count}, how many of them the target's declared fields made) of the examples of
+    property ``name``'s latest run discarded as outside the target's domain."""
+    run = _RUNS.get((id(ctx), name)) or {}
+    return dict(run.get("refused", {})), run.get("by_fields", 0)
+
+
+def admit(ctx, problem) -> bool:
+    """Whether the target's declaration takes ``problem`` (in_domain); a refusal is counted against
+    the running property (refusals): its accepts() predicate is the filter the strategies cannot
+    draw inside of."""
+    why, by_accepts = ctx.target.refusal_detail(_call_of(problem))
+    if why is None:
+        return True
+    _refused(ctx, why, by_fields=not by_accepts)
+    return False
+
+
+def _call_of(problem):
+    from .domain import Call
+
+    return Call.of_problem(problem)
+
+
+def domain(ctx) -> Domain:
+    """The target's declared domain (lengths, causal modes), as the strategies draw inside it."""
+    return Domain.of(ctx.target)
 
 
 def _mark_drawn(case):
@@ -117,11 +171,13 @@ def _within_domain(check, name):
         try:
             return check(ctx, case)
         except OutsideDomain as exc:  # a property that calls ctx.target directly
+            _refused_drawn(ctx, case, exc)
             raise Undeclared(str(exc)) from None
         except TargetError as exc:
             cause = exc.__cause__
-            if isinstance(cause, OutsideDomain):
-                raise Undeclared(str(cause)) from None  # no verdict either way: not this target's input
+            if isinstance(cause, OutsideDomain):  # no verdict either way: not this target's input
+                _refused_drawn(ctx, case, cause)
+                raise Undeclared(str(cause)) from None
             _failed(ctx, name)
             if DECLARE_HINT in str(exc):
                 raise
@@ -187,16 +243,21 @@ def _mask_fn(ctx, *, allow_empty=True, attn_mask=None, window=None, alignments=N
     al = t.alignments if alignments is None else alignments
     win = t.window if window is None else (window and t.window)
     am = t.attn_mask if attn_mask is None else (attn_mask and t.attn_mask)
+    causal_only = domain(ctx).causal_only
 
     def fn(shp):
-        return masks(alignments=al, window=win, attn_mask=am, lq=shp.lq, allow_empty=allow_empty)
+        return masks(alignments=al, window=win, attn_mask=am, lq=shp.lq, allow_empty=allow_empty,
+                     causal_only=causal_only)
     return fn
 
 
 def plain_mask(ctx):
     """Masks without positional structure (so keys may be permuted, sliced, duplicated): a function
-    of the drawn shape, for problem_strategy's ``mask``."""
+    of the drawn shape, for problem_strategy's ``mask``. A causal-only target takes none: its
+    properties draw causal problems instead (None here)."""
     t = ctx.target
+    if domain(ctx).causal_only:
+        return None
 
     def fn(shp):
         return masks(alignments=(), window=False, attn_mask=t.attn_mask, lq=shp.lq)
@@ -207,14 +268,21 @@ def problem_strategy(ctx, *, regimes=REGIMES, values=("normal", "normal", "ones"
                      dtype=None, mask=None, softcap=None, scale=None, shape=None, equal_lengths=None,
                      gqa=None, e=None, max_len=None, batch=None):
     t, lim = ctx.target, ctx.limits
+    dom = domain(ctx)
     ml = max_len or lim.max_len
     ratios = GQA_RATIOS if (t.gqa if gqa is None else gqa) else (1,)
     hd = e if e is not None else head_dims(allowed=lim.head_dims)
     ev = None if not t.value_dim else st.one_of(st.none(), head_dims(allowed=lim.head_dims))
     if shape is None:
+        ts = tile_sizes(ctx)
+        if dom.equal:
+            equal_lengths = True
+        # lengths inside the declared domain by construction (as they always were drawn without one)
+        lq, lk = (None, None) if dom.default else (dom.lengths("q", cap=ml, tile_sizes=ts),
+                                                   dom.lengths("k", cap=ml, tile_sizes=ts))
         shape = shapes(batch=batch if batch is not None else st.integers(1, lim.max_batch),
-                       kv_heads=st.sampled_from(KV_HEADS), gqa_ratio=st.sampled_from(ratios),
-                       max_len=ml, tile_sizes=tile_sizes(ctx), max_heads=lim.max_heads, e=hd,
+                       kv_heads=st.sampled_from(KV_HEADS), gqa_ratio=st.sampled_from(ratios), lq=lq, lk=lk,
+                       max_len=ml, tile_sizes=ts, max_heads=lim.max_heads, e=hd,
                        equal_lengths=st.booleans() if equal_lengths is None else st.just(equal_lengths))
         if ev is not None:
             shape = st.tuples(shape, ev).map(lambda se: se[0] if se[1] is None else
@@ -228,8 +296,9 @@ def problem_strategy(ctx, *, regimes=REGIMES, values=("normal", "normal", "ones"
                    regimes=regimes, mask=mask if mask is not None else _mask_fn(ctx),
                    values=value_kinds(allowed=values) if isinstance(values, tuple) else values,
                    scale=scale, softcap=softcap, accumulator=t.accumulator)
-    # simple limits by construction, the rest (the accepts predicate) by filtering
-    return out.map(lambda p: conform(t, p)).filter(lambda p: in_domain(t, p))
+    # the declaration by construction (conform squares causal problems where declared), the rest (the
+    # accepts predicate) by filtering
+    return out.map(lambda p: conform(t, p)).filter(lambda p: admit(ctx, p))
 
 
 def _cap_cost(s: Shape, lim) -> Shape:
@@ -274,6 +343,9 @@ def corner(ctx, *, shape=None, dtype=None, regime=None, mask=None, values="norma
     if regime.offset and abs(regime.offset) > max_abs_logit(dtype, spec.resolve_scale(sc, shape.e), accumulator=t.accumulator) / 4:
         regime = Regime(regime.name, -1e4 if regime.offset < 0 else 1e4, regime.spread)
     mask = mask or MaskSpec()
+    dom = domain(ctx)
+    if not dom.allows(mask.causal):  # the same corner in a causal mode the target declares
+        mask = MaskSpec(**{**mask.__dict__, "causal": dom.causal[0]})
     if tile == "small":
         cfgs = small_tiles(ctx, 1)
         tile = cfgs[0] if cfgs else None
@@ -312,29 +384,57 @@ def sample(ctx, inp, *outs, tile=None, rows="auto"):
 
 
 # ----------------------------------------------------------------------------- fully masked rows
-def empty_row_mechanisms(t):
-    """How the target can express a row with no allowed key (attn_mask, bottom-right causal, window)."""
+EMPTY_ROW_WAYS = "attn_mask, bottom_right causal or a window"
+
+
+def empty_row_mechanisms(t, *, declared=False):
+    """How the target can express a row with no allowed key: attn_mask (any mask), bottom-right
+    causal with Lq > Lk, a window (0, 0) with Lq > Lk (non-causal, or causal for a causal-only
+    target). ``declared=True``: every way its capabilities offer; else only those its declared
+    domain admits (bottom-right and windows need calls with Lq > Lk)."""
+    dom = Domain.of(t)
     out = []
     if t.attn_mask:
         out += ["attn_mask_bool", "attn_mask_additive"]
-    if "bottom_right" in t.alignments:
+    if "bottom_right" in t.alignments and (declared or dom.unequal("bottom_right", longer="q")):
         out.append("bottom_right")
-    if t.window:
+    if t.window and (declared or dom.unequal(empty_window_causal(dom), longer="q")):
         out.append("window")
     return out
 
 
+def empty_window_causal(dom):
+    """The causal mode of an empty-row window: none where allowed, else the first declared alignment
+    (a causal window (0, 0) with Lq > Lk leaves rows without a key in either alignment)."""
+    return False if dom.allows(False) else dom.causal[0]
+
+
+def empty_rows_not_applicable(t) -> str | None:
+    """Why the declared domain has no row without a key although the capabilities could make one."""
+    if empty_row_mechanisms(t) or not empty_row_mechanisms(t, declared=True):
+        return None
+    dom = Domain.of(t)
+    why = "equal_lengths" if dom.equal else "causal_equal_lengths" if dom.causal_equal else "its length ranges"
+    return (f"the target's domain has no row without a key: bottom-right causal and windows make one only with "
+            f"Lq > Lk, which it excludes ({why}), and it declares no attn_mask")
+
+
 def empty_row_cases(ctx):
-    """Cases with fully masked rows, through each mechanism the target declares (``via`` extra)."""
+    """Cases with fully masked rows, through each mechanism the target's domain admits (``via`` extra)."""
     mech = empty_row_mechanisms(ctx.target)
     if not mech:
+        why = empty_rows_not_applicable(ctx.target)
+        if why:
+            not_applicable(why)
         skip("the target declares no way to express a fully masked row")
+    dom = domain(ctx)
 
     def adapt(c, m):
         p = c.problem
         sh = p.shape
         if m.startswith("attn_mask"):
-            mk = MaskSpec(causal=p.mask.causal if p.mask.causal in ("top_left", False) else False,
+            keep = p.mask.causal if p.mask.causal in ("top_left", False) else False
+            mk = MaskSpec(causal=keep if dom.allows(keep) else p.mask.causal,
                           attn_mask="bool" if m.endswith("bool") else "additive",
                           density=p.mask.density if p.mask.attn_mask else 0.7,
                           empty_rows=max(1, min(2, sh.lq)), full=p.mask.full)
@@ -342,10 +442,13 @@ def empty_row_cases(ctx):
             if sh.lq <= sh.lk:
                 sh = Shape(**{**sh.__dict__, "lq": sh.lk + 1 + sh.lq % 3})
             mk = MaskSpec(causal="bottom_right")
-        else:  # a non-causal top-left window (0, 0) leaves rows i >= Lk empty
+        else:  # a window (0, 0) leaves rows i >= Lk (top-left) or i < Lq - Lk (bottom-right) empty
             if sh.lq <= sh.lk:
                 sh = Shape(**{**sh.__dict__, "lq": sh.lk + 1 + sh.lq % 3})
-            mk = MaskSpec(window=(0, 0))
+            mk = MaskSpec(causal=empty_window_causal(dom), window=(0, 0))
+        if m in ("bottom_right", "window"):
+            lq, lk = dom.apart(sh.lq, sh.lk, mk.causal, longer="q")
+            sh = Shape(**{**sh.__dict__, "lq": lq, "lk": lk})
         pr = conform(ctx.target, Problem(**{**p.__dict__, "shape": sh, "mask": mk}))
         return Case(problem=pr, tile=c.tile, extra=(("via", m),))
     return st.tuples(case_strategy(ctx), st.sampled_from(mech)).map(lambda x: adapt(*x))

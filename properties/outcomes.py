@@ -14,7 +14,8 @@ if TYPE_CHECKING:  # flashproof.cli imports the exit codes: keep this module fre
     from .cases import Case
 
 __all__ = [
-    "PASSED", "FAILED", "SKIPPED", "NOT_DECLARED", "ERROR", "XFAIL", "XPASS", "TIMEOUT", "NOT_RUN",
+    "PASSED", "FAILED", "SKIPPED", "NOT_DECLARED", "NOT_APPLICABLE", "ERROR", "XFAIL", "XPASS", "TIMEOUT",
+    "NOT_RUN",
     "EXIT_OK", "EXIT_VIOLATION", "EXIT_ERROR", "EXIT_INTERRUPTED",
     "Outcome", "SuiteResult", "SuiteInterrupted", "reproducer", "reproducer_script",
 ]
@@ -31,6 +32,9 @@ PASSED, FAILED, SKIPPED, NOT_DECLARED, ERROR, XFAIL, XPASS = (
 TIMEOUT = "timeout"
 #: the property did not run: the run was interrupted, or the target hung in an earlier property
 NOT_RUN = "not run"
+#: the property needs calls outside the target's declared domain (its reason says which): not a
+#: pass, not an error (a capability the target does not declare at all is NOT_DECLARED)
+NOT_APPLICABLE = "not applicable"
 
 
 class SuiteInterrupted(KeyboardInterrupt):
@@ -62,7 +66,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return self.status in (PASSED, SKIPPED, NOT_DECLARED, XFAIL, XPASS)
+        return self.status in (PASSED, SKIPPED, NOT_DECLARED, NOT_APPLICABLE, XFAIL, XPASS)
 
 
 @dataclass
@@ -72,6 +76,8 @@ class SuiteResult:
     outcomes: list = field(default_factory=list)
     seconds: float = 0.0
     bound_source: str = ""
+    #: the NaN policy the target was judged by (Target.nan_policy)
+    nan_policy: str = ""
     #: the run was interrupted (then ``signum`` says by which signal; the rest is "not run")
     interrupted: bool = False
     signum: int = 0
@@ -115,17 +121,19 @@ class SuiteResult:
 
     def table(self) -> str:
         w = max([len("property")] + [len(o.name) for o in self.outcomes])
-        lines = [f"{'property':<{w}}  {'outcome':<12}  {'examples':>8}  {'time':>8}",
-                 f"{'-' * w}  {'-' * 12}  {'-' * 8}  {'-' * 8}"]
+        sw = max([12] + [len(o.status) for o in self.outcomes])
+        lines = [f"{'property':<{w}}  {'outcome':<{sw}}  {'examples':>8}  {'time':>8}",
+                 f"{'-' * w}  {'-' * sw}  {'-' * 8}  {'-' * 8}"]
         for o in self.outcomes:
             mark = "  (resumed)" if o.resumed else ""
-            lines.append(f"{o.name:<{w}}  {o.status:<12}  {o.examples:>8}  {o.seconds:>7.2f}s{mark}")
+            lines.append(f"{o.name:<{w}}  {o.status:<{sw}}  {o.examples:>8}  {o.seconds:>7.2f}s{mark}")
         counts = {}
         for o in self.outcomes:
             counts[o.status] = counts.get(o.status, 0) + 1
         resumed = sum(o.resumed for o in self.outcomes)
         lines.append("")
-        lines.append(f"target {self.target}, profile {self.profile}, bound: {self.bound_source}; "
+        policy = f", nan_policy {self.nan_policy}" if self.nan_policy else ""
+        lines.append(f"target {self.target}{policy}, profile {self.profile}, bound: {self.bound_source}; "
                      + ", ".join(f"{n} {s}" for s, n in counts.items())
                      + (f" ({resumed} resumed from the journal)" if resumed else "") + f"; {self.seconds:.1f}s"
                      + ("; INTERRUPTED" if self.interrupted else ""))
@@ -139,7 +147,7 @@ class SuiteResult:
                 saved = f"\nreproducer file: {o.reproducer_file}" if o.reproducer_file else ""
                 out.append(f"=== {o.name}: {o.status}{' (resumed)' if o.resumed else ''} ===\n{o.message}\n"
                            f"{o.reproducer}{saved}".rstrip())
-            elif o.status in (NOT_DECLARED, SKIPPED, XPASS) and o.message:
+            elif o.status in (NOT_DECLARED, NOT_APPLICABLE, SKIPPED, XPASS) and o.message:
                 out.append(f"--- {o.name}: {o.status}: {o.message}")
             elif o.status == NOT_RUN:
                 not_run.setdefault(o.message, []).append(o.name)
@@ -163,7 +171,9 @@ def reproducer(name, case: Case, target, profile: str) -> str:
 def reproducer_script(name, case: Case, target, profile: str, *, status, message, minimal, found, stem,
                       example_timeout) -> str:
     """The source of a reproducer file: a comment with the failure, then a script that replays the
-    case and exits 1 when it reproduces (0 when the property holds on it)."""
+    case. Its exit status: 0 the property holds on the case now, 1 the violation is reproduced, 2 it
+    could not run here (flashproof or a package missing, the target does not load, its device is
+    absent, the case is outside the target's declared domain), with the reason on stderr."""
     from flashproof import __version__
 
     which = "the shrunk (minimal) example" if minimal else "the first failing example (before shrinking)"
@@ -176,13 +186,22 @@ def reproducer_script(name, case: Case, target, profile: str, *, status, message
         missing = ""
     else:
         tgt = "None"
-        missing = ("if TARGET is None:\n    sys.exit('set TARGET to the Target object you ran (it had no "
+        missing = ("if TARGET is None:\n    could_not_run('set TARGET to the Target object you ran (it had no "
                    "module:attr)')\n")
-    return (f"{head}\n#\n# Run it: python {stem}.py  -- exit 1: reproduced; exit 0: the property holds on this case.\n"
-            f"import sys\n\n"
-            f"from flashproof.properties import replay\n"
-            f"from flashproof.properties.oracle import Violation\n"
-            f"from flashproof.properties.cases import Case, MaskSpec, Problem, Regime, Shape\n\n"
+    return (f"{head}\n#\n# Run it: python {stem}.py\n"
+            f"#   exit 0: the property holds on this case; exit 1: the violation is reproduced;\n"
+            f"#   exit 2: it could not run here (the reason is printed).\n"
+            f"import sys\n\n\n"
+            f"def could_not_run(why):\n"
+            f"    print(f'could not run: {{why}}', file=sys.stderr)\n"
+            f"    sys.exit({EXIT_ERROR})\n\n\n"
+            f"try:\n"
+            f"    from flashproof.properties import replay\n"
+            f"    from flashproof.properties.oracle import Violation\n"
+            f"    from flashproof.properties.registry import CouldNotRun\n"
+            f"    from flashproof.properties.cases import Case, MaskSpec, Problem, Regime, Shape\n"
+            f"except ImportError as exc:  # flashproof, or a package it needs, is not installed here\n"
+            f"    could_not_run(f'{{type(exc).__name__}}: {{exc}}')\n\n"
             f"TARGET = {tgt}\n"
             f"CASE = {case!r}\n\n"
             f"if __name__ == '__main__':\n"
@@ -192,5 +211,11 @@ def reproducer_script(name, case: Case, target, profile: str, *, status, message
             f"               example_timeout={example_timeout or 0!r})\n"
             f"    except Violation as exc:\n"
             f"        print(f'reproduced: {{type(exc).__name__}}: {{exc}}')\n"
-            f"        sys.exit(1)\n"
+            f"        sys.exit({EXIT_VIOLATION})\n"
+            f"    except CouldNotRun as exc:\n"
+            f"        could_not_run(exc)\n"
+            f"    except Exception as exc:  # flashproof itself failed: neither a pass nor a reproduction\n"
+            f"        import traceback\n\n"
+            f"        traceback.print_exc()\n"
+            f"        could_not_run(f'flashproof failed: {{type(exc).__name__}}: {{exc}}')\n"
             f"    print('not reproduced: the property holds on this case')\n")

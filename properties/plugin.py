@@ -84,7 +84,7 @@ def pytest_configure(config):
 
         limit = resolve_example_timeout(_example_timeout(config), _profile_option(config) or "ci")
         try:
-            load_target_within(_target_spec(config), limit)
+            config._flashproof_nan_policy = load_target_within(_target_spec(config), limit).nan_policy
         except TargetTimeout as exc:  # a hang is the target's fault: a failed session, not a usage error
             pytest.exit(f"--flashproof-target: {exc}", returncode=pytest.ExitCode.TESTS_FAILED)
         except (TargetLoadError, TypeError, ValueError) as exc:
@@ -110,7 +110,8 @@ def _target_spec(config):
 
 def pytest_report_header(config):
     if _wants_us(config):
-        return f"flashproof target: {_target_spec(config)}"
+        policy = getattr(config, "_flashproof_nan_policy", None)
+        return f"flashproof target: {_target_spec(config)}" + (f" (judged by nan_policy {policy!r})" if policy else "")
     return None
 
 

@@ -262,7 +262,9 @@ def _masked_grad_strategy(ctx):
 def _needs_masked_grad(t):
     if not t.backward:
         return "the target declares no backward"
-    return None if empty_row_mechanisms(t) else "the target declares no way to express a fully masked row"
+    if empty_row_mechanisms(t, declared=True):
+        return None
+    return "the target declares no way to express a fully masked row"
 
 
 @prop("grad_masked_rows_zero",

@@ -7,11 +7,11 @@ import numpy as np
 from hypothesis import strategies as st
 
 from . import oracle
-from .gen import first_dtype, prop, tile_sizes
+from .gen import domain, first_dtype, prop, tile_sizes
 from .oracle import Violation, to_np
 from .cases import Case, Problem, Regime, Shape
 from .inputs import Inputs, build
-from .registry import TargetError
+from .registry import TargetError, not_applicable
 from .strategies import lengths
 
 __all__ = []
@@ -271,13 +271,30 @@ def _needs_prefill(t):
     return None
 
 
+def _prefill_step(ctx):
+    """Query rows per step: one token with decode; through the forward, the shortest Lq the domain
+    declares (steps are bottom-right calls with Lq < Lk: N/A where the domain has none)."""
+    t, dom = ctx.target, domain(ctx)
+    if t.decode is not None:
+        return 1
+    if not dom.unequal("bottom_right", longer="k"):
+        why = "equal_lengths" if dom.equal else "causal_equal_lengths" if dom.causal_equal else "its length ranges"
+        not_applicable(f"its steps are bottom-right causal calls with Lq < Lk (the cache so far), which the target's "
+                       f"domain excludes ({why}), and it declares no decode")
+    return dom.span("q")[0]
+
+
 def _prefill_strategy(ctx):
-    lim = ctx.limits
+    lim, dom = ctx.limits, domain(ctx)
+    step = _prefill_step(ctx)
 
     def mk(b, hkv, ratio, n, p, e, dt, seed):
         ratio = ratio if ctx.target.gqa else 1
         while hkv * ratio > lim.max_heads and ratio > 1:
             ratio -= 1
+        if not dom.default or step > 1:  # the prefill and every step inside the declared lengths
+            n = dom.fit_equal(n)
+            p = min(p, n - step) // dom.multiple * dom.multiple
         sh = Shape(b, hkv * ratio, hkv, n, n, e, e)
         return Case(problem=Problem(shape=sh, dtype=dt, seed=seed), extra=(("prefix", min(p, n - 1)),))
     return st.builds(mk, st.integers(1, 2), st.sampled_from((1, 2)), st.sampled_from((1, 3, 4)),
@@ -286,37 +303,45 @@ def _prefill_strategy(ctx):
                      st.sampled_from(ctx.target.dtypes), st.integers(0, 10 ** 6))
 
 
+def _prefill_corners(ctx):
+    dom, step = domain(ctx), _prefill_step(ctx)
+    n = dom.fit_equal(13)
+    prefix = min(4, n - step) // dom.multiple * dom.multiple
+    return [Case(problem=Problem(shape=Shape(1, 2, 1 if ctx.target.gqa else 2, n, n, 16, 16), dtype=first_dtype(ctx),
+                                 seed=5), extra=(("prefix", prefix),))]
+
+
 @prop("prefill_then_decode_equals_prefill",
       asserts="a causal prefill of the first P tokens followed by one-token decodes (bottom-right causal over the "
               "cache so far) gives each token the same output as the full causal prefill, within the bounds",
       classes=(6, 13),
-      strategy=_prefill_strategy,
-      corners=lambda ctx: [Case(problem=Problem(shape=Shape(1, 2, 1 if ctx.target.gqa else 2, 13, 13, 16, 16),
-                                                dtype=first_dtype(ctx), seed=5), extra=(("prefix", 4),))],
+      strategy=_prefill_strategy, corners=lambda ctx: _prefill_corners(ctx),
       needs=_needs_prefill, bound="running_forward_bound of both runs against the exact row")
 def prefill_then_decode_equals_prefill(ctx, case):
     import torch
 
     inp = build(case.problem, device=ctx.device)
     n = inp.q.shape[2]
+    step = _prefill_step(ctx)
     causal = "top_left" if "top_left" in ctx.target.alignments else ctx.target.alignments[0]
     full = inp.with_(causal=causal)  # Lq == Lk: both alignments coincide
     o_full, l_full = ctx.call(full)
     ex, (ob, lb) = ctx.judge(full, o_full, l_full, label="full prefill", fa=False)
-    for t in range(case.get("prefix"), n):
-        qt = inp.q[:, :, t:t + 1]
+    for t in range(case.get("prefix"), n, step):
+        z = min(n, t + step)  # tokens t .. z-1 against the cache 0 .. z-1
+        qt = inp.q[:, :, t:z]
+        step_in = inp.with_(q=qt, k=inp.k[:, :, :z], v=inp.v[:, :, :z], causal="bottom_right")
         if ctx.target.decode is not None:
-            sl = torch.full((inp.q.shape[0],), t + 1, dtype=torch.int32, device=inp.q.device)
+            sl = torch.full((inp.q.shape[0],), z, dtype=torch.int32, device=inp.q.device)
             o_t, l_t = _decode(ctx, qt, inp.k, inp.v, seqlens=sl, scale=inp.scale)
             how = "decode"
         else:
-            step = inp.with_(q=qt, k=inp.k[:, :, :t + 1], v=inp.v[:, :, :t + 1], causal="bottom_right")
-            o_t, l_t = ctx.call(step)
+            o_t, l_t = ctx.call(step_in)
             how = "bottom-right forward"
-        step_in = inp.with_(q=qt, k=inp.k[:, :, :t + 1], v=inp.v[:, :, :t + 1], causal="bottom_right")
         obt, lbt = ctx.bound(step_in)
-        oracle.assert_within(f"O (token {t} by {how})", to_np(o_t), ex.o[:, :, t:t + 1], obt + ex.o_rad[:, :, t:t + 1],
+        tok = f"token {t}" if z == t + 1 else f"tokens {t}..{z - 1}"
+        oracle.assert_within(f"O ({tok} by {how})", to_np(o_t), ex.o[:, :, t:z], obt + ex.o_rad[:, :, t:z],
                              what="the full prefill's exact row")
         if l_t is not None and l_full is not None:
-            oracle.assert_within(f"LSE (token {t} by {how})", to_np(l_t), ex.lse[:, :, t:t + 1],
-                                 lbt + ex.lse_rad[:, :, t:t + 1], what="the full prefill's exact LSE", dims="(b, h, i)")
+            oracle.assert_within(f"LSE ({tok} by {how})", to_np(l_t), ex.lse[:, :, t:z],
+                                 lbt + ex.lse_rad[:, :, t:z], what="the full prefill's exact LSE", dims="(b, h, i)")

@@ -47,6 +47,9 @@ def _batch_corners(ctx):
       classes=(12, 13),
       strategy=_batch_strategy,
       corners=_batch_corners,
+      needs=lambda t: None if t.batch_invariant else (
+          "the target does not claim bitwise batch invariance (Target.batch_invariant; plain SDPA callables and "
+          "adapters do not: declare batch_invariant=True to have it checked)"),
       bound="bitwise")
 def batch_invariant(ctx, case):
     inp = build(case.problem, device=ctx.device)

@@ -13,12 +13,11 @@ from flashproof import spec
 
 from . import oracle
 from .cases import Case, MaskSpec, Problem, Regime, Shape
-from .domain import in_domain
-from .gen import (case_strategy, corner, first_dtype, head_dim_at_least, judge_case, judge_rows, plain_mask, prop, run_tiles,
-                  sample, small_tiles, tile_sizes)
+from .gen import (admit, case_strategy, corner, domain, first_dtype, head_dim_at_least, judge_case, judge_rows, plain_mask, prop,
+                  run_tiles, sample, small_tiles, tile_sizes)
 from .inputs import Inputs, build, max_abs_logit, torch_dtype
 from .oracle import to_np
-from .registry import skip
+from .registry import not_applicable, skip
 from .strategies import key_partitions
 
 __all__ = []
@@ -83,6 +82,16 @@ def _tail_corners(ctx):
             Case(problem=Problem(dtype=dt), tile=tile, extra=(("axis", "lq"), ("offset", -1e4)))]
 
 
+def _tail_causal(dom, axis):
+    """No mask where the target takes one; a causal-only target sweeps the keys bottom-right (its rows
+    see every key but the last few) or, top-left only, square (the last row sees them all)."""
+    if dom.allows(False):
+        return False
+    if axis == "lk" and "bottom_right" in dom.causal:
+        return "bottom_right"
+    return "top_left" if "top_left" in dom.causal else dom.causal[0]
+
+
 @prop("tail_tiles_every_residue",
       asserts="with every logit of the row far below 0 (-1e4 .. -1e30), O and LSE stay within the bound for "
               "every length L = t .. 2t-1 (every residue modulo the tile size t, after a full tile), and L = 1, "
@@ -98,14 +107,21 @@ def tail_tiles_every_residue(ctx, case):
     e = head_dim_at_least(ctx, 16) or 16
     cap = 32 if ctx.profile == "ci" else 48  # residues per example; more examples cover the rest
     lens = _tail_lengths(t, cap) + [1, max(1, t - 1)]  # and a first tile that is itself partial
+    dom = domain(ctx)
+    causal = _tail_causal(dom, axis)
+    seen = set()
     for n in lens:
-        lq, lk = (2, n) if axis == "lk" else (n, 3)
+        lq, lk = dom.fit_pair(*((2, n) if axis == "lk" else (n, 3)), causal)
+        if (lq, lk) in seen:
+            continue  # a declared length multiple folds several residues into one length
+        seen.add((lq, lk))
         reg = Regime("very_negative", off, 1.0)
         if -off > max_abs_logit(dt, 1 / math.sqrt(e), accumulator=ctx.target.accumulator) / 4:
             reg = Regime("very_negative", -1e4, 1.0)
-        pr = Problem(shape=Shape(1, 1, 1, lq, lk, e, e), dtype=dt, regime=reg, seed=case.problem.seed + n)
-        if not in_domain(ctx.target, pr):
-            continue  # below the target's declared min_lq / min_lk
+        pr = Problem(shape=Shape(1, 1, 1, lq, lk, e, e), dtype=dt, regime=reg, mask=MaskSpec(causal=causal),
+                     seed=case.problem.seed + n)
+        if not admit(ctx, pr):
+            continue  # refused by the target's accepts()
         inp = build(pr, device=ctx.device)
         o, lse = ctx.call(inp, tile=tile)
         ctx.judge(inp, o, lse, tile=tile, label=f"{axis}={n}, tile {key}={t}", fa=False)
@@ -190,10 +206,30 @@ def tiled_reference_equals_monolithic(ctx, case):
 
 # ============================================================================ LSE merge of parts
 def _merge_strategy(ctx):
+    dom = domain(ctx)
+    if plain_mask(ctx) is None or dom.equal:
+        not_applicable("merging parts of the keys needs non-causal calls whose Lk (a part's) differs from Lq: the "
+                       "target declares " + ("causal_only" if plain_mask(ctx) is None else "equal_lengths"))
+    m = dom.multiple
+
     def mk(c, cuts):
-        return Case(problem=c.problem, tile=c.tile, extra=(("cuts", cuts),))
+        return Case(problem=c.problem, tile=c.tile, extra=(("cuts", _fit_cuts(dom, cuts, c.problem.shape.lk)),))
     base = case_strategy(ctx, mask=plain_mask(ctx), regimes=("standard", "spread", "rising", "very_negative"))
-    return base.flatmap(lambda c: key_partitions(lk=c.problem.shape.lk, max_parts=4).map(lambda p: mk(c, p[0])))
+    # cuts at multiples of the declared length multiple: every part's length is one
+    return base.flatmap(lambda c: key_partitions(lk=c.problem.shape.lk // m, max_parts=4).map(
+        lambda p: mk(c, tuple(x * m for x in p[0]))))
+
+
+def _fit_cuts(dom, cuts, lk):
+    """The cuts without those that leave a non-empty part below the shortest declared Lk (an empty part
+    stays: the target may refuse it)."""
+    lo = dom.span("k")[0]
+    out, last = [], 0
+    for c in sorted(cuts):
+        if (c == last or c - last >= lo) and (lk - c >= lo or c == lk):
+            out.append(c)
+            last = c
+    return tuple(out)
 
 
 @prop("lse_merge_of_parts_equals_whole",
@@ -278,10 +314,15 @@ def _long_strategy(ctx):
     if ctx.profile == "ci":
         skip("gpu and deep profiles only (seconds of GPU time per example)")
     dts = [d for d in ("float16", "bfloat16") if d in ctx.target.dtypes] or list(ctx.target.dtypes)
+    dom = domain(ctx)
+    modes = tuple(c for c in (False, "top_left") if dom.allows(c) and (not c or c in ctx.target.alignments))
+    if not modes:
+        not_applicable("its sampled rows are checked without a mask or top-left causal; the target declares neither")
+    b, h, n, e = LONG_SIZE
+    size = (b, h, dom.fit(n, "q", modes[0]), e)  # Lq = Lk: a declared multiple or maximum moves it
     return st.builds(lambda seed, dt, causal: Case(problem=Problem(dtype=dt, seed=seed),
-                                                   extra=(("size", LONG_SIZE), ("causal", causal))),
-                     st.integers(0, 10 ** 6), st.sampled_from(dts),
-                     st.sampled_from((False,) + (("top_left",) if "top_left" in ctx.target.alignments else ())))
+                                                   extra=(("size", size), ("causal", causal))),
+                     st.integers(0, 10 ** 6), st.sampled_from(dts), st.sampled_from(modes))
 
 
 @prop("long_context_sampled_rows",

@@ -10,11 +10,12 @@ from hypothesis import strategies as st
 from flashproof import spec
 
 from . import oracle
-from .cases import MaskSpec, Regime, Shape
-from .gen import Undeclared, case_strategy, corner, head_dim_at_least, judge_rows, plain_mask, problem_strategy, prop, \
-    rows_of, sample, tile_sizes
+from .cases import Case, MaskSpec, Problem, Regime, Shape
+from .gen import (Undeclared, case_strategy, corner, domain, head_dim_at_least, judge_rows, plain_mask,
+                  problem_strategy, prop, rows_of, sample, tile_sizes)
 from .inputs import build, tensor_like
 from .oracle import to_np
+from .registry import not_applicable
 from .strategies import lengths
 
 __all__ = []
@@ -105,11 +106,31 @@ def row_shift_leaves_output_and_moves_lse(ctx, case):
 
 
 # ============================================================================ key permutation
+def _prefix_rows(inp):
+    """(a, rows): keys 0..a-1 may be permuted among themselves (with their attn_mask columns) while rows
+    ``rows`` (query indices) keep their allowed keys as a set. Without a causal mask or window: every
+    key, every row (a = Lk, rows None). Under one (a causal-only target): the keys before or up to the
+    middle row's positional range, and the rows whose range holds all of them or none."""
+    lq, lk = inp.q.shape[2], inp.k.shape[2]
+    pos = oracle.allowed_mask(inp.with_(attn_mask=None))[0, 0]  # (Lq, Lk): positional, the same in every (b, h)
+    if pos.all():
+        return lk, None
+    busy = [i for i in (lq // 2, lq - 1) if pos[i].any()]
+    if not busy:
+        return 0, list(range(lq))
+    r = pos[busy[0]]
+    lo = int(np.argmax(r))
+    a = lo + int(r.sum()) if lo == 0 else lo  # each row's allowed keys are one contiguous range
+    keep = pos[:, :a].all(axis=1) | ~pos[:, :a].any(axis=1)
+    return a, [int(i) for i in np.nonzero(keep)[0]]
+
+
 @prop("kv_permutation_invariant",
       asserts="permuting keys and values together (with the attn_mask columns) leaves O and LSE unchanged "
-              "within the bounds",
+              "within the bounds (a causal-only target: permuting the keys every judged row attends or none "
+              "of them, keys 0..a-1)",
       classes=(19, 4),
-      strategy=lambda ctx: case_strategy(ctx, mask=plain_mask(ctx),
+      strategy=lambda ctx: case_strategy(ctx, mask=plain_mask(ctx),  # None for a causal-only target: causal ones
                                          extra=st.integers(0, 10 ** 6).map(lambda s: (("perm_seed", s),))),
       corners=lambda ctx: [corner(ctx, regime=Regime("rising", 0.0, 1e3), seed=31, extra=(("perm_seed", 0),))],
       bound="running_forward_bound of the permuted problem against the exact unpermuted values")
@@ -118,7 +139,8 @@ def kv_permutation_invariant(ctx, case):
 
     inp = build(case.problem, device=ctx.device)
     lk = inp.k.shape[2]
-    perm = np.random.default_rng(case.get("perm_seed")).permutation(lk)
+    a, keep = _prefix_rows(inp)
+    perm = np.concatenate([np.random.default_rng(case.get("perm_seed")).permutation(a), np.arange(a, lk)])
     pt = torch.from_numpy(perm).to(inp.k.device)
     am = inp.attn_mask
     if am is not None:
@@ -127,6 +149,10 @@ def kv_permutation_invariant(ctx, case):
     o0, l0 = ctx.call(inp, tile=case.tile_dict)
     o1, l1 = ctx.call(inp1, tile=case.tile_dict)
     rows = judge_rows(ctx, inp, tile=case.tile_dict)
+    if keep is not None:  # only the rows whose allowed keys the permutation keeps
+        rows = [i for i in (range(inp.q.shape[2]) if rows is None else rows) if i in set(keep)]
+        if not rows:
+            return
     inp, o0, l0 = sample(ctx, inp, o0, l0, rows=rows)
     inp1, o1, l1 = sample(ctx, inp1, o1, l1, rows=rows)
     ex, _ = ctx.judge(inp, o0, l0, tile=case.tile_dict, label="original order", fa=False)
@@ -138,12 +164,52 @@ def kv_permutation_invariant(ctx, case):
 
 
 # ============================================================================ duplicate key
+def _dup_strategy(ctx):
+    """Problems whose duplicated call (Lk + 1 keys) is in the domain: as drawn where any length is
+    (the original problem's Lk + 1 is then as drawn), else drawn in the domain and one key dropped
+    (the original is never called: its Lk need not be a declared length, nor Lq == Lk)."""
+    dom = domain(ctx)
+    extra = st.integers(0, 10 ** 6).map(lambda s: (("dup_seed", s),))
+    base = case_strategy(ctx, mask=plain_mask(ctx), extra=extra)  # causal-only: causal problems
+    if dom.default:
+        return base
+
+    def drop_one(c):
+        sh = c.problem.shape
+        if sh.lk < 2:
+            lk = dom.fit(2, "k", c.problem.mask.causal)
+            if dom.square(c.problem.mask.causal):
+                return None  # Lq = Lk = 1 in the domain and no longer length: cannot grow
+            sh = Shape(**{**sh.__dict__, "lk": lk})
+        p = Problem(**{**c.problem.__dict__, "shape": Shape(**{**sh.__dict__, "lk": sh.lk - 1})})
+        return Case(problem=p, tile=c.tile, extra=c.extra)
+    return base.map(drop_one).filter(lambda c: c is not None)
+
+
+def _multiplicity_bias(inp, inp1, j, pos):
+    """(B, H, Lq, Lk) float64 additive mask of the original problem that makes its exact attention equal
+    the duplicated call's: log of how many copies of key j row i attends there (ln 2 where both copies
+    are allowed, 0 where one is, -inf where none), plus key j's finite additive mask value."""
+    import torch
+
+    b, h, lq, lk = inp.q.shape[0], inp.q.shape[1], inp.q.shape[2], inp.k.shape[2]
+    allowed1 = oracle.allowed_mask(inp1)  # (B, H, Lq, Lk + 1): positional and attn_mask
+    keys = np.arange(lk)
+    count = allowed1[..., keys + (keys >= pos)].astype(np.float64)  # each original key's copy, after the insert
+    count[..., j] += allowed1[..., pos]  # and key j's second copy, inserted at pos
+    base = np.zeros((b, h, lq, lk))
+    if inp.attn_mask is not None and inp.attn_mask.dtype != torch.bool:
+        full = inp.attn_mask.detach().expand(b, h, lq, lk).cpu().double().numpy()
+        base = np.where(np.isfinite(full), full, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.where(count > 0, base + np.log(np.maximum(count, 1.0)), -np.inf)
+
+
 @prop("duplicate_key_adds_ln2",
-      asserts="duplicating key j (k_j and v_j appended) gives the exact attention of the original problem with "
-              "ln 2 added to logit j",
+      asserts="duplicating key j (k_j and v_j inserted again) gives the exact attention of the original problem with "
+              "ln 2 added to logit j (in every row that attends both copies; a causal mask may give a row one copy)",
       classes=(14, 19),
-      strategy=lambda ctx: case_strategy(ctx, mask=plain_mask(ctx),
-                                         extra=st.integers(0, 10 ** 6).map(lambda s: (("dup_seed", s),))),
+      strategy=_dup_strategy,
       corners=lambda ctx: [corner(ctx, shape=Shape(1, 1, 1, 4, 6, 16, 16), seed=41, extra=(("dup_seed", 0),))],
       bound="running_forward_bound of the duplicated problem against the exact original + ln 2 bias")
 def duplicate_key_adds_ln2(ctx, case):
@@ -159,26 +225,19 @@ def duplicate_key_adds_ln2(ctx, case):
     idx = list(range(lk))
     idx.insert(pos, j)
     it = torch.tensor(idx, device=inp.k.device)
-    base = np.zeros((b, h, lq, lk))
     am_dup = None
     if inp.attn_mask is not None:
-        am = inp.attn_mask.detach()
-        full = am.expand(b, h, lq, lk)
-        am_dup = full.index_select(-1, it)
-        if am.dtype == torch.bool:
-            base = np.where(full.cpu().numpy(), 0.0, -np.inf)
-        else:
-            base = full.cpu().to(torch.float64).numpy().copy()
-    bias = base.copy()
-    bias[..., j] += math.log(2.0)  # the exact logit + ln 2, as a float64 additive bias (ln 2 to 2^-53)
+        am_dup = inp.attn_mask.detach().expand(b, h, lq, lk).index_select(-1, it)
     inp1 = inp.with_(k=inp.k.index_select(2, it), v=inp.v.index_select(2, it), attn_mask=am_dup)
+    # the exact logit + log(copies), as a float64 additive bias (ln 2 to 2^-53) on the original keys
+    bias = _multiplicity_bias(inp, inp1, j, pos)
     o1, l1 = ctx.call(inp1, tile=case.tile_dict)
     rows = judge_rows(ctx, inp1, tile=case.tile_dict)
     inp1, o1, l1 = sample(ctx, inp1, o1, l1, rows=rows)
     ob1, lb1 = ctx.bound(inp1, tile=case.tile_dict)
     # the exact original problem with the bias as an additive float64 mask, on host copies (exact)
-    ref = oracle.take_rows(inp.with_(q=inp.q.cpu(), k=inp.k.cpu(), v=inp.v.cpu(), attn_mask=torch.from_numpy(bias)),
-                           rows)
+    ref = oracle.take_rows(inp.with_(q=inp.q.cpu(), k=inp.k.cpu(), v=inp.v.cpu(), attn_mask=torch.from_numpy(bias),
+                                     causal=False, window=None), rows)
     c = oracle.exact(ref, need_o=ob1, need_lse=lb1 if l1 is not None else None)
     # ln 2 as a float64 is off by <= 2^-53 ln 2: a logit perturbation of that size moves O by <= 2^-52 max|v|.
     slack = 2.0 ** -52 * np.abs(to_np(inp.v)).max(initial=0.0)
@@ -234,16 +293,20 @@ def scale_equivariant(ctx, case):
 
 # ============================================================================ GQA
 def _gqa_shapes(ctx):
-    lim = ctx.limits
+    lim, dom = ctx.limits, domain(ctx)
+    ts = tile_sizes(ctx)
+
     def mk(hkv, ratio, lq, lk, e):
         while hkv * ratio > lim.max_heads and hkv > 1:
             hkv -= 1
         while hkv * ratio > lim.max_heads:
             ratio -= 1
-        return Shape(1, hkv * ratio, hkv, lq, lk, e, e)
-    return st.builds(mk, st.sampled_from((1, 2, 3)), st.sampled_from((3, 5, 6, 7, 2, 4, 8)),
-                     lengths(max_len=lim.max_len, tile_sizes=tile_sizes(ctx)),
-                     lengths(max_len=lim.max_len, tile_sizes=tile_sizes(ctx)),
+        return Shape(1, hkv * ratio, hkv, lq, lk if not dom.equal else lq, e, e)
+    if dom.default:
+        lqs = lks = lengths(max_len=lim.max_len, tile_sizes=ts)
+    else:
+        lqs, lks = dom.lengths("q", cap=lim.max_len, tile_sizes=ts), dom.lengths("k", cap=lim.max_len, tile_sizes=ts)
+    return st.builds(mk, st.sampled_from((1, 2, 3)), st.sampled_from((3, 5, 6, 7, 2, 4, 8)), lqs, lks,
                      st.sampled_from(lim.head_dims))
 
 
@@ -324,12 +387,22 @@ def _padded_dims(ctx, e, ev, pad):
 
 
 
+def _padding_strategy(ctx):
+    """Cases whose head dims E (and Ev) + pad reach a declared head dim: E drawn among those that can."""
+    es = tuple(e for e in ctx.limits.head_dims if head_dim_at_least(ctx, e + 1) is not None)
+    if not es:
+        not_applicable(f"zero-padding the head dim needs a declared head dim above another one; the target declares "
+                       f"only {tuple(ctx.target.head_dims)}")
+    kw = {} if es == tuple(ctx.limits.head_dims) else {"e": st.sampled_from(es)}
+    return case_strategy(ctx, extra=st.sampled_from((1, 8, 24)).map(lambda p: (("pad", p),)), **kw).filter(
+        lambda c: _padded_dims(ctx, c.problem.shape.e, c.problem.shape.ev, c.get("pad")) is not None)
+
+
 @prop("head_dim_zero_padding_invariant",
       asserts="zero-padding q, k (and v) along the head dim with the scale fixed at 1/sqrt(E_real) leaves O "
               "unchanged within the bound, and the padded value columns are 0",
       classes=(18,),
-      strategy=lambda ctx: case_strategy(ctx, extra=st.sampled_from((1, 8, 24)).map(lambda p: (("pad", p),))).filter(
-          lambda c: _padded_dims(ctx, c.problem.shape.e, c.problem.shape.ev, c.get("pad")) is not None),
+      strategy=lambda ctx: _padding_strategy(ctx),
       corners=lambda ctx: [corner(ctx, shape=Shape(1, 1, 1, 6, 9, 40, 40), seed=111, extra=(("pad", 24),))],
       bound="running_forward_bound of the padded problem against the exact unpadded O")
 def head_dim_zero_padding_invariant(ctx, case):

@@ -12,10 +12,12 @@ from flashproof import spec
 
 from . import oracle
 from .cases import Case, MaskSpec, Problem, Regime, Shape
-from .domain import conform, in_domain
-from .gen import case_strategy, corner, head_dim_at_least, judge_rows, problem_strategy, prop, sample, small_tiles
+from .domain import conform
+from .gen import admit, case_strategy, corner, domain, head_dim_at_least, judge_rows, problem_strategy, prop, sample, \
+    small_tiles
 from .inputs import build, logits_exact, torch_dtype
 from .oracle import Violation, to_np
+from .registry import not_applicable
 
 __all__ = ["ratio_inputs", "weight_ratio_budget", "assert_weight_ratios"]
 
@@ -105,31 +107,53 @@ def _ratio_lengths(t, lk_cap):
     return tuple(n for n in sorted({t + 1, 2 * t - 1, 2 * t + 1, 3 * t - 1}) if 2 <= n <= lk_cap)
 
 
+def _ratio_key_counts(ctx, bn, lk_cap):
+    """The key counts of a weight-ratio case for tiles of bn keys: _ratio_lengths, moved into the declared
+    lengths (those then need a declared Ev >= Lk + 2 beyond the profile's head dims)."""
+    dom = domain(ctx)
+    if dom.default:
+        return _ratio_lengths(bn, lk_cap)
+    want = _ratio_lengths(bn, 1 << 20)
+    fitted = sorted({dom.fit(n, "k") for n in want})
+    return tuple(n for n in fitted if head_dim_at_least(ctx, n + 2) is not None)
+
+
+def _ratio_strategy(ctx):
+    t, dom = ctx.target, domain(ctx)
+    if not dom.default and not any(_ratio_key_counts(ctx, int(c.get("block_n", 16)), 0)
+                                   for c in (t.tile_configs or [{}])):
+        not_applicable(f"one-hot value columns need Ev >= Lk + 2, and no declared head dim reaches the declared "
+                       f"lengths (multiples of {dom.multiple} from {dom.span('k')[0]})")
+    return _ratio_cases(ctx)
+
+
 @st.composite
 def _ratio_cases(draw, ctx):
-    t, lim = ctx.target, ctx.limits
+    t, lim, dom = ctx.target, ctx.limits, domain(ctx)
     hd = tuple(sorted(lim.head_dims))
     lk_cap = max(hd) - 2  # one-hot columns need Ev >= Lk (+ a ramp and a noise column)
-    cfgs = [c for c in t.tile_configs if _ratio_lengths(int(c.get("block_n", 16)), lk_cap)] or [None]
+    cfgs = [c for c in t.tile_configs if _ratio_key_counts(ctx, int(c.get("block_n", 16)), lk_cap)] or [None]
     tile = draw(st.sampled_from([None if c is None else tuple(sorted(c.items())) for c in cfgs]))
     bn = int(dict(tile or {}).get("block_n", 16))
-    lk = draw(st.sampled_from(_ratio_lengths(bn, lk_cap) or (min(lk_cap, 40),)))
+    lk = draw(st.sampled_from(_ratio_key_counts(ctx, bn, lk_cap) or (min(lk_cap, 40),)))
     ev = min((e for e in hd if e >= lk + 2), default=max(hd))
+    if ev < lk + 2:  # the declared lengths exceed the profile's head dims: a declared one that fits
+        ev = head_dim_at_least(ctx, lk + 2)
     e = ev if not t.value_dim else draw(st.sampled_from(tuple(x for x in hd if x <= 16) or hd[:1]))
     hkv, ratio = draw(st.sampled_from(((1, 1), (2, 1)) + (((1, 2), (2, 2), (1, 3)) if t.gqa else ())))
     b = draw(st.integers(1, max(1, min(2, lim.max_heads // (hkv * ratio)))))
-    masks = [MaskSpec()] + [MaskSpec(causal=a) for a in t.alignments]
+    masks = [m for m in [MaskSpec()] + [MaskSpec(causal=a) for a in t.alignments] if dom.allows(m.causal)]
     if t.attn_mask:
-        masks.append(MaskSpec(attn_mask="bool", density=0.8))
+        masks.append(MaskSpec(causal=dom.causal[0] if dom.causal_only else False, attn_mask="bool", density=0.8))
     mask = draw(st.sampled_from(masks))
-    # top-left rows i < Lk see keys 0..i only; a causal_equal_lengths target takes causal only square
-    lq = lk if mask.causal == "top_left" or (mask.causal and t.causal_equal_lengths) else draw(st.integers(1, 6))
+    # top-left rows i < Lk see keys 0..i only; a target with equal lengths takes them square
+    lq = lk if mask.causal == "top_left" or dom.square(mask.causal) else draw(st.integers(1, 6))
     pr = conform(t, Problem(shape=Shape(b, hkv * ratio, hkv, lq, lk, e, ev),
                             dtype=draw(st.sampled_from(_ratio_dtypes(t))),
                             regime=Regime("spread", 0.0, draw(st.sampled_from(RATIO_WIDTHS))), mask=mask,
                             values="onehot", scale=draw(st.sampled_from((None, 1.0, 0.3))),
                             seed=draw(st.integers(0, 2 ** 16))))
-    hypothesis.assume(in_domain(t, pr))
+    hypothesis.assume(admit(ctx, pr))
     return Case(problem=pr, tile=tile)
 
 
@@ -140,9 +164,13 @@ def _ratio_corners(ctx):
         return []
     cfgs = [c for c in small_tiles(ctx) if int(c.get("block_n", 16)) <= 16]
     tile = tuple(sorted(cfgs[0].items())) if cfgs else None
-    ev = head_dim_at_least(ctx, 24) or 24
+    dom = domain(ctx)
+    causal = "top_left" if "top_left" in t.alignments else False if dom.allows(False) else dom.causal[0]
+    lk = dom.fit_pair(17, 17, causal)[1]
+    ev = head_dim_at_least(ctx, max(24, lk + 2)) or (24 if lk <= 22 else None)
+    if ev is None:
+        return []
     e = 8 if t.value_dim else ev
-    causal = "top_left" if "top_left" in t.alignments else False
     # the shrunk counterexample of tests/mutants Log2eRounded4 (exp2 with log2(e) = 1.4427; deep profile)
     return [Case(problem=conform(t, Problem(shape=Shape(1, 1, 1, 17, 17, e, ev), dtype=dt[0],
                                             regime=Regime("spread", 0.0, 24.0), mask=MaskSpec(causal=causal),
@@ -263,7 +291,7 @@ def assert_weight_ratios(name, o, s, allowed, beta, kappa):
               "has ln(O_a / O_b) = s_a - s_b within a derived fp32 budget (a wrong exp base, log2(e) constant, "
               "rounded scale or any relative exponent error above ~16-40 ulps fails), masked keys weigh exactly 0, "
               "and O (with a ramp and a noise column) meets the running bound and the FA criterion",
-      classes=(9, 20), strategy=lambda ctx: _ratio_cases(ctx), corners=_ratio_corners,
+      classes=(9, 20), strategy=_ratio_strategy, corners=_ratio_corners,
       needs=lambda t: None if _ratio_dtypes(t) else "the target declares no float32",
       bound="weight-ratio budget (docs/properties.md; ~7 u_fp32 per unit of s_a - s_b plus 5 u per merge); "
             "running_forward_bound; FA criterion")

@@ -15,8 +15,8 @@ from typing import Callable
 from .cases import Case
 from .oracle import Violation
 
-__all__ = ["Property", "PROPERTIES", "PINNED", "register", "pin", "pinned_cases", "Skip", "skip", "TargetError",
-           "TargetTimeout"]
+__all__ = ["Property", "PROPERTIES", "PINNED", "register", "pin", "pinned_cases", "Skip", "skip", "NotApplicable",
+           "not_applicable", "TargetError", "TargetTimeout", "CouldNotRun"]
 
 
 class TargetError(Violation):
@@ -33,6 +33,21 @@ class Skip(Exception):
 
 def skip(reason):
     raise Skip(reason)
+
+
+class NotApplicable(Exception):
+    """Raised by a strategy when the property needs calls outside the target's declared domain
+    (reported "not applicable: <reason>": never an error, never a pass)."""
+
+
+def not_applicable(reason):
+    raise NotApplicable(reason)
+
+
+class CouldNotRun(RuntimeError):
+    """replay() could not run the example here: the target does not load, its device is absent, a
+    package is missing, or the case lies outside the target's declared domain (reproducer files
+    exit 2 on it). Neither a pass nor a violation; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +115,10 @@ def _applicable(case: Case, target):
     if (p.softcap is not None and not target.softcap) or (p.shape.heads != p.shape.kv_heads and not target.gqa):
         return None
     if target.head_dims is not None and (p.shape.e not in target.head_dims or p.shape.ev not in target.head_dims):
+        return None
+    from .domain import in_domain
+
+    if not in_domain(target, p):  # lengths, causal mode or accepts(): not this target's input
         return None
     tile = case.tile
     if tile is not None and dict(tile) not in [dict(c) for c in target.tile_configs]:

@@ -210,8 +210,8 @@ def logit_regimes(*, names=REGIMES, dtype="float16", scale=0.125, accumulator="f
 
 # ----------------------------------------------------------------------------- masks, values
 @st.composite
-def _masks(draw, alignments, window, attn_mask, lq, allow_empty):
-    causal = draw(st.sampled_from((False,) + tuple(alignments)))
+def _masks(draw, alignments, window, attn_mask, lq, allow_empty, causal_only):
+    causal = draw(st.sampled_from(tuple(alignments) if causal_only else (False,) + tuple(alignments)))
     win = None
     if window and draw(st.booleans()):
         side = st.sampled_from((-1, 0, 1, 2, 3, 7, 100))
@@ -227,14 +227,19 @@ def _masks(draw, alignments, window, attn_mask, lq, allow_empty):
 
 
 def masks(*, alignments=("top_left",), window=False, attn_mask=False, lq=st.integers(1, 8),
-          allow_empty=True) -> SearchStrategy[MaskSpec]:
+          allow_empty=True, causal_only=False) -> SearchStrategy[MaskSpec]:
     """Masks a target declares: no mask, causal in each declared alignment, windows (including
-    0 and unbounded sides), boolean and additive attn_mask with fully-masked rows."""
+    0 and unbounded sides), boolean and additive attn_mask with fully-masked rows. ``causal_only``:
+    every mask is causal in one of ``alignments`` (the target declares no non-causal calls)."""
     for a in alignments:
         _one_of(spec.ALIGNMENTS)(a, "alignments[]")
     _one_of((True, False))(window, "window")
     _one_of((True, False))(attn_mask, "attn_mask")
-    return _masks(tuple(alignments), window, attn_mask, _strategy(lq, "lq", _int_in(0, 1 << 24)), allow_empty)
+    _one_of((True, False))(causal_only, "causal_only")
+    if causal_only and not tuple(alignments):
+        raise ValueError("masks: causal_only=True needs at least one alignment")
+    return _masks(tuple(alignments), window, attn_mask, _strategy(lq, "lq", _int_in(0, 1 << 24)), allow_empty,
+                  causal_only)
 
 
 def value_kinds(*, allowed=VALUE_KINDS) -> SearchStrategy[str]:

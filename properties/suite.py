@@ -22,13 +22,14 @@ from .cases import Case
 from .context import Context, make_context
 from .hypothesis_internals import collecting_reports, set_database_key, shrink_budget, use_seed
 from .oracle import Violation
-from .outcomes import (ERROR, FAILED, NOT_DECLARED, NOT_RUN, PASSED, SKIPPED, TIMEOUT, XFAIL, XPASS, Outcome,
-                       SuiteInterrupted, SuiteResult, reproducer)
+from .outcomes import (ERROR, FAILED, NOT_APPLICABLE, NOT_DECLARED, NOT_RUN, PASSED, SKIPPED, TIMEOUT, XFAIL, XPASS,
+                       Outcome, SuiteInterrupted, SuiteResult, reproducer)
 from .profiles import DERANDOMIZED_SEED, get_profile, profile_name, register_profiles, settings_for
-from .registry import PROPERTIES, Property, Skip, TargetError, TargetTimeout, pinned_cases
+from .registry import (PROPERTIES, CouldNotRun, NotApplicable, Property, Skip, TargetError, TargetTimeout,
+                       pinned_cases)
 from .state import Journal, db_key, prepare_state_dir, run_key, save_reproducer
 from .loading import load_target
-from .targets import Target
+from .targets import Target, TargetLoadError
 from .timeouts import TimedOut, load_target_within, resolve_example_timeout, run_example, timeout_message
 
 __all__ = ["run_property", "run_suite", "replay", "select_properties", "load_properties"]
@@ -38,7 +39,7 @@ def run_property(p: Property, target: Target, *, profile="ci", ctx: Context | No
     """Run one property; its options for time limit, database and reproducer files come from
     ``ctx`` (built with the profile's default time limit when not given)."""
     from hypothesis import example, given, settings
-    from hypothesis.errors import HypothesisException
+    from hypothesis.errors import HypothesisException, Unsatisfiable
 
     t0 = time.perf_counter()
     reason = p.reason_not_declared(target)
@@ -53,6 +54,8 @@ def run_property(p: Property, target: Target, *, profile="ci", ctx: Context | No
         corners = list(p.corners(ctx)) if p.corners else []
     except Skip as s:
         return Outcome(p.name, SKIPPED, message=str(s), seconds=time.perf_counter() - t0)
+    except NotApplicable as s:
+        return Outcome(p.name, NOT_APPLICABLE, message=str(s), seconds=time.perf_counter() - t0)
     for c in pinned_cases(p.name, target):
         if c not in corners:
             corners.append(c)
@@ -114,11 +117,35 @@ def run_property(p: Property, target: Target, *, profile="ci", ctx: Context | No
         return done(status, msg, reproduce=True)
     except Skip as s:
         return done(SKIPPED, str(s))
+    except Unsatisfiable as exc:
+        why = _outside_accepts(ctx, p.name)
+        if why:
+            return done(NOT_APPLICABLE, why)
+        tb = traceback.format_exc()
+        return done(ERROR, f"flashproof could not run this property (a suite bug: its strategy should draw inside the "
+                           f"target's declared domain): {type(exc).__name__}: {exc}\n{tb}", reproduce=True)
     except (HypothesisException, Exception) as exc:
         tb = traceback.format_exc()
         return done(ERROR, f"flashproof could not run this property: {type(exc).__name__}: {exc}\n{tb}", reproduce=True)
     status = XPASS if known else PASSED
     return done(status, f"known deviation not reproduced: {known}" if known else "")
+
+
+def _outside_accepts(ctx, name) -> str:
+    """Why every example of ``name`` was discarded, when the target's ``accepts()`` predicate or its own
+    wrapper refused them all (its declared fields never did: the strategies draw inside those); ""
+    otherwise (then an Unsatisfiable is the suite's own bug)."""
+    from .gen import refusals
+
+    reasons, by_fields = refusals(ctx, name)
+    if not reasons or by_fields:
+        return ""
+    top = max(reasons, key=reasons.get)
+    n = sum(reasons.values())
+    return (f"every example drawn was outside the target's declared domain, refused by its accepts() or its own "
+            f"wrapper ({n} refusals; most often: {top}); if that is a length multiple, a causal-only or an "
+            f"equal-length kernel, declare it in the Target (length_multiple, causal_only, equal_lengths, "
+            f"min/max lengths) and the suite draws inside it")
 
 
 def _save(ctx, name, case, status, message, *, minimal):
@@ -131,21 +158,34 @@ def _save(ctx, name, case, status, message, *, minimal):
 
 
 def replay(name, case, *, target=None, profile="ci", example_timeout=None):
-    """Re-run one property on one Case; raises Violation (with the message) if it fails, and
-    TargetTimeout if it does not finish within ``example_timeout`` seconds (None: the profile's
-    default, 0: no limit)."""
+    """Re-run one property on one Case: True when the property holds on it; Violation (with the
+    message) when the violation is reproduced, TargetTimeout (a Violation) if it does not finish
+    within ``example_timeout`` seconds (None: the profile's default, 0: no limit); CouldNotRun when
+    it cannot run here (the target does not load, its device is absent, a package is missing, the
+    property is not declared by the target, or the case is outside its declared domain), with the
+    reason. A reproducer file exits 0, 1 and 2 on these."""
+    from .gen import Undeclared
+
     load_properties()
     if name not in PROPERTIES:
         raise ValueError(f"unknown property {name!r}; known: {sorted(PROPERTIES)}")
     if not isinstance(case, Case):
         raise TypeError(f"case must be a cases.Case, got {type(case).__name__}")
     limit = resolve_example_timeout(example_timeout, profile)
-    t = load_target(target)
-    ctx = make_context(t, profile, example_timeout=limit)
+    try:
+        t = load_target(target)
+        ctx = make_context(t, profile, example_timeout=limit)
+    except (TargetLoadError, ImportError, RuntimeError) as exc:  # RuntimeError: its device is absent here
+        raise CouldNotRun(f"{type(exc).__name__}: {exc}") from exc
+    why = PROPERTIES[name].reason_not_declared(t)
+    if why:
+        raise CouldNotRun(f"{t.name} does not declare what {name!r} needs: {why}")
     try:
         run_example(ctx, PROPERTIES[name].check, case, name)
     except TimedOut as exc:
         raise TargetTimeout(timeout_message(name, limit, exc)) from None
+    except Undeclared as exc:
+        raise CouldNotRun(f"the case is outside {t.name}'s declared domain: {exc}") from None
     return True
 
 
@@ -157,6 +197,7 @@ def load_properties():
     from . import props_precision  # noqa: F401
     from . import props_determinism  # noqa: F401
     from . import props_masks  # noqa: F401
+    from . import props_nan  # noqa: F401
     from . import props_decode  # noqa: F401
     from . import props_backward  # noqa: F401
     from . import pins  # noqa: F401
@@ -210,7 +251,8 @@ def run_suite(target, *, profile="ci", select=None, fail_fast=False, progress=No
     names = select_properties(select)
     t = load_target_within(target, limit)
     t0 = time.perf_counter()
-    res = SuiteResult(target=t.name, profile=profile_name(profile), bound_source=oracle.bound_source())
+    res = SuiteResult(target=t.name, profile=profile_name(profile), bound_source=oracle.bound_source(),
+                      nan_policy=t.nan_policy)
     journal, done = None, {}
     if state_dir is not None:
         state_dir = prepare_state_dir(state_dir)

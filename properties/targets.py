@@ -12,6 +12,7 @@ Loading one by name (``load_target``) is loading.py's. This module imports no to
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from .domain import DECLARE_HINT, Call, OutsideDomain
 
 __all__ = [
     "Target",
+    "NAN_POLICIES",
     "Call",
     "OutsideDomain",
     "TargetLoadError",
@@ -31,6 +33,10 @@ __all__ = [
     "DECLARE_HINT",
     "TORCH_CPU_DEVIATIONS",
 ]
+
+#: The NaN policies a Target may declare (spec/README.md, "NaN and inf policy").
+NAN_POLICIES = ("strict", "ieee")
+
 
 class TargetLoadError(ValueError):
     """The target named on the command line cannot be imported or is not a target."""
@@ -93,15 +99,33 @@ class Target:
     #: the longest Lq/Lk the suite should use at the ci profile (interpreter cost).
     max_len: int | None = None
     #: The domain: which calls the target accepts (the declaration is the contract: inside it a
-    #: raise is a violation; outside it the suite never asks, or discards the example).
-    #: Causal attention only with Lq == Lk (torch's flash backend refuses is_causal otherwise).
+    #: raise is a violation; outside it the suite never asks). The strategies draw inside it
+    #: (domain.Domain); a property that needs a call outside it is "not applicable".
+    #: Causal calls only (in one of ``alignments``); a target without causal declares alignments=().
+    causal_only: bool = False
+    #: Lq == Lk on every call.
+    equal_lengths: bool = False
+    #: Lq == Lk on causal calls (torch's flash backend refuses is_causal otherwise).
     causal_equal_lengths: bool = False
-    #: the shortest query / key lengths it takes (0: empty sequences too).
+    #: Lq and Lk are multiples of this (e.g. 64 or 128 for Triton-tutorial-derived kernels).
+    length_multiple: int = 1
+    #: the shortest query / key lengths it takes (0: empty sequences too), and the longest (None: any).
     min_lq: int = 0
     min_lk: int = 0
+    max_lq: int | None = None
+    max_lk: int | None = None
     #: accepts(call: Call) -> True/None (accepted), False or a str reason (refused): any other
     #: limit. The strategies filter drawn problems with it and every call is checked against it.
     accepts: Callable | None = None
+    #: The claim that a row's O and LSE are bitwise the same whatever batch it runs in (property
+    #: batch_invariant): true of a kernel whose schedule never depends on the batch size; not of torch's
+    #: CPU SDPA or a plain torch matmul (their BLAS path changes with it, docs/findings.md F4), nor of
+    #: kernels that pick split-KV counts from the grid size. Plain SDPA callables and adapters do not claim it.
+    batch_invariant: bool = True
+    #: What a non-finite value at a masked-but-in-bounds key may do (NAN_POLICIES, spec/README.md):
+    #: "strict", spec's own (masked keys are dropped, never multiplied by 0); "ieee", a dense P@V (a
+    #: masked P is an exact 0 that may multiply a NaN/inf, and an empty row's NaN query may reach it).
+    nan_policy: str = "strict"
     known_deviations: Mapping[str, str] = field(default_factory=dict)
     #: "module:attr" it was loaded from (used in reproducers), if any.
     spec: str | None = None
@@ -150,13 +174,56 @@ class Target:
             raise ValueError(f"Target.c_exp must be a non-negative number of ulps, got {self.c_exp!r}")
         if self.head_dims is not None:
             self.head_dims = tuple(int(e) for e in self.head_dims)
+            if not self.head_dims or min(self.head_dims) < 1:
+                raise ValueError(f"Target.head_dims must be positive ints (None: any), got {self.head_dims!r}")
         self.known_deviations = dict(self.known_deviations or {})
+        if self.nan_policy not in NAN_POLICIES:
+            raise ValueError(f"Target.nan_policy must be one of {NAN_POLICIES} ('strict': masked keys are dropped, "
+                             f"as spec says; 'ieee': a dense P @ V, where a masked P = 0 may multiply a NaN), "
+                             f"got {self.nan_policy!r}")
+        self._check_domain()
+
+    def _check_domain(self):
+        """Each domain declaration is well-typed, and together they admit at least one call:
+        contradictions (min above max, no multiple of length_multiple in range, causal_only
+        without an alignment, equal lengths over disjoint ranges) are refused here, not found
+        later as a property that can draw nothing."""
+        for name in ("causal_only", "equal_lengths", "causal_equal_lengths", "batch_invariant"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"Target.{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("min_lq", "min_lk"):
             x = getattr(self, name)
             if isinstance(x, bool) or not isinstance(x, int) or x < 0:
                 raise ValueError(f"Target.{name} must be an int >= 0, got {x!r}")
-        if not isinstance(self.causal_equal_lengths, bool):
-            raise TypeError(f"Target.causal_equal_lengths must be a bool, got {self.causal_equal_lengths!r}")
+        for name in ("max_lq", "max_lk"):
+            x = getattr(self, name)
+            if x is not None and (isinstance(x, bool) or not isinstance(x, int) or x < 1):
+                raise ValueError(f"Target.{name} must be an int >= 1 or None (any length), got {x!r}")
+        m = self.length_multiple
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise ValueError(f"Target.length_multiple must be an int >= 1, got {m!r}")
+        if self.causal_only and not self.alignments:
+            raise ValueError("Target.causal_only=True needs a causal alignment in Target.alignments (a target with "
+                             "no causal attention declares alignments=() instead)")
+        spans = {}
+        for axis in ("q", "k"):
+            lo, hi = getattr(self, f"min_l{axis}"), getattr(self, f"max_l{axis}")
+            if hi is not None and lo > hi:
+                raise ValueError(f"Target.min_l{axis}={lo} > max_l{axis}={hi}: no length is in the declared domain")
+            first = -(-max(lo, 1) // m) * m  # the shortest non-empty length
+            if hi is not None and first > hi:
+                raise ValueError(f"Target: no L{axis} in [{lo}, {hi}] is a non-zero multiple of length_multiple={m} "
+                                 f"(the first one, {first}, is above max_l{axis}={hi})")
+            spans[axis] = (first, hi)
+        square = self.equal_lengths or (self.causal_only and self.causal_equal_lengths)
+        if square:
+            lo = max(spans["q"][0], spans["k"][0])
+            his = [h for h in (spans["q"][1], spans["k"][1]) if h is not None]
+            if his and lo > min(his):
+                why = "equal_lengths" if self.equal_lengths else "causal_only with causal_equal_lengths"
+                raise ValueError(f"Target: {why} needs Lq == Lk, and the declared ranges (min_lq={self.min_lq}, "
+                                 f"max_lq={self.max_lq}, min_lk={self.min_lk}, max_lk={self.max_lk}, "
+                                 f"length_multiple={m}) share no non-zero length")
 
     # ------------------------------------------------------------------ capabilities
     @property
@@ -171,13 +238,35 @@ class Target:
             "backward": self.backward, "decode": self.decode is not None,
             "split_range": self.split_range, "paged": self.paged, "dtypes": self.dtypes,
             "tile_configs": len(self.tile_configs), "accumulator": self.accumulator,
-            "causal_equal_lengths": self.causal_equal_lengths, "min_lq": self.min_lq, "min_lk": self.min_lk,
-            "accepts": self.accepts is not None,
+            "causal_only": self.causal_only, "equal_lengths": self.equal_lengths,
+            "causal_equal_lengths": self.causal_equal_lengths, "length_multiple": self.length_multiple,
+            "min_lq": self.min_lq, "min_lk": self.min_lk, "max_lq": self.max_lq, "max_lk": self.max_lk,
+            "accepts": self.accepts is not None, "nan_policy": self.nan_policy, "batch_invariant": self.batch_invariant,
         }
 
     # ------------------------------------------------------------------ domain
     def refusal(self, call: Call) -> str | None:
         """Why the declared domain excludes ``call`` (None: the target must run it correctly)."""
+        return self.refusal_detail(call)[0]
+
+    def refusal_detail(self, call: Call):
+        """(why the domain excludes ``call`` or None, whether the reason is the accepts() predicate's: the
+        strategies draw inside the declared fields, so only that predicate's refusals are expected)."""
+        why = self._field_refusal(call)
+        if why is not None:
+            return why, False
+        if self.accepts is not None:
+            verdict = self.accepts(call)
+            if verdict is False:
+                return f"refused by {self.name}'s accepts()", True
+            if isinstance(verdict, str) and verdict:
+                return verdict, True
+            if not (verdict is None or verdict is True or verdict == ""):
+                raise TypeError(f"{self.name}: accepts() must return True/None, False or a reason str, "
+                                f"got {type(verdict).__name__}")
+        return None, False
+
+    def _field_refusal(self, call: Call) -> str | None:
         c = call
         if c.dtype not in self.dtypes:
             return f"dtype {c.dtype} is not among the declared dtypes {self.dtypes}"
@@ -190,10 +279,19 @@ class Target:
         if c.causal and c.causal not in self.alignments:
             only = " (the target is top-left causal only)" if self.alignments == ("top_left",) else ""
             return f"{c.causal} causal is not among the declared alignments {self.alignments}{only}"
+        if self.causal_only and not c.causal:
+            return f"non-causal attention (declared causal_only=True, alignments {self.alignments})"
+        if self.equal_lengths and c.lq != c.lk:
+            return f"Lq={c.lq} != Lk={c.lk} (declared equal_lengths=True)"
         if c.causal and self.causal_equal_lengths and c.lq != c.lk:
             return f"causal with Lq={c.lq} != Lk={c.lk} (declared causal_equal_lengths=True)"
+        m = self.length_multiple
+        if c.lq % m or c.lk % m:
+            return f"Lq={c.lq}, Lk={c.lk} are not both multiples of the declared length_multiple={m}"
         if c.lq < self.min_lq or c.lk < self.min_lk:
             return f"Lq={c.lq}, Lk={c.lk} below the declared min_lq={self.min_lq}, min_lk={self.min_lk}"
+        if (self.max_lq is not None and c.lq > self.max_lq) or (self.max_lk is not None and c.lk > self.max_lk):
+            return f"Lq={c.lq}, Lk={c.lk} above the declared max_lq={self.max_lq}, max_lk={self.max_lk}"
         if c.window is not None and not self.window:
             return "a window, and the target declares none"
         if c.softcap is not None and not self.softcap:
@@ -202,15 +300,6 @@ class Target:
             return "an attn_mask, and the target declares none"
         if c.grad and not self.backward:
             return "gradients, and the target declares no backward"
-        if self.accepts is not None:
-            verdict = self.accepts(c)
-            if verdict is False:
-                return f"refused by {self.name}'s accepts()"
-            if isinstance(verdict, str) and verdict:
-                return verdict
-            if not (verdict is None or verdict is True or verdict == ""):
-                raise TypeError(f"{self.name}: accepts() must return True/None, False or a reason str, "
-                                f"got {type(verdict).__name__}")
         return None
 
     def in_domain(self, call: Call) -> bool:
@@ -236,10 +325,11 @@ class Target:
         raises ValueError rather than silently being dropped.
         """
         tile = dict(tile or {})
-        why = self.refusal(Call.of_tensors(q, k, v, causal=causal, alignment=alignment, window=window,
-                                           attn_mask=attn_mask, softcap=softcap, scale=scale))
+        call = Call.of_tensors(q, k, v, causal=causal, alignment=alignment, window=window, attn_mask=attn_mask,
+                               softcap=softcap, scale=scale)
+        why, by_accepts = self.refusal_detail(call)
         if why is not None:
-            raise OutsideDomain(f"target {self.name!r} does not declare this call: {why}")
+            raise OutsideDomain(f"target {self.name!r} does not declare this call: {why}", by_fields=not by_accepts)
         if self.forward is not None:
             out = self.forward(q, k, v, causal=causal, alignment=alignment, window=window, scale=scale,
                                softcap=softcap, attn_mask=attn_mask, return_lse=bool(return_lse), **tile)
@@ -307,20 +397,14 @@ def _probe_backward(fn) -> bool:
         return False
 
 
-#: Deviations of torch's CPU SDPA (2.13) from spec/README.md, measured on this machine and kept as
-#: XFAIL with their reproducer (docs/properties.md, "Known deviations of torch"). A fix in torch
-#: shows up as XPASS.
+#: Deviations of torch's CPU SDPA (2.13) from spec/README.md under the policy a plain SDPA callable is
+#: judged by (nan_policy="ieee": its P = 0 times a NaN value at a masked key is not a deviation), measured
+#: on this machine and kept as XFAIL with their reproducer (docs/properties.md, "Known deviations of
+#: torch"). A fix in torch shows up as XPASS.
 TORCH_CPU_DEVIATIONS: dict = {
-    "garbage_in_masked_keys_isolated":
-        "torch's CPU SDPA multiplies masked probabilities (0) by V and adds the mask to NaN logits, so NaN/inf "
-        "in keys or values that no row attends (beyond the causal diagonal, or in attn_mask=False columns) "
-        "leaks into every row (0 * NaN = NaN); the spec drops masked keys",
-    "nan_propagates_only_to_attending_rows":
-        "torch's CPU SDPA returns 0 (not NaN) for a row whose q contains NaN, and NaN for a fully masked "
-        "row whose q is NaN; the spec propagates NaN to exactly the rows that attend it",
-    "batch_invariant":
-        "torch's CPU SDPA (default dispatch and the math backend, fp32) is not bitwise batch invariant: at "
-        "B=2 H=1 Lq=Lk=5 E=24 a row's O differs by 1 ulp from the same row run alone (docs/findings.md F4)",
+    "nan_propagates_ieee":
+        "torch's CPU SDPA returns 0 (not NaN) for a row whose q contains NaN although the row attends keys: a "
+        "NaN in an allowed input must reach the rows that attend it, under either NaN policy",
 }
 _TORCH_CPU_GRAD_NAN = (
     "torch's CPU SDPA backward returns NaN in dQ/dK/dV at logits near 1e30 (bf16 q, k ~ 1e15: the spread "
@@ -336,12 +420,23 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def from_sdpa(fn, *, name=None, spec=None, backward=None, known_deviations=None) -> Target:
+def from_sdpa(fn, *, name=None, spec=None, backward=None, known_deviations=None, nan_policy="ieee",
+              batch_invariant=False, **declare) -> Target:
     """Wrap a callable with torch's SDPA signature as a Target with only what it offers:
     top-left causal, attn_mask (bool and additive), scale, GQA through ``enable_gqa``.
 
-    ``backward=None`` probes whether the output carries gradients.
+    ``backward=None`` probes whether the output carries gradients. ``nan_policy`` defaults to
+    "ieee": what torch's SDPA and a plain ``softmax(s) @ v`` do (a masked P = 0 may multiply a NaN
+    value); declare "strict" for a kernel that drops masked keys. ``batch_invariant`` is not
+    claimed by default (torch's batched CPU matmul changes a row's rounding with the batch size,
+    docs/findings.md F4): declare True to have it checked. Other Target fields (the domain:
+    ``causal_only``, ``equal_lengths``, ``length_multiple``, ``min_lq`` ... ``max_lk``, ``head_dims``,
+    ``dtypes``, ``accepts``; ``devices``, ...) through ``**declare``.
     """
+    own = {"name", "sdpa", "forward", "spec"}
+    bad = sorted(set(declare) - ({f.name for f in dataclasses.fields(Target)} - own))
+    if bad:
+        raise TypeError(f"from_sdpa: unknown Target field(s) {bad} (or set by from_sdpa itself: {sorted(own)})")
     if not callable(fn):
         raise TypeError(f"an SDPA target must be callable, got {type(fn).__name__}")
     import torch
@@ -352,9 +447,7 @@ def from_sdpa(fn, *, name=None, spec=None, backward=None, known_deviations=None)
         backward = _probe_backward(fn)
     deviations = dict(TORCH_CPU_DEVIATIONS if is_torch and not _cuda() else {})
     deviations.update(known_deviations or {})
-    return Target(
-        name=name,
-        sdpa=fn,
+    fields = dict(
         alignments=("top_left",),
         attn_mask=_accepts(fn, "attn_mask"),
         gqa=_accepts(fn, "enable_gqa"),
@@ -362,6 +455,8 @@ def from_sdpa(fn, *, name=None, spec=None, backward=None, known_deviations=None)
         accumulator="fp32",
         devices=("cuda", "cpu"),  # the GPU when there is one
         known_deviations=deviations,
-        spec=spec,
+        nan_policy=nan_policy,
+        batch_invariant=batch_invariant,
         description="plain SDPA callable",
     )
+    return Target(name=name, sdpa=fn, spec=spec, **{**fields, **declare})

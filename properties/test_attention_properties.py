@@ -3,14 +3,15 @@
 One test per property (``test_<property name>``), each running the property under the selected
 profile against ``--flashproof-target`` (fixtures from flashproof.properties.plugin). A violation
 fails with its minimal reproducer; an example past the time limit fails as a TIMEOUT; an
-undeclared capability skips with the reason, and so does a property not run because the target
-hung earlier in the session; a documented deviation of the target is an xfail that prints the
+undeclared capability skips with the reason, and so do a property whose calls lie outside the
+target's declared domain ("not applicable") and a property not run because the target hung
+earlier in the session; a documented deviation of the target is an xfail that prints the
 reproducer.
 """
 import pytest
 
-from flashproof.properties.outcomes import (ERROR, FAILED, NOT_DECLARED, NOT_RUN, PASSED, SKIPPED, TIMEOUT, XFAIL,
-                                            XPASS)
+from flashproof.properties.outcomes import (ERROR, FAILED, NOT_APPLICABLE, NOT_DECLARED, NOT_RUN, PASSED, SKIPPED,
+                                            TIMEOUT, XFAIL, XPASS)
 from flashproof.properties.registry import PROPERTIES
 from flashproof.properties.suite import load_properties, run_property
 
@@ -26,7 +27,7 @@ def _make(name):
             pytest.fail(f"{out.message}\n\n{out.reproducer}{saved}", pytrace=False)
         if out.status == ERROR:
             pytest.fail(f"flashproof could not run {name!r}: {out.message}\n{out.reproducer}", pytrace=False)
-        if out.status in (NOT_DECLARED, SKIPPED, NOT_RUN):
+        if out.status in (NOT_DECLARED, NOT_APPLICABLE, SKIPPED, NOT_RUN):
             pytest.skip(f"{out.status}: {out.message}")
         if out.status == XFAIL:
             pytest.xfail(f"{out.message}\n{out.reproducer}")

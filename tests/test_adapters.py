@@ -2,9 +2,9 @@
 (tests/fakes/attention_apis.py): the detection rule, what each adapter declares, the translation
 of spec's options (bitwise against the fakes' own engine), the refusals, and the ci property suite.
 
-Suite runs: the correct fakes pass the whole ci suite (0 failed, 0 errors), except that the
-fla-style fake runs without FLA_DOMAIN_GAPS (see there); planted deviations (top-left causal, a
-log2 LSE) fail the property that names them.
+Suite runs: the correct fakes pass the whole ci suite (0 failed, 0 errors; the fla-style fake,
+causal only with one length, reports what needs other calls as "not applicable"); planted
+deviations (top-left causal, a log2 LSE) fail the property that names them.
 """
 from __future__ import annotations
 
@@ -18,16 +18,12 @@ from fakes import attention_apis as fakes
 from flashproof.properties import adapters
 from flashproof.properties.adapters import blhd, detect, fla_style, flash_attn_style, get_adapter, with_adapter
 from flashproof.properties.peers import tiled_attention
-from flashproof.properties.suite import ERROR, FAILED, PASSED, replay, run_suite, select_properties
+from flashproof.properties.outcomes import NOT_APPLICABLE
+from flashproof.properties.suite import ERROR, FAILED, PASSED, replay, run_suite
 from flashproof.properties.loading import load_target
 from flashproof.properties.targets import OutsideDomain, Target, TargetLoadError
 
 MOD = "fakes.attention_apis"
-#: Properties whose strategies draw only non-causal problems, Lq != Lk, or rows with no key, none of
-#: which a causal-only, one-length kernel (parallel_attn) can take: today they end in Hypothesis's
-#: Unsatisfiable (ERROR); the domain language of issue 15 (phase 2) turns them into "not applicable".
-FLA_DOMAIN_GAPS = ("kv_permutation_invariant", "duplicate_key_adds_ln2", "fully_masked_rows_zero_and_neg_inf",
-                   "invalid_window_rejected", "garbage_in_masked_keys_isolated", "grad_masked_rows_zero")
 
 
 def _qkv(b=1, h=2, hkv=1, lq=5, lk=9, e=16, ev=None, dtype=torch.float16, seed=0):
@@ -74,7 +70,7 @@ def test_load_target_applies_the_detected_adapter():
     assert t.spec == f"{MOD}:flash_attn_func" and "flash_attn_style" in t.description
     assert t.dtypes == ("float16", "bfloat16") and not t.attn_mask and not t.value_dim
     f = load_target(f"{MOD}:parallel_attn")
-    assert f.causal_equal_lengths and f.alignments == ("top_left",) and f.window and f.backward
+    assert f.causal_only and f.equal_lengths and f.alignments == ("top_left",) and f.window and f.backward
     assert not (f.lse or f.softcap or f.attn_mask)
     s = load_target(f"{MOD}:sdpa_blhd")  # an SDPA signature: no layout in it, so plain SDPA unless named
     assert s.description == "plain SDPA callable"
@@ -204,7 +200,7 @@ def test_refusals_are_outside_the_domain_never_a_different_computation():
     with pytest.raises(ValueError, match="window"):
         t(q, k, v, window=(-2, 0))  # reached the fake, which rejects it (spec's make_mask)
     f = load_target(f"{MOD}:parallel_attn")
-    assert "causal only" in f.refusal(_call(lq=4, lk=4))
+    assert "causal_only" in f.refusal(_call(lq=4, lk=4))
     assert "Lq=4 != Lk=5" in f.refusal(_call(lq=4, lk=5, causal="top_left"))
     with pytest.raises(OutsideDomain, match="causal only"):
         f.forward(*_qkv(lq=4, lk=4))
@@ -250,11 +246,18 @@ def test_correct_fakes_pass_the_ci_suite(spec):
 
 
 def test_fla_fake_passes_the_ci_suite_inside_its_domain():
-    names = [n for n in select_properties() if n not in FLA_DOMAIN_GAPS]
-    res = run_suite(f"{MOD}:parallel_attn", profile="ci", select=names)
+    """Causal only with one length: the whole suite, no subset; what needs other calls is not applicable
+    (with its reason), and the properties that drew non-causal problems before draw causal ones."""
+    res = run_suite(f"{MOD}:parallel_attn", profile="ci")
     bad = res.failures + res.errors
     assert not bad, "\n\n".join(f"{o.name} {o.status}: {o.message}\n{o.reproducer}" for o in bad)
     assert res["gradients_match_reference"].status == PASSED and res["attended_set_exact"].status == PASSED
+    for name in ("kv_permutation_invariant", "duplicate_key_adds_ln2", "invalid_window_rejected",
+                 "nan_propagates_ieee"):
+        assert res[name].status == PASSED, (name, res[name].message)
+    for name in ("fully_masked_rows_zero_and_neg_inf", "grad_masked_rows_zero", "garbage_in_masked_keys_ieee",
+                 "causal_alignment_on_unequal_lengths"):
+        assert res[name].status == NOT_APPLICABLE and "Lq" in res[name].message, (name, res[name].message)
 
 
 def test_top_left_fake_is_not_accepted_as_flash_attn():

@@ -32,7 +32,7 @@ from flashproof.properties.timeouts import resolve_example_timeout
 
 FLASHPROOF = Path(sys.executable).with_name("flashproof")
 # four cheap properties every SDPA callable declares, in the suite's order: A fails (NaN), C hangs
-A, B, C, D = "ones_values_give_ones", "output_in_convex_hull", "reruns_bitwise_equal", "batch_invariant"
+A, B, C, D = "ones_values_give_ones", "output_in_convex_hull", "reruns_bitwise_equal", "attended_set_exact"
 FOUR = [A, B, C, D]
 
 TARGETS = '''\

@@ -15,10 +15,6 @@ from ._need import need_cuda, need_module
 __all__ = ["target"]
 
 
-def _domain(call):
-    return None if call.causal else "non-causal attention: flash_attention_v2 is causal only"
-
-
 def target():
     fat = need_module("flash_attention_triton", "flash-attention-triton")
     need_cuda("flash-attention-triton's flash_attention_v2")
@@ -33,6 +29,6 @@ def target():
     return Target(name="flash_attention_triton.flash_attention_v2 (0.1.1)", forward=forward,
                   alignments=("top_left",), window=False, softcap=False, lse=False, attn_mask=False, gqa=False,
                   backward=True, dtypes=("float16",), devices=("cuda",), head_dims=tuple(range(1, 257)),
-                  value_dim=False, min_lq=1, min_lk=1, accepts=_domain,
+                  value_dim=False, min_lq=1, min_lk=1, causal_only=True, nan_policy="ieee", batch_invariant=False,
                   spec="benchmarks.peers.flash_attention_triton:target",
                   description="flash-attention-triton 0.1.1 (Triton FA2, causal top-left, fp16)")

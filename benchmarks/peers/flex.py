@@ -104,6 +104,7 @@ def flex_target(*, compiled=True, devices=("cuda",)):
                   lse=True, alignments=("top_left", "bottom_right"), window=True, softcap=True, attn_mask=False,
                   gqa=True, backward=compiled, dtypes=("float16", "bfloat16", "float32"), devices=tuple(devices),
                   head_dims=tuple(range(16, 257)), value_dim=True, min_lq=1, min_lk=1, accepts=_gqa_domain,
+                  nan_policy="ieee", batch_invariant=False,  # a dense P @ V; splits chosen per problem size
                   spec="benchmarks.peers.flex:target" if compiled else None,
                   description=f"torch.nn.attention.flex_attention{' compiled' if compiled else ' eager'}: block "
                               f"mask for causal/window, score_mod for softcap")

@@ -65,10 +65,14 @@ def peer_targets() -> list[Target]:
 
     (flashproof's own kernel is the default target of the property suite's own tests.)
     """
+    # The math peers drop masked keys and run each batch element alone: they declare the strict NaN policy
+    # and batch invariance (more than a plain SDPA callable claims), so both are checked on them.
     return [
         target_of(TiledAttention()),
-        from_sdpa(peers.sdpa_math_fp32, name="zoo.sdpa_math_fp32", backward=True),
-        from_sdpa(peers.sdpa_math_fp64, name="zoo.sdpa_math_fp64", backward=True),
+        from_sdpa(peers.sdpa_math_fp32, name="zoo.sdpa_math_fp32", backward=True, nan_policy="strict",
+                  batch_invariant=True),
+        from_sdpa(peers.sdpa_math_fp64, name="zoo.sdpa_math_fp64", backward=True, nan_policy="strict",
+                  batch_invariant=True),
     ]
 
 
