@@ -101,7 +101,7 @@ def tail_tiles_every_residue(ctx, case):
     for n in lens:
         lq, lk = (2, n) if axis == "lk" else (n, 3)
         reg = Regime("very_negative", off, 1.0)
-        if -off > max_abs_logit(dt, 1 / math.sqrt(e), accumulator=ctx.target.accumulator) / 4:
+        if -off > max_abs_logit(dt, 1 / math.sqrt(e), accumulator=ctx.target.accumulator_for(dt)) / 4:
             reg = Regime("very_negative", -1e4, 1.0)
         pr = Problem(shape=Shape(1, 1, 1, lq, lk, e, e), dtype=dt, regime=reg, seed=case.problem.seed + n)
         if not in_domain(ctx.target, pr):

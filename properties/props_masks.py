@@ -548,7 +548,7 @@ def single_key_with_sentinel_logit(ctx, case):
     via, lk = case.get("via"), max(2, case.get("lk"))
     e = head_dim_at_least(ctx, 16) or 16
     scale = 0.25
-    vals = _sentinel_values(dt, scale, ctx.target.accumulator)
+    vals = _sentinel_values(dt, scale, ctx.target.accumulator_for(dt))
     sval = vals[case.get("sentinel_index") % len(vals)]
     lq = 1 if via == "causal_first_row" else min(lk, 5)
     if via == "causal_first_row" and ctx.target.causal_equal_lengths:

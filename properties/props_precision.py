@@ -275,7 +275,7 @@ def fp32_weight_ratios_exact(ctx, case):
     s, allowed = logits_exact(inp)
     tile = case.tile_dict if ctx.tile_fits(case.tile_dict, inp.q, inp.v) else None
     n_tiles = ctx.n_tiles(tile, inp.k.shape[2]) or max(1, inp.k.shape[2])  # no declared tiling: any tiling
-    prec = oracle.precision(inp.dtype_name, accumulator=ctx.target.accumulator, c_exp=ctx.target.c_exp)
-    beta, kappa = weight_ratio_budget(s, allowed, u_acc=prec.u_acc, u_in=ctx.u_in(inp), c_exp=prec.c_exp,
+    prec = ctx.precision(inp)
+    beta, kappa = weight_ratio_budget(s, allowed, u_acc=prec.u_acc, u_in=prec.u_in, c_exp=prec.c_exp,
                                       n_tiles=n_tiles)
     assert_weight_ratios("O (one-hot value columns: the attention weights)", to_np(o), s, allowed, beta, kappa)
