@@ -26,6 +26,7 @@ available kernel") is re-raised with the reasons torch printed, so an undeclared
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 from .accumulators import declared_accumulator
 from .targets import TORCH_CPU_DEVIATIONS, from_sdpa
