@@ -6,6 +6,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from flashproof import spec
+from flashproof.proofs.bounds_eval import RND
 from flashproof.proofs.fp_model import gam
 from flashproof.proofs.rope import MPMATH_TRIG, attention_shift_bound, reencoding_error_bound, rope_error_bound
 
@@ -116,7 +117,7 @@ def rope_reencoded_cache_matches(ctx, case):
     k_moved, k_fresh = tensor_like(inp.k, moved64), tensor_like(inp.k, fresh64)
     u_in = spec.FORMATS[inp.dtype_name].u  # tensor_like rounds to nearest (torch's conversion)
     kdiff = (reencoding_error_bound(k64, pk, delta, style=style, thetas=thetas)
-             + u_in * (np.abs(moved64) + np.abs(fresh64))) * (1 + 4 * _U64)
+             + u_in * (np.abs(moved64) + np.abs(fresh64))) * RND
     oracle.assert_within(f"k re-encoded by spec.reposition_keys (delta={delta})", to_np(k_moved), to_np(k_fresh), kdiff,
                          what="proofs.rope.reencoding_error_bound + the storage rounding of both",
                          dims="(b, kv_head, j, e)")
