@@ -284,11 +284,12 @@ def fp32_weight_ratios_exact(ctx, case):
     inp = ratio_inputs(case, device=ctx.device)
     o, lse = ctx.call(inp, tile=case.tile_dict)
     inp, o, lse = sample(ctx, inp, o, lse, tile=case.tile_dict)
-    ctx.judge(inp, o, lse, tile=case.tile_dict)
     s, allowed = logits_exact(inp)
     tile = case.tile_dict if ctx.tile_fits(case.tile_dict, inp.q, inp.v) else None
     n_tiles = ctx.n_tiles(tile, inp.k.shape[2]) or max(1, inp.k.shape[2])  # no declared tiling: any tiling
     prec = ctx.precision(inp)
     beta, kappa = weight_ratio_budget(s, allowed, u_acc=prec.u_acc, u_in=prec.u_in, c_exp=prec.c_exp,
                                       n_tiles=n_tiles)
+    # the ratios first: where both fail, their message names the exponent error (base, scale, log2 e)
     assert_weight_ratios("O (one-hot value columns: the attention weights)", to_np(o), s, allowed, beta, kappa)
+    ctx.judge(inp, o, lse, tile=case.tile_dict)
