@@ -2,14 +2,16 @@
 bounds, for a declared accumulation model.
 
     python3 benchmarks/bound_check_gpu.py --out benchmarks/results/bound-check.json \
-        [--accumulator fp32 | fp32_blockfma_k8_x0_rz ...] [--dtypes float16 bfloat16 float32]
+        [--accumulator declared | fp32 | fp32_blockfma_k8_x0_rz ...] [--dtypes float16 bfloat16 float32]
 
 For each dtype and case (shapes up to L = 1024, E in 64/128, causal or not, GQA, a window, softcap,
 logit scales 1 and 8), flashproof's kernel runs on CUDA (forward with LSE, then dQ, dK, dV through
 autograd); the exact values are the float64 reference on CPU; the bounds are
 proofs.running_forward_bound (lse_combine=False) and proofs.running_backward_bound with
-precision_for(dtype, accumulator=...) (fp32 inputs: "fp32", the kernel's IEEE dot). Prints and
-writes max error / bound per dtype and output; exit 1 if any element exceeds its bound.
+precision_for(dtype, accumulator=...): by default the model flashproof's kernel target declares for
+this device (builtin_targets.kernel_accumulator: on SM90 the measured fp32_blockfma_k16_x2_rz for
+fp16/bf16, "fp32" for fp32's IEEE dots); ``--accumulator NAME`` replaces the fp16/bf16 model. Prints
+and writes max error / bound per dtype and output; exit 1 if any element exceeds its bound.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ def _cases(small=False):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--accumulator", default="fp32", help="accumulation model of the fp16/bf16 tensor-core dots")
+    ap.add_argument("--accumulator", default="declared",
+                    help="accumulation model of the fp16/bf16 tensor-core dots (default: the kernel target's declaration)")
     ap.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16", "float32"])
     ap.add_argument("--device", default="cuda", help="cuda; cpu runs two small cases (TRITON_INTERPRET=1)")
     args = ap.parse_args(argv)
@@ -42,6 +45,7 @@ def main(argv=None) -> int:
 
     from flashproof.kernels import attention
     from flashproof.proofs import precision_for, running_backward_bound, running_forward_bound
+    from flashproof.properties.builtin_targets import kernel_accumulator
     from flashproof.reference import backward_fp64, forward_fp64
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -49,11 +53,12 @@ def main(argv=None) -> int:
         return 2
     dev = args.device
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu (interpreter)"
-    report = {"device": name, "accumulator": args.accumulator, "dtypes": {}}
+    declared = kernel_accumulator(interpreting=dev == "cpu", dtypes=tuple(args.dtypes))
+    report = {"device": name, "accumulator": args.accumulator, "declared": declared, "dtypes": {}}
     bad = 0
     for dtype in args.dtypes:
         dt = getattr(torch, dtype)
-        acc = "fp32" if dtype == "float32" else args.accumulator
+        acc = declared[dtype] if dtype == "float32" or args.accumulator == "declared" else args.accumulator
         prec = precision_for(dt, accumulator=acc)
         worst = {"o": 0.0, "lse": 0.0, "dq": 0.0, "dk": 0.0, "dv": 0.0}
         for i, (b, h, hkv, lq, lk, e, causal, window, softcap, sc) in enumerate(_cases(small=dev == "cpu")):

@@ -192,6 +192,7 @@ def _judge_cell(a: Audited, ctx, cell: Cell, naive_error):
     """Rows of the report for one target on one cell (one per tile run), and its judgements."""
     from hypothesis.errors import UnsatisfiedAssumption
 
+    from flashproof.proofs import Unbounded
     from flashproof.properties import oracle
     from flashproof.properties.gen import judge_case
     from flashproof.properties.registry import TargetError
@@ -216,6 +217,9 @@ def _judge_cell(a: Audited, ctx, cell: Cell, naive_error):
             continue
         except oracle.Violation as exc:  # the call contract (O's type, shape, dtype; LSE's shape)
             rows.append(dict(row, status="error", violation=str(exc)))
+            continue
+        except Unbounded as exc:  # theorem 6 has no finite bound on this cell: said, never judged by another
+            rows.append(dict(row, status="error", violation=f"no finite bound (proofs.Unbounded): {exc}"))
             continue
         row.update(status="judged", metrics=measure(j, dtype=cell.problem.dtype, naive_error=naive_error(j)),
                    violation=None if j.violation is None else str(j.violation))

@@ -38,7 +38,8 @@ from .fp_model import nonneg_certificate
 
 __all__ = ["NAMES", "BLOCK_FMA_RE", "MMAModel", "block_fma_name", "block_fma_unit", "mma_model",
            "simulate_block_fma", "round_fraction", "derive", "CANDIDATES", "probe_battery", "simulate_probe",
-           "consistent_models"]
+           "consistent_models", "SEQUENTIAL_RN", "crafted_experiments", "crafted_candidates", "matching_models",
+           "model_label", "accumulator_of_model", "accumulator_of_label", "ieee_ratio", "battery_rows"]
 
 #: fixed accumulator names; a block-FMA name matches :data:`BLOCK_FMA_RE`
 NAMES = ("fp32", "fp32_rz", "same", "fp64")
@@ -121,7 +122,8 @@ def round_fraction(x: Fraction, p: int, mode: str) -> Fraction:
 
 
 def simulate_block_fma(c, a, b, *, k, extra_bits, final, p: int = _P32):
-    """c + sum a_i b_i through the block-FMA model, blocks of k products; exact Fractions in/out."""
+    """c + sum a_i b_i through the block-FMA model, blocks of k products; exact Fractions in/out.
+    ``extra_bits=None``: exact alignment (no truncation; k = 1 is then an IEEE FMA chain)."""
     acc = Fraction(c)
     for s in range(0, len(a), k):
         terms = [acc] + [Fraction(x) * Fraction(y) for x, y in zip(a[s:s + k], b[s:s + k])]
@@ -129,9 +131,11 @@ def simulate_block_fma(c, a, b, *, k, extra_bits, final, p: int = _P32):
         if not nz:
             acc = Fraction(0)
             continue
-        emax = max(_exponent(t) for t in nz)
-        q = Fraction(2) ** (emax - p - extra_bits + 1)  # the last kept bit at the largest exponent
-        acc = round_fraction(sum(_trunc(t, q) for t in terms), p, final)
+        if extra_bits is not None:
+            emax = max(_exponent(t) for t in nz)
+            q = Fraction(2) ** (emax - p - extra_bits + 1)  # the last kept bit at the largest exponent
+            terms = [_trunc(t, q) for t in terms]
+        acc = round_fraction(sum(terms, Fraction(0)), p, final)
     return acc
 
 
@@ -198,7 +202,7 @@ def derive(proof: Proof, *, seed: int = 41) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # Identifying a device's matrix unit: a battery of crafted dot products whose bit-exact results
-# differ between models; a device's results leave the consistent models (benchmarks/probe_mma.py).
+# differ between models; a device's results leave the consistent models (benchmarks/accumulation_probe.py).
 
 #: candidate models (k, x, final); x = 30 aligns exactly (k = 1, x = 30, rn is an IEEE FMA chain)
 CANDIDATES = tuple((k, x, f) for k in (1, 2, 4, 8, 16, 32, 64) for x in (0, 1, 2, 3, 4, 5, 8, 30)
@@ -261,3 +265,126 @@ def consistent_models(battery, observed):
         return [], None
     worst = max(ok, key=lambda m: (127 / m[0] + 1) * block_fma_unit(*m))
     return ok, block_fma_name(*worst)
+
+
+# ---------------------------------------------------------------------------------------------
+# Crafted experiments (Fasi, Higham, Mikaitis and Pranesh 2021): one dot product c + sum_k a_k b_k
+# per experiment, every product exact in fp16/bf16; sub-ulp products beside a unit accumulator reveal
+# the final rounding, the extra alignment bits and the block size. benchmarks/accumulation_probe.py
+# runs them on a device (its record: benchmarks/results/accumulation-h200.json).
+
+#: the IEEE fp32 FMA chain, in crafted_candidates' (k, extra_bits, final) form (exact alignment)
+SEQUENTIAL_RN = (1, None, "rn")
+
+
+def crafted_experiments(K: int):
+    """[(name, c, {position: (a, b)})] for dot products of length ``K``; every a, b is a power of two
+    times 1 or 3 (exact in bf16 and fp16)."""
+    F = Fraction
+    u = F(2) ** -23  # ulp of 1 in fp32
+    out = []
+    for c in (F(1), F(-1)):
+        s = 1 if c > 0 else -1
+        out.append((f"c={c}: one product of 0.75 ulp", c, {0: (s * F(3, 2 ** 13), F(1, 2 ** 12))}))
+        out.append((f"c={c}: one product of 0.5 ulp (tie)", c, {0: (s * F(1, 2 ** 12), F(1, 2 ** 12))}))
+        out.append((f"c={c}: one product of 0.25 ulp", c, {0: (s * F(1, 2 ** 13), F(1, 2 ** 12))}))
+    for sh in range(1, 7):  # 2^sh products of ulp/2^sh each: exactly one ulp in total
+        n = 2 ** sh
+        if n > K:
+            break
+        a, b = F(1, 2 ** (12 + sh)), F(2, 2 ** 12)
+        assert a * b == u / 2 ** sh
+        out.append((f"c=1: {n} products of ulp/2^{sh} at 0..{n - 1}", F(1), {i: (a, b) for i in range(n)}))
+    for j in range(1, K):  # two half-ulp products at positions 0 and j: same block or not
+        out.append((f"c=1: two products of ulp/2 at 0 and {j}", F(1),
+                    {0: (F(1, 2 ** 12), F(1, 2 ** 12)), j: (F(1, 2 ** 12), F(1, 2 ** 12))}))
+    # c = 0: a unit product dominates the alignment instead of the accumulator
+    out.append(("c=0: 1 at 0 and 3/4 ulp at 1", F(0), {0: (F(1), F(1)), 1: (F(3, 2 ** 13), F(1, 2 ** 12))}))
+    out.append(("c=0: 1 at 0, then 3/4 ulp at the last position", F(0),
+                {0: (F(1), F(1)), K - 1: (F(3, 2 ** 13), F(1, 2 ** 12))}))
+    # cancellation: 1 - 1 + tiny keeps the tiny product only if it was not truncated away
+    out.append(("c=1: -1 at 0 and 2^-30 at 1", F(1), {0: (F(-1), F(1)), 1: (F(1, 2 ** 15), F(1, 2 ** 15))}))
+    return out
+
+
+def crafted_candidates(K: int):
+    """The models the crafted experiments tell apart: :data:`SEQUENTIAL_RN`, then (k, x, final) for
+    blocks k <= K, x in 0..6 or None (exact alignment); k = 1 only with exact alignment (truncation
+    and a sequential FMA coincide there)."""
+    out = [SEQUENTIAL_RN]
+    for k in (1, 2, 4, 8, 16, 32, 64, 128):
+        if k > K:
+            break
+        for x in (0, 1, 2, 3, 4, 5, 6, None):
+            if k == 1 and x is not None:
+                continue
+            out += [(k, x, "rn"), (k, x, "rz")]
+    return out
+
+
+def matching_models(rows, K: int):
+    """The crafted candidates whose exact simulation gives every experiment's observed result:
+    ``rows`` = [(c, products (length K), observed)] as Fractions."""
+    ok = []
+    for k, x, f in crafted_candidates(K):
+        if all(simulate_block_fma(c, prods, [1] * len(prods), k=k, extra_bits=x, final=f) == got
+               for c, prods, got in rows):
+            ok.append((k, x, f))
+    return ok
+
+
+def model_label(model, *, first: bool = False) -> str:
+    """How the probe's record names a model: "k=16 x=2 rz"; the first candidate is "sequential RN"."""
+    k, x, f = model
+    return "sequential RN" if first and model == SEQUENTIAL_RN else f"k={k} x={x} {f}"
+
+
+def accumulator_of_model(model) -> str:
+    """The accumulator name (precision_for) of a candidate (k, x, final): an FMA chain (k = 1, exact
+    alignment: x None, or CANDIDATES' 30) is "fp32" (round to nearest) or "fp32_rz" (truncating: it also
+    declares the scalar operations truncating, which covers them); a block FMA with x extra bits is its
+    block_fma_name; exact alignment in larger blocks has no name (ValueError)."""
+    k, x, f = model
+    if k == 1 and (x is None or x >= 30):
+        return "fp32" if f == "rn" else "fp32_rz"
+    if x is None or x >= 30:
+        raise ValueError(f"no accumulator name for the model {model!r} (exact alignment)")
+    return block_fma_name(int(k), int(x), f)
+
+
+def accumulator_of_label(label: str) -> str:
+    """The accumulator name of a probe record's label ("sequential RN", "k=16 x=2 rz")."""
+    if label == "sequential RN":
+        return "fp32"
+    m = re.match(r"^k=(\d+) x=(\d+|None) (rn|rz)$", label)
+    if not m:
+        raise ValueError(f"not a probe model label: {label!r}")
+    return accumulator_of_model((int(m.group(1)), None if m.group(2) == "None" else int(m.group(2)), m.group(3)))
+
+
+def battery_rows(battery, observed):
+    """A probe battery and a device's results as matching_models' rows [(c, products, observed)]."""
+    rows = []
+    for (c, a), d in zip(battery, observed):
+        for r in range(a.shape[0]):
+            rows.append((Fraction(float(c[r])), [Fraction(float(x)) for x in a[r]], Fraction(float(d[r]))))
+    return rows
+
+
+def ieee_ratio(rows) -> float:
+    """max over rows of |observed - exact| / (gamma_n(2^-24) sum|t|), n = the number of terms (c and the
+    products): <= 1 on every row is necessary for IEEE fp32 arithmetic in any order (each term meets at
+    most one product rounding and n - 1 additions; Higham, Accuracy and Stability, Lemma 3.1), i.e. for
+    declaring "fp32"; a larger value rules it out."""
+    worst = 0.0
+    u = Fraction(1, 2 ** 24)
+    for c, prods, got in rows:
+        terms = [Fraction(c)] + [Fraction(p) for p in prods]
+        n = len(terms)
+        lim = n * u / (1 - n * u) * sum(abs(t) for t in terms)
+        err = abs(Fraction(got) - sum(terms, Fraction(0)))
+        if lim > 0:
+            worst = max(worst, float(err / lim))
+        elif err:
+            return float("inf")
+    return worst

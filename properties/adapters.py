@@ -24,6 +24,7 @@ import dataclasses
 import inspect
 import math
 
+from .accumulators import declared_accumulator
 from .targets import Target, TargetLoadError, OutsideDomain, _accepts, from_sdpa
 
 __all__ = ["flash_attn_style", "fla_style", "blhd", "ADAPTERS", "adapter_names", "get_adapter", "detect",
@@ -212,6 +213,10 @@ def flash_attn_style(fn, *, name=None, spec=None, dtypes=("float16", "bfloat16")
             has[param] = False
 
     kernel = alignment
+    # on a GPU its matmuls run on the tensor cores: the device's measured model (accumulators.py). flash-attn
+    # 2's forward may also combine split-KV partials through their LSEs (a heuristic on small batches):
+    # declare lse_combine=True for a bound that covers it (it has no claim at logits near 1e30 then)
+    declare.setdefault("accumulator", declared_accumulator(tuple(dtypes), cuda=_cuda_here(devices), who=who))
 
     def domain(call):
         if (call.window is not None and _valid_window(call.window) and not call.causal and call.lq != call.lk
@@ -499,3 +504,10 @@ def with_adapter(target, adapter):
     if not isinstance(target, str):
         raise TypeError(f"an adapter applies to a 'module:attr' target string, got {type(target).__name__}")
     return f"{target.strip()}@{adapter}"
+
+
+def _cuda_here(devices) -> bool:
+    """Whether the target will run on a CUDA device here (its first declared device that exists)."""
+    import torch
+
+    return any(str(d).startswith("cuda") for d in devices) and torch.cuda.is_available()

@@ -12,10 +12,12 @@ import importlib
 
 from flashproof import spec
 
+from .accumulators import declared_accumulator
+from .cases import DEFAULT_DTYPES
 from .peers import PEER_TILES, tiled_attention, tiled_decode
 from .targets import Target, TargetLoadError, from_sdpa
 
-__all__ = ["default_target", "torch_sdpa", "tiled_peer"]
+__all__ = ["default_target", "torch_sdpa", "tiled_peer", "kernel_accumulator"]
 
 
 def default_target() -> Target:
@@ -84,6 +86,18 @@ def _bf16_store_truncates(kernels) -> bool:
     return float(o[0, 0, 0, 0]) == 1 + 2.0 ** -7
 
 
+def kernel_accumulator(*, interpreting: bool, capability=None, dtypes=DEFAULT_DTYPES) -> dict:
+    """The accumulation model flashproof's kernel declares, {dtype: name}.
+
+    Under the interpreter ``tl.dot`` is numpy's fp32 matmul (BLAS fp32 FMAs, any order) plus an fp32
+    add: IEEE "fp32" for every dtype (the kernel upcasts bf16 operands there; tests/test_devices.py
+    runs the probe under the interpreter). Compiled on a CUDA device of ``capability``: fp16/bf16 dots
+    on the tensor cores follow the model measured there (proofs.devices.MEASURED; SM90:
+    fp32_blockfma_k16_x2_rz), fp32 dots (input_precision="ieee") are IEEE "fp32"; an unmeasured
+    architecture gets the most pessimistic measured model, with a warning (accumulators.py)."""
+    return declared_accumulator(dtypes, cuda=not interpreting, capability=capability, who="flashproof's kernel")
+
+
 def _kernel_target(kernels) -> Target:
     attention_mod = __import__("flashproof.kernels.attention", fromlist=["_plan", "_run"])
     sdpa_mod = __import__("flashproof.kernels.sdpa", fromlist=["_bias_from_mask"])
@@ -135,7 +149,7 @@ def _kernel_target(kernels) -> Target:
         decode=kernels.decode,
         split_range=(int(split[0]), int(split[-1])),
         paged=True,
-        accumulator="fp32",
+        accumulator=kernel_accumulator(interpreting=interp),
         devices=("cpu",) if interp else ("cuda",),
         accepts_tile=accepts,
         round_toward_zero=("bfloat16",) if _bf16_store_truncates(kernels) else (),
@@ -145,3 +159,4 @@ def _kernel_target(kernels) -> Target:
         description="flashproof's Triton FlashAttention (interpreted on CPU)" if interp else
                     "flashproof's Triton FlashAttention",
     )
+

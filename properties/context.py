@@ -94,12 +94,28 @@ class Context:
     def toward_zero(self, inp) -> bool:
         return inp.dtype_name in self.target.round_toward_zero
 
+    def accumulator(self, inp) -> str:
+        """The accumulation model the target declares for ``inp``'s dtype."""
+        return self.target.accumulator_for(inp.dtype_name)
+
+    def precision(self, inp):
+        """The error model's Precision the target is judged at (proofs.precision_for of its declaration)."""
+        return oracle.precision(inp.dtype_name, accumulator=self.accumulator(inp), c_exp=self.target.c_exp,
+                                toward_zero=self.toward_zero(inp))
+
     def u_in(self, inp) -> float:
-        return spec.FORMATS[inp.dtype_name].u * (2 if self.toward_zero(inp) else 1)
+        return self.precision(inp).u_in
 
     def bound(self, inp, *, tile=None):
-        return oracle.bound(inp, accumulator=self.target.accumulator, c_exp=self.target.c_exp,
-                            n_tiles=self.n_tiles(tile, inp.k.shape[2]), toward_zero=self.toward_zero(inp))
+        """proofs.running_forward_bound at the declared precision (Unbounded where it has no claim)."""
+        return oracle.bound(inp, accumulator=self.accumulator(inp), c_exp=self.target.c_exp,
+                            n_tiles=self.n_tiles(tile, inp.k.shape[2]), toward_zero=self.toward_zero(inp),
+                            lse_combine=self.target.lse_combine)
+
+    def backward_bound(self, inp, do, *, tile=None):
+        """proofs.running_backward_bound (theorem 4b) at the declared precision: (dq, dk, dv) bounds."""
+        return oracle.backward_bound(inp, do, accumulator=self.accumulator(inp), c_exp=self.target.c_exp,
+                                     n_tiles=self.n_tiles(tile, inp.k.shape[2]), toward_zero=self.toward_zero(inp))
 
     def judge(self, inp, o, lse, *, tile=None, label="", fa=True, ex=None, bounds=None):
         """Assert O (and LSE) within the running bound of the exact values, and the FA criterion."""
@@ -112,25 +128,25 @@ class Context:
                              what=f"the running error bound [{src} bound, {ex.source} reference]")
         if lse is not None:
             lse_np = oracle.to_np(lse)
-            lb = l_b + _lse_store(lse, ex.lse)
+            lb = l_b + _lse_store(lse, ex.lse, l_b)
             oracle.assert_within(f"LSE{ctx}", lse_np, ex.lse, lb + ex.lse_rad,
                                  what=f"the running LSE bound [{src} bound, {ex.source} reference]",
                                  dims="(b, h, i)")
         if fa:
             nerr = oracle.naive_error(inp, ex)
-            eps = oracle.fa_eps(inp, ex, u_acc=oracle.precision(inp.dtype_name, accumulator=self.target.accumulator).u_acc,
-                                c_exp=self.target.c_exp or 4.0, n_tiles=self.n_tiles(tile, inp.k.shape[2]),
-                                u_in=self.u_in(inp))
+            prec = self.precision(inp)
+            eps = oracle.fa_eps(inp, ex, u_acc=prec.u_acc, c_exp=prec.c_exp, n_tiles=self.n_tiles(tile, inp.k.shape[2]),
+                                u_in=prec.u_in)
             oracle.assert_fa_criterion(f"O{ctx}", oracle.to_np(o), ex, nerr, eps)
         return ex, (o_b, l_b)
 
 
-def _lse_store(lse, want):
-    """Extra LSE error when the target stores LSE below fp32 (the bound assumes fp32): one rounding
-    to the stored dtype, u |lse| (1.01: the relative error of u |want| against u |lse|)."""
+def _lse_store(lse, want, lb):
+    """Extra LSE error when the target stores LSE below fp32 (theorem 6's LSE bound assumes an fp32
+    store): one rounding of the computed value, |fl(x) - x| <= u |x| <= u (|exact| + bound)."""
     name = spec.dtype_name(lse.dtype, strict=False)
     u = spec.FORMATS[name].u if name in ("float16", "bfloat16") else 0.0
-    return u * np.where(np.isfinite(want), np.abs(want), 0.0) * 1.01
+    return u * (np.where(np.isfinite(want), np.abs(want), 0.0) + lb)
 
 
 def make_context(target, profile, *, example_timeout=None, database=None, reproducer_dir=None) -> Context:

@@ -295,10 +295,16 @@ def problem_strategy(ctx, *, regimes=REGIMES, values=("normal", "normal", "ones"
     out = problems(shape=shape, dtype=dtypes(allowed=t.dtypes) if dtype is None else dtype,
                    regimes=regimes, mask=mask if mask is not None else _mask_fn(ctx),
                    values=value_kinds(allowed=values) if isinstance(values, tuple) else values,
-                   scale=scale, softcap=softcap, accumulator=t.accumulator)
+                   scale=scale, softcap=softcap, accumulator=_range_class(t))
     # the declaration by construction (conform squares causal problems where declared), the rest (the
     # accepts predicate) by filtering
     return out.map(lambda p: conform(t, p)).filter(lambda p: admit(ctx, p))
+
+
+def _range_class(t) -> str:
+    """The accumulator range the regimes must respect (strategies.logit_regimes): "same" when the
+    target accumulates fp16 inputs in fp16 (the only declaration with less than fp32's range)."""
+    return "same" if "float16" in t.dtypes and t.accumulator_for("float16") == "same" else "fp32"
 
 
 def _cap_cost(s: Shape, lim) -> Shape:
@@ -340,7 +346,7 @@ def corner(ctx, *, shape=None, dtype=None, regime=None, mask=None, values="norma
     dtype = dtype if dtype in t.dtypes else first_dtype(ctx)
     regime = regime or Regime()
     sc = scale if scale is not None else None
-    if regime.offset and abs(regime.offset) > max_abs_logit(dtype, spec.resolve_scale(sc, shape.e), accumulator=t.accumulator) / 4:
+    if regime.offset and abs(regime.offset) > max_abs_logit(dtype, spec.resolve_scale(sc, shape.e), accumulator=t.accumulator_for(dtype)) / 4:
         regime = Regime(regime.name, -1e4 if regime.offset < 0 else 1e4, regime.spread)
     mask = mask or MaskSpec()
     dom = domain(ctx)

@@ -36,7 +36,9 @@ def tensor_like(t, arr):
 
 
 def max_abs_logit(dtype: str, scale: float, *, accumulator="fp32") -> float:
-    """The largest |logit| a q.k in ``dtype`` can reach while the accumulator cannot overflow."""
+    """The largest |logit| a q.k in ``dtype`` can reach while the accumulator cannot overflow
+    (``accumulator``: any declared name; "same" accumulates in ``dtype``, every other name holds at
+    least fp32's range)."""
     elem = spec.FORMATS[dtype].max / 4
     acc = spec.FORMATS["float16" if (accumulator == "same" and dtype == "float16") else "float32"].max
     unscaled = min(elem * elem, acc / 64)

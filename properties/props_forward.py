@@ -10,6 +10,8 @@ import numpy as np
 from hypothesis import strategies as st
 
 from flashproof import spec
+from flashproof.proofs.bounds_eval import RND
+from flashproof.proofs.fp_model import gam
 
 from . import oracle
 from .cases import Case, MaskSpec, Problem, Regime, Shape
@@ -116,7 +118,7 @@ def tail_tiles_every_residue(ctx, case):
             continue  # a declared length multiple folds several residues into one length
         seen.add((lq, lk))
         reg = Regime("very_negative", off, 1.0)
-        if -off > max_abs_logit(dt, 1 / math.sqrt(e), accumulator=ctx.target.accumulator) / 4:
+        if -off > max_abs_logit(dt, 1 / math.sqrt(e), accumulator=ctx.target.accumulator_for(dt)) / 4:
             reg = Regime("very_negative", -1e4, 1.0)
         pr = Problem(shape=Shape(1, 1, 1, lq, lk, e, e), dtype=dt, regime=reg, mask=MaskSpec(causal=causal),
                      seed=case.problem.seed + n)
@@ -240,7 +242,8 @@ def _fit_cuts(dom, cuts, lk):
       strategy=_merge_strategy,
       corners=lambda ctx: [corner(ctx, shape=Shape(2, 2, 2, 5, 24, 16, 16), seed=141, extra=(("cuts", (0, 7, 7, 24)),))],
       needs=lambda t: None if t.lse else "the target declares no LSE output",
-      bound="sum_p w_p B_p + sum_p |dw_p| |o_p - o| with B_p, Lambda_p the parts' running bounds (derived in the code)")
+      bound="sum_p w_p B_p + sum_p |dw_p| |o_p - o| with B_p, Lambda_p the parts' running bounds "
+            "(proofs.running_forward_bound), plus the float64 merge's own rounding (_merge_rounding)")
 def lse_merge_of_parts_equals_whole(ctx, case):
     inp = build(case.problem, device=ctx.device)
     lk = inp.k.shape[2]
@@ -295,12 +298,52 @@ def lse_merge_of_parts_equals_whole(ctx, case):
         dw = np.maximum(up / np.where(zlo > 0, zlo, 1.0) - w, w - dn / np.where(zhi > 0, zhi, 1.0))
         dw = np.where(np.isfinite(dw), dw, 0.0)
         wb = np.where(np.isfinite(B), B, np.inf).max(axis=0)
-        tol = wb + np.sum(dw[..., None] * np.abs(O_true - ex.o[None]), axis=0)
-        tol = tol + ex.o_rad + 2.0 ** -40 * (np.abs(ex.o) + np.abs(O_true).max(axis=0))
-        ltol = lam.max(axis=0) + ex.lse_rad + 2.0 ** -40 * np.abs(np.where(np.isfinite(ex.lse), ex.lse, 0.0))
+        r_o, r_l = _merge_rounding(np.stack([p[1] for p in parts]), np.stack([p[0] for p in parts]), o_m, l_m)
+        # dw's own float64 evaluation (a difference of computed weights, each within gamma_(4c+P+4)(u) relative:
+        # exp of the LSE gaps and of Lambda, the sums over P parts, two divisions)
+        ev = gam(4 * oracle.REFERENCE_C_EXP + len(parts) + 4, spec.FORMATS["float64"].u) * (
+            up / np.where(zlo > 0, zlo, 1.0) + w + dn / np.where(zhi > 0, zhi, 1.0))
+        ev = np.where(np.isfinite(ev), ev, 0.0)
+        dev = np.abs(O_true - ex.o[None])
+        tol = (wb + np.sum((dw + ev)[..., None] * dev, axis=0)) * RND + ex.o_rad + r_o
+        ltol = lam.max(axis=0) * RND + ex.lse_rad + r_l
     oracle.assert_within("O (merge of parts)", o_m, ex.o, tol, what=f"the merge of parts at cuts {cuts}")
     oracle.assert_within("LSE (merge of parts)", l_m, ex.lse, ltol, what=f"the merge of parts at cuts {cuts}",
                          dims="(b, h, i)")
+
+
+def _merge_rounding(L, O, o_m, l_m):
+    """Bounds on the float64 rounding of the check's own merge (spec.merge of the P partial states from
+    the identity, then spec.finalize, NUMPY ops) against the exact merge of the same inputs (L (P, b, h, i)
+    LSEs and O (P, b, h, i, c) outputs, exact float64 numbers).
+
+    Part p's weight e^(L_p - M) reaches l and acc through at most P exps (its own beta and later alphas,
+    each of relative error 2 c u with c = oracle.REFERENCE_C_EXP ulps, whose arguments m_old - m_new are
+    rounded with relative error u and telescope to M - L_p in magnitude), P products and P additions
+    (relative u each): its term carries a factor (1 + theta_p), |theta_p| <= exp(u (M - L_p)) (1 + 2 c u)^P
+    (1 + u)^(2P) - 1, the same in l and in acc (phi_p = theta_p). With pi_p the exact part weights,
+    o = sum pi_p o_p (1 + theta_p) / sum pi_p (1 + phi_p), so |o - o*| <= (sum pi_p theta_p |o_p| +
+    |o*| sum pi_p phi_p) / (1 - sum pi_p phi_p), then the division's u |o|; the LSE M + log l errs by
+    -log(1 - sum pi_p phi_p), log's 2 c u |log l| (0 <= log l <= log P) and the addition's u |lse|.
+    pi_p theta_p is evaluated in log space (no overflow for parts far below M); the evaluation of these
+    few float64 operations on non-negative numbers is covered by proofs.bounds_eval.RND."""
+    u, c = spec.FORMATS["float64"].u, oracle.REFERENCE_C_EXP
+    P = L.shape[0]
+    fin = np.isfinite(L)
+    M = np.where(fin, L, -np.inf).max(axis=0)
+    M = np.where(np.isfinite(M), M, 0.0)
+    lw = np.where(fin, L - M, -np.inf)
+    lz = np.log(np.exp(lw).sum(axis=0))                                   # >= 0: the top part has weight 1
+    logpi = lw - np.where(np.isfinite(lz), lz, 0.0)
+    k = P * (np.log1p(2 * c * u) + 2 * np.log1p(u))
+    pth = np.where(fin, np.exp(logpi + u * np.where(fin, M - L, 0.0) + k) - np.exp(logpi), 0.0)  # pi_p theta_p
+    phi = pth.sum(axis=0)
+    om = np.where(np.isfinite(o_m), np.abs(o_m), 0.0)
+    num = (pth[..., None] * np.where(np.isfinite(O), np.abs(O), 0.0)).sum(axis=0) + om * phi[..., None]
+    r_o = (num / (1 - phi)[..., None] + u * om) * RND
+    lm = np.where(np.isfinite(l_m), np.abs(l_m), 0.0)
+    r_l = (-np.log1p(-phi) + 2 * c * u * np.log(P) + u * lm) * RND
+    return r_o, r_l
 
 
 # ============================================================================ long context (GPU)

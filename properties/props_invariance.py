@@ -8,6 +8,8 @@ import numpy as np
 from hypothesis import strategies as st
 
 from flashproof import spec
+from flashproof.proofs.fp_model import gam
+from flashproof.proofs.rope import attention_shift_bound
 
 from . import oracle
 from .cases import Case, MaskSpec, Problem, Regime, Shape
@@ -87,7 +89,9 @@ def row_shift_leaves_output_and_moves_lse(ctx, case):
         q1[..., 0] = a
         inp0 = inp.with_(q=tensor_like(inp.q, q0), k=tensor_like(inp.k, k0))
         inp1 = inp0.with_(q=tensor_like(inp.q, q1))
-        shift = scv * beta * a  # exact real shift, to float64 rounding (4 ulps slack below)
+        # the real shift sigma beta a, computed from the float64 scale (one rounding of 1/sqrt(E)) times an
+        # exact power of two and one product: within gamma_2(u64) of it
+        shift = scv * beta * a
     o0, l0 = ctx.call(inp0, tile=case.tile_dict)
     o1, l1 = ctx.call(inp1, tile=case.tile_dict)
     rows = judge_rows(ctx, inp0, tile=case.tile_dict)
@@ -100,7 +104,9 @@ def row_shift_leaves_output_and_moves_lse(ctx, case):
                          what="invariance under a row shift (bound of the shifted problem)")
     if l1 is not None:
         want = ex.lse + shift
-        tol = lb1 + ex.lse_rad + 4 * 2.0 ** -53 * np.abs(shift) + 2.0 ** -52 * np.abs(np.where(np.isfinite(want), want, 0))
+        u64 = spec.FORMATS["float64"].u
+        # the shift's float64 error (gamma_2, above; an additive mask's shift is exact) and the sum's rounding
+        tol = lb1 + ex.lse_rad + gam(2, u64) * np.abs(shift) + gam(1, u64) * np.abs(np.where(np.isfinite(want), want, 0))
         oracle.assert_within("LSE (shifted rows)", to_np(l1), want, tol, what="LSE moving by exactly the shift c",
                              dims="(b, h, i)")
 
@@ -239,12 +245,17 @@ def duplicate_key_adds_ln2(ctx, case):
     ref = oracle.take_rows(inp.with_(q=inp.q.cpu(), k=inp.k.cpu(), v=inp.v.cpu(), attn_mask=torch.from_numpy(bias),
                                      causal=False, window=None), rows)
     c = oracle.exact(ref, need_o=ob1, need_lse=lb1 if l1 is not None else None)
-    # ln 2 as a float64 is off by <= 2^-53 ln 2: a logit perturbation of that size moves O by <= 2^-52 max|v|.
-    slack = 2.0 ** -52 * np.abs(to_np(inp.v)).max(initial=0.0)
-    oracle.assert_within("O (key duplicated)", to_np(o1), c.o, ob1 + c.o_rad + slack,
+    # the float64 bias b + fl(log copies) is off from b + log copies by <= u ln 2 + u |bias| (two roundings): a
+    # perturbation delta of key j's logit moves the LSE by <= delta and O by <= proofs.rope.attention_shift_bound
+    u64 = spec.FORMATS["float64"].u
+    col = np.where(np.isfinite(bias[..., j]), np.abs(bias[..., j]), 0.0)
+    delta = rows_of((u64 * math.log(2.0) + gam(1, u64) * (col + math.log(2.0))) * (1 + u64), rows)   # (b, h, i)
+    vv = to_np(inp.v)
+    spread = (vv.max(initial=0.0) - vv.min(initial=0.0)) if vv.size else 0.0
+    oracle.assert_within("O (key duplicated)", to_np(o1), c.o, ob1 + c.o_rad + attention_shift_bound(delta, spread)[..., None],
                          what=f"the exact attention with ln 2 added to the duplicated key's logit [{c.source}]")
     if l1 is not None:
-        oracle.assert_within("LSE (key duplicated)", to_np(l1), c.lse, lb1 + c.lse_rad + 2.0 ** -52,
+        oracle.assert_within("LSE (key duplicated)", to_np(l1), c.lse, lb1 + c.lse_rad + delta,
                              what="the exact LSE with ln 2 added to the duplicated key's logit", dims="(b, h, i)")
 
 

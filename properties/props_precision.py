@@ -9,6 +9,8 @@ import numpy as np
 from hypothesis import strategies as st
 
 from flashproof import spec
+from flashproof.proofs.bounds_eval import RND
+from flashproof.proofs.fp_model import gam
 
 from . import oracle
 from .cases import Case, MaskSpec, Problem, Regime, Shape
@@ -216,11 +218,14 @@ def ratio_inputs(case, *, device="cpu"):
 
 def weight_ratio_budget(s, allowed, *, u_acc, u_in, c_exp, n_tiles):
     """Per key: beta_j (B,H,Lq,Lk) and the common factor kappa, such that a correct kernel of that precision
-    meets |ln(O_a / O_b) - (s_a - s_b)| <= beta_a + beta_b + kappa |s_a - s_b| on one-hot value
-    columns with exact logits s (docs/properties.md, "The weight-ratio budget", derives each term)."""
-    u = u_acc / (1 - u_acc)  # |ln(1 + d)| for one rounding
-    ex = 2 * c_exp * u_acc / (1 - 2 * c_exp * u_acc)  # |ln(1 + d)| for one exp/log of c_exp ulps
-    ui = u_in / (1 - u_in)
+    (theorem 6's model: proofs.precision_for's u_acc, u_in, c_exp) meets |ln(O_a / O_b) - (s_a - s_b)| <=
+    beta_a + beta_b + kappa |s_a - s_b| on one-hot value columns with exact logits s (docs/properties.md,
+    "The weight-ratio budget", derives each term). Every rounding is counted in log space, |ln(1 + d)| <=
+    gamma_1(u) for |d| <= u; an argument error is relative to the computed argument, whose magnitude is
+    within gamma_2(u) of the exact one (the scale and product roundings): the magnitudes below carry it."""
+    g1, g2, g3 = gam(1, u_acc), gam(2, u_acc), gam(3, u_acc)
+    ex = gam(1, 2 * c_exp * u_acc)  # |ln(1 + d)| for one exp/log of c_exp ulps (relative 2 c_exp u)
+    ui = gam(1, u_in)
     with np.errstate(invalid="ignore"):
         sa = np.where(allowed, s, np.nan)
         m = np.nanmax(np.where(allowed.any(-1, keepdims=True), sa, 0.0), axis=-1, keepdims=True)
@@ -229,9 +234,15 @@ def weight_ratio_budget(s, allowed, *, u_acc, u_in, c_exp, n_tiles):
     n = np.maximum(allowed.sum(-1, keepdims=True), 1)
     lnn = np.log(n)
     t = n_tiles - 1  # merges a key's accumulator can pass through
-    combine = ex * (lnn + 1) + 2 * u * (smax + lnn) + 2 * u * ((m - lo) + lnn) + 2 * u  # one LSE-combine level
-    beta = (2 * u * np.abs(s) + 2 * u * (m - s) + (1 + t) * ex + t * u + u + 2 * ui + combine)
-    return np.where(allowed, beta, 0.0), 3 * u
+    big = 1 + g2  # computed magnitudes within gamma_2 of the exact ones
+    # one LSE-combine level: the log, the add m + log l, the subtraction lse_p - lse (each possibly with a
+    # ln/log2 conversion), the exp and the product
+    combine = ex * (lnn + 1) + g2 * big * (smax + lnn) + g2 * big * ((m - lo) + lnn + g2 * 2 * smax) + g1
+    # the logit's rounding (scale product and a log2 e fold), the telescoped shifts (two roundings each, on
+    # the computed gap), the exps and rescales of up to t merges, the division, P and O to the storage dtype
+    gap = (m - s) + g2 * (np.abs(m) + np.abs(s))
+    beta = g2 * big * np.abs(s) + g2 * gap + (1 + t) * ex + t * g1 + g1 + 2 * ui + combine
+    return np.where(allowed, beta, 0.0), g3
 
 
 def assert_weight_ratios(name, o, s, allowed, beta, kappa):
@@ -258,10 +269,12 @@ def assert_weight_ratios(name, o, s, allowed, beta, kappa):
     pair = allowed[..., :, None] & allowed[..., None, :] & np.triu(np.ones((lk, lk), dtype=bool), 1)  # a < b
     d = s[..., :, None] - s[..., None, :]
     err = np.abs(r[..., :, None] - r[..., None, :])
-    # (1 + 2^-20): second-order terms of the first-order budget; 2^-48 (...): float64 logits and logs
+    # the check's own float64 evaluation: each r = ln(w) - s carries its log's 2c u64 |ln w| <= 2c u64 (|r| + |s|)
+    # (c = oracle.REFERENCE_C_EXP), the logit's rounding u64 |s| and the subtraction's u64 |r|, and the
+    # difference of two r one more rounding: gamma_(2c+4)(u64) of the magnitudes
     mag = np.abs(r) + np.abs(s)
-    tol = (beta[..., :, None] + beta[..., None, :] + kappa * np.abs(d)) * (1 + 2.0 ** -20) \
-        + 2.0 ** -48 * (mag[..., :, None] + mag[..., None, :])
+    ev = gam(2 * oracle.REFERENCE_C_EXP + 4, spec.FORMATS["float64"].u)
+    tol = (beta[..., :, None] + beta[..., None, :] + kappa * np.abs(d)) * RND + ev * (mag[..., :, None] + mag[..., None, :])
     bad = pair & (err > tol)
     if not bad.any():
         return
@@ -299,11 +312,12 @@ def fp32_weight_ratios_exact(ctx, case):
     inp = ratio_inputs(case, device=ctx.device)
     o, lse = ctx.call(inp, tile=case.tile_dict)
     inp, o, lse = sample(ctx, inp, o, lse, tile=case.tile_dict)
-    ctx.judge(inp, o, lse, tile=case.tile_dict)
     s, allowed = logits_exact(inp)
     tile = case.tile_dict if ctx.tile_fits(case.tile_dict, inp.q, inp.v) else None
     n_tiles = ctx.n_tiles(tile, inp.k.shape[2]) or max(1, inp.k.shape[2])  # no declared tiling: any tiling
-    prec = oracle.precision(inp.dtype_name, accumulator=ctx.target.accumulator, c_exp=ctx.target.c_exp)
-    beta, kappa = weight_ratio_budget(s, allowed, u_acc=prec.u_acc, u_in=ctx.u_in(inp), c_exp=prec.c_exp,
+    prec = ctx.precision(inp)
+    beta, kappa = weight_ratio_budget(s, allowed, u_acc=prec.u_acc, u_in=prec.u_in, c_exp=prec.c_exp,
                                       n_tiles=n_tiles)
+    # the ratios first: where both fail, their message names the exponent error (base, scale, log2 e)
     assert_weight_ratios("O (one-hot value columns: the attention weights)", to_np(o), s, allowed, beta, kappa)
+    ctx.judge(inp, o, lse, tile=case.tile_dict)

@@ -28,9 +28,10 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
+from .accumulators import declared_accumulator
 from .targets import TORCH_CPU_DEVIATIONS, from_sdpa
 
-__all__ = ["flash", "cudnn", "efficient", "math", "PROBES", "STATIC"]
+__all__ = ["flash", "cudnn", "efficient", "math", "PROBES", "STATIC", "backend_accumulator"]
 
 #: head dims probed on a GPU (the profiles' head dims; a target declares the ones that run)
 _PROBE_DIMS = (8, 16, 24, 32, 40, 64, 72, 80, 96, 128, 160, 192, 256)
@@ -173,7 +174,17 @@ def _backend(name, backend_name, *, devices=("cuda",)):
                   known_deviations=None if cuda else TORCH_CPU_DEVIATIONS)
     how = "probed on this GPU" if cuda else "static (torch 2.11 sdp_utils.cpp, sm_90)"
     return dataclasses.replace(t, devices=devices, accepts=accepts if bwd is not None else None,
+                               accumulator=backend_accumulator(d["dtypes"], cuda=cuda),
                                description=f"torch SDPA, {backend_name} backend only; domain {how}", **d)
+
+
+def backend_accumulator(dtypes, *, cuda: bool, capability=None) -> dict:
+    """{dtype: accumulator name} a backend declares (accumulators.declared_accumulator). On a CUDA device
+    the fp16/bf16 matmuls run on the tensor cores: the model measured there for Triton's ``tl.dot``
+    (SM90: fp32_blockfma_k16_x2_rz) is INFERRED for torch's kernels from the same hardware, not measured
+    on them. fp32: "fp32" (IEEE FMAs; the efficient backend's cutlass kernels use 3xTF32 on sm80+, which
+    this model does not describe: not measured)."""
+    return declared_accumulator(dtypes, cuda=cuda, capability=capability, who="torch SDPA backends")
 
 
 def flash():

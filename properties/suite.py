@@ -200,6 +200,7 @@ def load_properties():
     from . import props_nan  # noqa: F401
     from . import props_decode  # noqa: F401
     from . import props_backward  # noqa: F401
+    from . import props_rope  # noqa: F401
     from . import pins  # noqa: F401
 
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from flashproof.spec import ALIGNMENTS, dtype_name
 
+from .accumulators import declared_accumulator
 from .cases import DEFAULT_DTYPES, DTYPES
 from .domain import DECLARE_HINT, Call, OutsideDomain
 
@@ -85,8 +86,16 @@ class Target:
     page_sizes: tuple | None = None
     dtypes: tuple = DEFAULT_DTYPES
     devices: tuple = ("cpu",)
-    #: accumulator precision the kernel claims: "fp32" (FlashAttention) or "same" (input dtype).
-    accumulator: str = "fp32"
+    #: accumulation model the kernel claims, by any name ``flashproof.proofs.precision_for`` accepts
+    #: ("fp32" IEEE round to nearest, "fp32_rz", "same" (the input dtype), "fp64", or a matrix unit
+    #: "fp32_blockfma_k<K>_x<X>_<rn|rz>"): one name for every declared dtype, or a dict {dtype: name}
+    #: covering each declared dtype (fp32 inputs on IEEE FMAs, fp16/bf16 on tensor cores).
+    accumulator: Any = "fp32"
+    #: the kernel combines partial results (split-KV, flash-decoding) through their LSEs: the bound
+    #: then covers one LSE-combine level (proofs.running_forward_bound(lse_combine=True)), and has no
+    #: claim at logits whose LSE rounding may overflow the combine's weights. False: every merge
+    #: combines raw (m, l, acc) states (spec.merge), as flashproof's kernels and the tiled peer do.
+    lse_combine: bool = False
     #: storage dtypes whose conversions (P before P@V, the output store) round toward zero
     #: instead of to nearest: their unit roundoff doubles in the bound (the Triton interpreter's bf16).
     round_toward_zero: tuple = ()
@@ -156,14 +165,15 @@ class Target:
             for key in c:
                 if not isinstance(key, str):
                     raise TypeError(f"Target.tile_configs: keys must be str, got {key!r}")
-        if self.accumulator not in ("fp32", "same"):
-            raise ValueError(f"Target.accumulator must be 'fp32' or 'same', got {self.accumulator!r}")
         self.dtypes = tuple(dtype_name(d, strict=False) for d in self.dtypes)
         for d in self.dtypes:
             if d not in DTYPES:
                 raise ValueError(f"Target.dtypes: {d!r} is not one of {DTYPES}")
         if not self.dtypes:
             raise ValueError("Target.dtypes is empty")
+        self.accumulator = _check_accumulator(self.accumulator, self.dtypes)
+        if not isinstance(self.lse_combine, bool):
+            raise TypeError(f"Target.lse_combine must be a bool, got {self.lse_combine!r}")
         if self.split_range is not None:
             lo, hi = self.split_range
             if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
@@ -230,6 +240,16 @@ class Target:
     def causal(self) -> bool:
         return bool(self.alignments)
 
+    def accumulator_for(self, dtype) -> str:
+        """The accumulator name declared for inputs of ``dtype``."""
+        acc = self.accumulator
+        if isinstance(acc, str):
+            return acc
+        d = dtype_name(dtype, strict=False)
+        if d not in acc:
+            raise ValueError(f"target {self.name!r} declares no accumulator for {d} (declared: {sorted(acc)})")
+        return acc[d]
+
     def capabilities(self) -> dict:
         """The declared capabilities, for reports."""
         return {
@@ -237,7 +257,8 @@ class Target:
             "softcap": self.softcap, "attn_mask": self.attn_mask, "gqa": self.gqa,
             "backward": self.backward, "decode": self.decode is not None,
             "split_range": self.split_range, "paged": self.paged, "dtypes": self.dtypes,
-            "tile_configs": len(self.tile_configs), "accumulator": self.accumulator,
+            "tile_configs": len(self.tile_configs), "accumulator": self.accumulator if isinstance(self.accumulator, str) else dict(self.accumulator),
+            "lse_combine": self.lse_combine,
             "causal_only": self.causal_only, "equal_lengths": self.equal_lengths,
             "causal_equal_lengths": self.causal_equal_lengths, "length_multiple": self.length_multiple,
             "min_lq": self.min_lq, "min_lk": self.min_lk, "max_lq": self.max_lq, "max_lk": self.max_lk,
@@ -361,6 +382,35 @@ class Target:
         return o, None
 
 
+def _check_accumulator(acc, dtypes):
+    """The declared accumulator, validated by proofs' own check (precision_for) for every declared
+    dtype: a name, or a dict {dtype: name} whose keys cover the declared dtypes."""
+    from flashproof.proofs import precision_for
+
+    if isinstance(acc, str):
+        table = {d: acc for d in dtypes}
+    elif isinstance(acc, Mapping):
+        table = {}
+        for key, name in acc.items():
+            d = dtype_name(key, strict=False)
+            if d not in DTYPES:
+                raise ValueError(f"Target.accumulator: key {key!r} is not one of {DTYPES}")
+            if not isinstance(name, str):
+                raise TypeError(f"Target.accumulator[{d!r}] must be an accumulator name (str), got {name!r}")
+            table[d] = name
+        missing = [d for d in dtypes if d not in table]
+        if missing:
+            raise ValueError(f"Target.accumulator declares no model for the declared dtypes {missing}")
+    else:
+        raise TypeError(f"Target.accumulator must be an accumulator name or a dict {{dtype: name}}, got {acc!r}")
+    for d, name in table.items():
+        try:
+            precision_for(d, accumulator=name)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"Target.accumulator for {d}: {exc}") from None
+    return acc if isinstance(acc, str) else table
+
+
 def _is_causal(causal, alignment) -> bool:
     return causal is True or causal in ALIGNMENTS
 
@@ -452,7 +502,8 @@ def from_sdpa(fn, *, name=None, spec=None, backward=None, known_deviations=None,
         attn_mask=_accepts(fn, "attn_mask"),
         gqa=_accepts(fn, "enable_gqa"),
         backward=bool(backward),
-        accumulator="fp32",
+        # the device's default model: tensor cores for fp16/bf16 on a GPU (accumulators.py)
+        accumulator=declared_accumulator(declare.get("dtypes", DEFAULT_DTYPES), cuda=_cuda(), who=name),
         devices=("cuda", "cpu"),  # the GPU when there is one
         known_deviations=deviations,
         nan_policy=nan_policy,

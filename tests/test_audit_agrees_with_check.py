@@ -122,6 +122,6 @@ def test_truncating_case_needs_the_targets_round_toward_zero():
     ctx = audit._context(target, "ci", "cpu")
     j = judge_case(ctx, case)
     assert j.violation is None
-    nearest, _ = oracle.bound(build(case.problem), accumulator=target.accumulator, toward_zero=False)
+    nearest, _ = oracle.bound(build(case.problem), accumulator=target.accumulator_for(case.problem.dtype), toward_zero=False)
     err = np.abs(j.o - j.exact.o)
     assert (err > nearest + j.exact.o_rad).any(), "the case does not tell the two bounds apart"

@@ -1,5 +1,5 @@
 """proofs/accumulation.py: the block-FMA model's names, its unit, and the probe that identifies a
-device's matrix unit from bit-exact results (benchmarks/probe_mma.py runs it on a GPU)."""
+device's matrix unit from bit-exact results (benchmarks/accumulation_probe.py runs it on a GPU)."""
 from fractions import Fraction
 
 import numpy as np
