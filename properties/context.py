@@ -141,8 +141,8 @@ def limits_for(target, profile, *, max_len=None) -> Limits:
     """The profile's limits (``max_len``: a longest length chosen for this run, e.g. by the length
     budget, in place of the profile's), narrowed to the target's declared max_len and head_dims."""
     lim = get_profile(profile).limits
-    if max_len is not None:  # the levels left are those above it
-        lim = lim.replace(max_len=int(max_len), length_levels=tuple(x for x in lim.length_levels if x > max_len))
+    if max_len is not None:  # the length is chosen: no levels left to choose from
+        lim = lim.replace(max_len=int(max_len), length_levels=())
     if target.max_len is not None:
         lim = lim.replace(max_len=min(lim.max_len, target.max_len))
     if target.head_dims is not None:

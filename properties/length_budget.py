@@ -163,7 +163,9 @@ def _measurer(ctx: Context, clock):
             return None, (f"a timing call at L={p.shape.lk} ran past the {exc.limit:g} s example limit"
                           + ("" if exc.stopped else " and could not be stopped"))
         except Exception as exc:  # noqa: BLE001 - the properties report a raising target; the budget stops
-            return None, f"a timing call at L={p.shape.lk} raised {type(exc).__name__}"
+            err = exc.__cause__ if exc.__cause__ is not None else exc  # ctx.call's TargetError: the target's own
+            line = (str(err).strip().splitlines() or [""])[0][:120]
+            return None, f"a timing call at L={p.shape.lk} raised {type(err).__name__}: {line}"
         return best, p.shape.lk
     return measure
 

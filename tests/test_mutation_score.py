@@ -3,9 +3,10 @@
 
 * test_bugs_are_real: independently of the suite, each mutant deviates from
   flashproof.reference on its own trigger input, and the correct base does not;
-* test_mutation_score: run_suite(mutant, profile="ci", fail_fast=True) fails at least one
-  property for every mutant, for the right reason: the correct base passes the killing example
-  when it is replayed against it; the killer of each is printed (terminal summary, assertion);
+* test_mutation_score[<mutant>]: run_suite(mutant, profile="ci", fail_fast=True) fails at least
+  one property for every mutant, for the right reason: the correct base passes the killing
+  example when it is replayed against it; one test per mutant (pytest-xdist spreads them), the
+  score and the killer of each in the terminal summary (conftest.py), each also in its assertion;
 * test_correct_peers_pass: the full ci suite passes the tiled base and torch SDPA math in
   fp32/fp64 (zero false alarms). flashproof's own kernel (the suite's default target, slow under
   the Triton interpreter) is the fourth correct peer; the full ci suite runs against it in
@@ -132,37 +133,38 @@ def _base_also_fails(outcome, base_target):
     return False
 
 
-@NEEDS_SUITE
-def test_mutation_score(request, monkeypatch):
+@pytest.fixture
+def no_shrinking(monkeypatch):
     # A mutant is killed as soon as Hypothesis finds its first failing example; shrinking only
     # minimises the reproducer (up to 30 s per kill at ci), so it is switched off for the zoo to
-    # keep this test inside its CI budget. Generation (what is tried) is unchanged.
+    # keep the score inside its CI budget. Generation (what is tried) is unchanged.
     from flashproof.properties import profiles
 
     monkeypatch.setitem(profiles.PROFILES, "ci", profiles.PROFILES["ci"].replace(shrink_seconds=0))
-    t0 = time.monotonic()
-    base = peer_targets()[0]
-    rows, survivors = [], []
-    for target in mutant_targets():
-        t = time.monotonic()
-        result = run_suite(target, profile="ci", fail_fast=True)
-        killer = _killer(result)
-        wrong = killer is not None and _base_also_fails(killer, base)
-        dt = time.monotonic() - t
-        if killer is None or wrong:
-            survivors.append(target.name)
-            errs = "; ".join(f"{o.name} ERROR {_first_line(o.message, 80)}" for o in result.errors)
-            why = (f"failed only {killer.name}, which the correct base fails on the same example"
-                   if wrong else target.description)
-            rows.append(f"  SURVIVED {target.name:34s} ({dt:5.1f}s)  {why}" + (f" [{errs}]" if errs else ""))
-        else:
-            rows.append(f"  killed   {target.name:34s} ({dt:5.1f}s)  by {killer.name}: {_first_line(killer.message)}")
-    total = len(rows)
-    head = (f"mutation score {total - len(survivors)}/{total} "
-            f"(ci profile, fail_fast; {time.monotonic() - t0:.0f}s)")
-    request.config.flashproof_mutation_report.extend([head] + rows)
-    print("\n" + "\n".join([head] + rows))
-    assert not survivors, head + "\n" + "\n".join(rows) + "\n(survivor analysis: docs/mutants.md)"
+
+
+@NEEDS_SUITE
+@pytest.mark.parametrize("target", mutant_targets(), ids=lambda t: t.name.split(".", 1)[-1])
+def test_mutation_score(target, request, no_shrinking):
+    """One mutant of the score: the ci suite (fail_fast) kills it, for the right reason. Each mutant
+    is its own test (pytest-xdist spreads them); conftest.py sums the score in the terminal summary."""
+    t = time.monotonic()
+    result = run_suite(target, profile="ci", fail_fast=True)
+    killer = _killer(result)
+    wrong = killer is not None and _base_also_fails(killer, peer_targets()[0])
+    dt = time.monotonic() - t
+    if killer is None or wrong:
+        errs = "; ".join(f"{o.name} ERROR {_first_line(o.message, 80)}" for o in result.errors)
+        why = (f"failed only {killer.name}, which the correct base fails on the same example"
+               if wrong else target.description)
+        line = f"  SURVIVED {target.name:34s} ({dt:5.1f}s)  {why}" + (f" [{errs}]" if errs else "")
+    else:
+        line = f"  killed   {target.name:34s} ({dt:5.1f}s)  by {killer.name}: {_first_line(killer.message)}"
+    request.node.user_properties.append(("flashproof_mutant", {"killed": killer is not None and not wrong,
+                                                                "line": line, "seconds": dt,
+                                                                "max_len": result.length.max_len}))
+    print("\n" + line)
+    assert killer is not None and not wrong, line + "\n(survivor analysis: docs/mutants.md)"
 
 
 @NEEDS_SUITE
@@ -175,7 +177,7 @@ def test_correct_peers_pass(target, request):
     for o in result.outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
     line = (f"peer {target.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-            + f" ({time.monotonic() - t0:.0f}s)")
-    request.config.flashproof_mutation_report.append(line)
+            + f" ({time.monotonic() - t0:.0f}s, {result.length.note().split(' (')[0]})")
+    request.node.user_properties.append(("flashproof_peer", line))
     assert not bad, line + "; false alarms / errors:\n" + "\n\n".join(
         f"{o.name} {o.status}: {o.message}\n{o.reproducer}" for o in bad)
