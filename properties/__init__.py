@@ -14,9 +14,9 @@ Public API (imported lazily: the pytest plugin imports this package in every pyt
 
 The modules, from the bottom up: cases (value objects), inputs (tensors of a problem),
 strategies, profiles, domain (what a target takes), targets, adapters, loading, peers and builtin_targets, oracle
-(the judge), registry, outcomes, context, timeouts, state, hypothesis_internals, gen (shared
-builders), the property catalogues props_*.py and pins.py, suite, then check (the CLI command)
-and plugin (pytest).
+(the judge), registry, memory (device memory), outcomes, context, timeouts, state,
+hypothesis_internals, length_budget, gen (shared builders), the property catalogues props_*.py
+and pins.py, suite, then check (the CLI command) and plugin (pytest).
 """
 import importlib
 
