@@ -11,14 +11,17 @@ CONSTRAINTS := $(if $(HAS_GPU),,-c constraints/cpu.txt)
 $(BIN)/.installed: pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(CONSTRAINTS) -e .
+	$(BIN)/pip install -q $(CONSTRAINTS) -e ".[test]"
 	touch $@
 
 audit: $(BIN)/.installed
 	$(BIN)/flashproof audit
 
+# Two pytest-xdist workers on CI's 2 cores, one torch thread each (two workers with two OpenMP threads
+# each oversubscribe the cores); `make test PYTEST_ARGS=` runs serially.
+PYTEST_ARGS ?= -n 2
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 prove: $(BIN)/.installed
 	$(BIN)/flashproof prove
