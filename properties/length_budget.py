@@ -22,8 +22,9 @@ The rule (``Limits.length_levels``, ``Limits.call_seconds``; ci: 40 -> 128, 256,
 ``call_seconds`` is the suite's budget per call: at ci about twice what flashproof's own kernel
 costs under the Triton interpreter at the base length (measured 0.14 s at the probe shape), so a
 fast target at the raised level costs per call about what the default target costs at the base.
-Measured on this project's 2-core machine: the zoo's numpy kernels predict 0.08 s at 512 (3.7x
-under the budget), torch's SDPA 0.002 s; flashproof's kernel predicts 1.5 s at 128 (4.9x over).
+Measured on this project's 2-core machine (CPU time): the zoo's numpy kernels predict 0.07-0.13 s
+at 512 (2.3x or more under the budget), torch's SDPA 0.006 s; flashproof's kernel predicts
+1.5-1.8 s at 128 (5x over); the torch tiled peer stops at 128 (256 predicts 0.38 s).
 
 Determinism. The choice depends on timing, so it is made once per run and everything after it is
 deterministic: ci's examples are derandomized given ``max_len``, and the level is a few values far
