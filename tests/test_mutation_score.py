@@ -100,7 +100,8 @@ def test_long_mutants_are_killed_by_the_length_budget(cls, monkeypatch):
     result = run_suite(target_of(cls()), profile="ci", fail_fast=True)
     killer = _killer(result)
     assert result.length.how == "budget" and result.length.max_len > base, result.length.note()
-    assert killer is not None, f"{cls.__name__} survives the ci suite: {result.table().splitlines()[-1]}"
+    assert killer is not None, (f"{cls.__name__} survives the ci suite: {result.table().splitlines()[-1]}; "
+                                f"{result.length.note()}")
     assert killer.case.problem.shape.lk > 2 * cls.block_n, (killer.name, killer.case)
 
 
