@@ -11,14 +11,17 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml constraints/cpu.txt constraints/pip_args.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	args="$$($(BIN)/python constraints/pip_args.py --pip $(BIN)/pip)" && $(BIN)/pip install -q $$args -e .
+	args="$$($(BIN)/python constraints/pip_args.py --pip $(BIN)/pip)" && $(BIN)/pip install -q $$args -e ".[test]"
 	touch $@
 
 audit: $(BIN)/.installed
 	$(BIN)/flashproof audit
 
+# Two pytest-xdist workers on CI's 2 cores, one torch thread each (two workers with two OpenMP threads
+# each oversubscribe the cores); `make test PYTEST_ARGS=` runs serially.
+PYTEST_ARGS ?= -n 2
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 prove: $(BIN)/.installed
 	$(BIN)/flashproof prove

@@ -5,7 +5,8 @@ reproducers. Exit status: 0 every declared property holds (documented deviations
 target violated a property (a TIMEOUT, an example running past ``--example-timeout``, included),
 2 flashproof could not run (bad target, internal error), 130 interrupted by Ctrl-C (143 by
 SIGTERM) after printing what finished. State (Hypothesis database, reproducer files, the journal
-``--resume`` reads) lives in ``--state-dir`` (default ``.flashproof``); docs/robustness.md.
+``--resume`` reads) lives in ``--state-dir`` (default ``.flashproof``); docs/robustness.md. The
+run's max_len (the length budget's level, or ``--max-len``) is printed before the first property.
 """
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ def add_arguments(parser):
                              "(default: .flashproof in the current directory)")
     parser.add_argument("--db", default=None, metavar="DIR",
                         help="Hypothesis database folder (default: STATE_DIR/hypothesis)")
+    parser.add_argument("--max-len", type=_positive, default=None, metavar="N",
+                        help="the longest Lq/Lk drawn (default: the profile's, raised at ci and deep for a fast target "
+                             "by the length budget; pin it for the same examples every run)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run: properties its journal finished (same target, "
                              "profile and suite) are reported from it, not run again")
@@ -56,6 +60,16 @@ def _seconds(text):
         return parse_seconds(text, option="--example-timeout")
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--max-len must be a positive number of keys, got {text!r}")
+    return n
 
 
 class _Terminated(KeyboardInterrupt):
@@ -134,7 +148,8 @@ def run(args) -> int:
     try:
         res = run_suite(target, profile=profile, select=args.select, fail_fast=args.fail_fast, progress=progress,
                         example_timeout=args.example_timeout, state_dir=state_dir, db=args.db, resume=args.resume,
-                        notify=lambda note: print(f"flashproof check: {note}", flush=True))
+                        notify=lambda note: print(f"flashproof check: {note}", flush=True),
+                        max_len=getattr(args, "max_len", None))
     except SuiteInterrupted as exc:
         res = interrupted = exc.result
     except Exception as exc:  # flashproof itself failed: say so, exit 2
@@ -161,9 +176,12 @@ def run(args) -> int:
             json.dump({"target": res.target, "nan_policy": res.nan_policy, "domain": target.capabilities(),
                        "profile": res.profile, "bound": res.bound_source,
                        "seconds": res.seconds, "exit_code": res.exit_code, "interrupted": res.interrupted,
-                       "notes": res.notes,
+                       "notes": res.notes, "device": res.device,
+                       "max_len": res.length.max_len if res.length is not None else None,
+                       "length": res.length.as_dict() if res.length is not None else None,
                        "outcomes": [{"name": o.name, "status": o.status, "examples": o.examples,
                                      "seconds": o.seconds, "slowest_example": o.slowest, "resumed": o.resumed,
+                                     "peak_bytes": o.peak_bytes, "retained_bytes": o.retained_bytes,
                                      "message": o.message, "reproducer": o.reproducer,
                                      "reproducer_file": o.reproducer_file}
                                     for o in res.outcomes]}, f, indent=2)

@@ -17,7 +17,7 @@ from .profiles import Limits, get_profile, profile_name
 from .registry import TargetError
 from .targets import Target
 
-__all__ = ["Context", "make_context"]
+__all__ = ["Context", "make_context", "limits_for"]
 
 
 @dataclass
@@ -38,6 +38,10 @@ class Context:
     abandoned: list = field(default_factory=list)
     #: target calls under way in Context.call (tells a hang in the target from one elsewhere)
     in_target: int = 0
+    #: the device's memory counters (memory.DeviceMemory; None on CPU: nothing is measured)
+    memory: object = None
+    #: how Limits.max_len was chosen (length_budget.LengthChoice; None: the profile's own)
+    length: object = None
 
     @property
     def hung(self) -> str:
@@ -149,14 +153,27 @@ def _lse_store(lse, want, lb):
     return u * (np.where(np.isfinite(want), np.abs(want), 0.0) + lb)
 
 
-def make_context(target, profile, *, example_timeout=None, database=None, reproducer_dir=None) -> Context:
-    """The Context of ``target`` under ``profile``: the profile's limits, narrowed to the target's
-    max_len and head_dims."""
+def limits_for(target, profile, *, max_len=None) -> Limits:
+    """The profile's limits (``max_len``: a longest length chosen for this run, e.g. by the length
+    budget, in place of the profile's), narrowed to the target's declared max_len and head_dims."""
     lim = get_profile(profile).limits
+    if max_len is not None:  # the length is chosen: no levels left to choose from
+        lim = lim.replace(max_len=int(max_len), length_levels=())
     if target.max_len is not None:
         lim = lim.replace(max_len=min(lim.max_len, target.max_len))
     if target.head_dims is not None:
         hd = tuple(e for e in lim.head_dims if e in target.head_dims) or tuple(sorted(target.head_dims))[:4]
         lim = lim.replace(head_dims=hd)
-    return Context(target=target, limits=lim, profile=profile_name(profile), device=target.device(),
-                   example_timeout=example_timeout, database=database, reproducer_dir=reproducer_dir)
+    return lim
+
+
+def make_context(target, profile, *, example_timeout=None, database=None, reproducer_dir=None, max_len=None,
+                 length=None) -> Context:
+    """The Context of ``target`` under ``profile``: :func:`limits_for` and the device's memory
+    counters (``length``: how ``max_len`` was chosen, for reports)."""
+    from .memory import memory_api
+
+    device = target.device()
+    return Context(target=target, limits=limits_for(target, profile, max_len=max_len), profile=profile_name(profile),
+                   device=device, example_timeout=example_timeout, database=database, reproducer_dir=reproducer_dir,
+                   memory=memory_api(device), length=length)

@@ -63,6 +63,10 @@ class Outcome:
     reproducer_file: str = ""
     #: recorded by an earlier, interrupted run and taken from its journal (``resume=True``)
     resumed: bool = False
+    #: device memory (memory.track): the most allocated at once above what was allocated before the
+    #: property, and what it left allocated after a garbage collection; None: not measured (CPU)
+    peak_bytes: int | None = None
+    retained_bytes: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -85,6 +89,10 @@ class SuiteResult:
     notes: list = field(default_factory=list)
     #: threads of timed-out examples that could not be stopped (a caller may exit without them)
     abandoned: list = field(default_factory=list, repr=False)
+    #: how the run's max_len was chosen (length_budget.LengthChoice)
+    length: object = None
+    #: the device the target ran on ("cpu", or "cuda:I <name> <uuid>")
+    device: str = ""
 
     @property
     def failures(self):
@@ -132,6 +140,18 @@ class SuiteResult:
             counts[o.status] = counts.get(o.status, 0) + 1
         resumed = sum(o.resumed for o in self.outcomes)
         lines.append("")
+        if self.length is not None or self.device:
+            lines.append("; ".join(x for x in (f"device {self.device}" if self.device else "",
+                                               self.length.note() if self.length is not None else "") if x))
+        peaks = [o for o in self.outcomes if o.peak_bytes is not None]
+        if peaks:
+            from .memory import fmt_bytes
+
+            top = max(peaks, key=lambda o: o.peak_bytes)
+            kept = max(peaks, key=lambda o: o.retained_bytes)
+            lines.append(f"device memory: peak {fmt_bytes(top.peak_bytes)} ({top.name}); most retained after a "
+                         f"property {fmt_bytes(kept.retained_bytes)} ({kept.name}); retained over the run "
+                         f"{fmt_bytes(sum(o.retained_bytes for o in peaks))}")
         policy = f", nan_policy {self.nan_policy}" if self.nan_policy else ""
         lines.append(f"target {self.target}{policy}, profile {self.profile}, bound: {self.bound_source}; "
                      + ", ".join(f"{n} {s}" for s, n in counts.items())
@@ -169,17 +189,18 @@ def reproducer(name, case: Case, target, profile: str) -> str:
 
 
 def reproducer_script(name, case: Case, target, profile: str, *, status, message, minimal, found, stem,
-                      example_timeout) -> str:
-    """The source of a reproducer file: a comment with the failure, then a script that replays the
-    case. Its exit status: 0 the property holds on the case now, 1 the violation is reproduced, 2 it
-    could not run here (flashproof or a package missing, the target does not load, its device is
-    absent, the case is outside the target's declared domain), with the reason on stderr."""
+                      example_timeout, notes=()) -> str:
+    """The source of a reproducer file: a comment with the failure (``notes``: more header lines,
+    e.g. the run's max_len), then a script that replays the case. Its exit status: 0 the property
+    holds on the case now, 1 the violation is reproduced, 2 it could not run here (flashproof or a
+    package missing, the target does not load, its device is absent, the case is outside the
+    target's declared domain), with the reason on stderr."""
     from flashproof import __version__
 
     which = "the shrunk (minimal) example" if minimal else "the first failing example (before shrinking)"
     head = "\n".join("# " + line for line in (
         [f"flashproof reproducer: {status} of property {name!r} against {target.name} (profile {profile})",
-         f"{which}; found {found}; flashproof {__version__}", ""]
+         f"{which}; found {found}; flashproof {__version__}"] + list(notes) + [""]
         + case.describe().splitlines() + [""] + message.splitlines()[:40]))
     if target.spec:
         tgt = repr(target.spec)

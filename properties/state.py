@@ -18,7 +18,8 @@ from .cases import case_from_repr
 from .outcomes import Outcome, reproducer_script
 from .profiles import profile_name
 
-__all__ = ["STATE_DIR", "prepare_state_dir", "db_key", "fsync_write", "save_reproducer", "Journal", "run_key"]
+__all__ = ["STATE_DIR", "prepare_state_dir", "db_key", "fsync_write", "save_reproducer", "Journal", "run_key",
+           "decide_once"]
 
 #: where ``flashproof check`` and the pytest plugin keep their state by default (relative to the cwd)
 STATE_DIR = ".flashproof"
@@ -71,9 +72,53 @@ def prepare_state_dir(path) -> str:
     if not os.access(path, os.W_OK):
         raise ValueError(f"state directory {path!r} is not writable")
     if not existed:
-        fsync_write(os.path.join(path, ".gitignore"), "# flashproof's state (Hypothesis database, reproducers, "
+        _create_once(os.path.join(path, ".gitignore"), "# flashproof's state (Hypothesis database, reproducers, "
                      "journal): not source\n*\n")
     return path
+
+
+def _create_once(path, text):
+    """Write ``path`` unless it exists, atomically (a temporary file linked into place): of two
+    processes creating the folder at once (pytest-xdist workers), one writes it, neither twice."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    except OSError:  # a filesystem without hard links: a rename (the last writer wins, same text)
+        os.replace(tmp, path)
+        return
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def decide_once(path, *, run, key, decide):
+    """The decision of one run shared by its processes (pytest-xdist workers): the first process
+    to get here computes ``decide() -> dict`` under an exclusive lock and writes it to ``path``
+    with ``run`` (the run's id) and ``key``; the others wait for the lock and read it. A file of
+    another run or key is replaced. Returns (the decision, whether this process made it)."""
+    import fcntl
+
+    with open(f"{path}.lock", "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    rec = json.load(f)
+                if rec.get("run") == run and rec.get("key") == key:
+                    return rec["decision"], False
+            except (OSError, ValueError, KeyError, AttributeError):
+                pass
+            decision = decide()
+            fsync_write(path, json.dumps({"run": run, "key": key, "decision": decision}, indent=2) + "\n")
+            return decision, True
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 def _jsonable(x):
@@ -105,10 +150,15 @@ def save_reproducer(ctx, name, case, *, status, message, minimal=True) -> str:
     stem = f"{name}-{hashlib.sha1(_key_text(target, profile).encode()).hexdigest()[:8]}"
     base = os.path.join(ctx.reproducer_dir, stem)
     found = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    length = getattr(ctx, "length", None)
+    drawn = (f"drawn at {length.note()}; the case's lengths are explicit, so it replays the same at any max_len"
+             if length is not None else "")
     code = reproducer_script(name, case, target, profile, status=status, message=message, minimal=minimal,
-                             found=found, stem=stem, example_timeout=ctx.example_timeout)
+                             found=found, stem=stem, example_timeout=ctx.example_timeout,
+                             notes=[drawn] if drawn else ())
     doc = {"property": name, "status": status, "target": target.spec, "target_name": target.name,
            "profile": profile, "minimal": minimal, "found": found, "flashproof": __version__,
+           "max_len": ctx.limits.max_len, "length": length.as_dict() if length is not None else None,
            "message": message, "case_repr": repr(case), "case": _jsonable(case)}
     fsync_write(base + ".json", json.dumps(doc, indent=2) + "\n")
     fsync_write(base + ".py", code)

@@ -28,7 +28,9 @@ from .profiles import DERANDOMIZED_SEED, get_profile, profile_name, register_pro
 from .registry import (PROPERTIES, CouldNotRun, NotApplicable, Property, Skip, TargetError, TargetTimeout,
                        pinned_cases)
 from .state import Journal, db_key, prepare_state_dir, run_key, save_reproducer
+from .length_budget import apply_length_budget
 from .loading import load_target
+from .memory import track
 from .targets import Target, TargetLoadError
 from .timeouts import TimedOut, load_target_within, resolve_example_timeout, run_example, timeout_message
 
@@ -38,9 +40,6 @@ __all__ = ["run_property", "run_suite", "replay", "select_properties", "load_pro
 def run_property(p: Property, target: Target, *, profile="ci", ctx: Context | None = None) -> Outcome:
     """Run one property; its options for time limit, database and reproducer files come from
     ``ctx`` (built with the profile's default time limit when not given)."""
-    from hypothesis import example, given, settings
-    from hypothesis.errors import HypothesisException, Unsatisfiable
-
     t0 = time.perf_counter()
     reason = p.reason_not_declared(target)
     if reason:
@@ -48,6 +47,19 @@ def run_property(p: Property, target: Target, *, profile="ci", ctx: Context | No
     ctx = ctx or make_context(target, profile, example_timeout=resolve_example_timeout(None, profile))
     if ctx.hung:
         return Outcome(p.name, NOT_RUN, message=ctx.hung)
+    # garbage and the allocator's cache released before and after: nothing one property leaves
+    # counts against the next one's free memory (memory.track)
+    with track(ctx.memory) as use:
+        out = _run_property(p, target, profile, ctx, t0)
+    if ctx.memory is not None:
+        out.peak_bytes, out.retained_bytes = use.peak, use.retained
+    return out
+
+
+def _run_property(p, target, profile, ctx, t0):
+    from hypothesis import example, given, settings
+    from hypothesis.errors import HypothesisException, Unsatisfiable
+
     state = {"n": 0, "case": None, "slowest": 0.0, "file": ""}
     try:
         strategy = p.strategy(ctx)
@@ -223,7 +235,7 @@ def select_properties(select=None):
 
 
 def run_suite(target, *, profile="ci", select=None, fail_fast=False, progress=None, example_timeout=None,
-              state_dir=None, db=None, resume=False, notify=None) -> SuiteResult:
+              state_dir=None, db=None, resume=False, notify=None, max_len=None) -> SuiteResult:
     """Run every property the target's capabilities allow; returns per-property outcomes.
 
     ``target``: a Target, an SDPA callable, or a "module:attr" string. ``select``: property
@@ -237,7 +249,9 @@ def run_suite(target, *, profile="ci", select=None, fail_fast=False, progress=No
     ``db``: the Hypothesis database folder (None: ``<state_dir>/hypothesis``, or the profile's own
     setting without a state_dir; False: none). ``resume``: skip the properties a journal of the same
     target, profile and suite already finished, reporting their recorded outcomes (``resumed``).
-    ``notify``: optional callable(str) for what the run says about its state files.
+    ``notify``: optional callable(str) for what the run says about its state files and its length.
+    ``max_len``: the longest Lq/Lk drawn (an int pins it; None: the profile's, raised for a fast
+    target at ci and deep by the length budget, length_budget.py).
 
     Ctrl-C raises SuiteInterrupted, whose ``result`` holds what finished.
     """
@@ -266,7 +280,13 @@ def run_suite(target, *, profile="ci", select=None, fail_fast=False, progress=No
             if notify is not None:
                 notify(note)
     ctx = make_context(t, profile, example_timeout=limit, database=db,
-                   reproducer_dir=os.path.join(state_dir, "reproducers") if state_dir is not None else None)
+                       reproducer_dir=os.path.join(state_dir, "reproducers") if state_dir is not None else None)
+    choice = apply_length_budget(ctx, max_len=max_len)
+    res.length = choice
+    res.device = ctx.memory.describe() if ctx.memory is not None else str(ctx.device)
+    res.notes.append(choice.note())
+    if notify is not None:
+        notify(choice.note())
     try:
         for n in names:
             out = done.get(n)

@@ -19,8 +19,9 @@ load_properties()
 
 
 def _make(name):
-    def test(flashproof_target, flashproof_profile, flashproof_context):
+    def test(flashproof_target, flashproof_profile, flashproof_context, flashproof_record):
         out = run_property(PROPERTIES[name], flashproof_target, profile=flashproof_profile, ctx=flashproof_context)
+        flashproof_record(out)
         head = f"[{out.examples} examples, {out.seconds:.1f}s]"
         saved = f"\nreproducer file: {out.reproducer_file}" if out.reproducer_file else ""
         if out.status in (FAILED, TIMEOUT):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import threading
+import traceback
 
 from .profiles import get_profile
 from .registry import TargetTimeout
@@ -104,6 +105,25 @@ def run_example(ctx, fn, case, name):
     """``fn(ctx, case)`` (property ``name``) under ``ctx.example_timeout``: its exception is
     re-raised here; past the limit, TimedOut (and a worker that could not be stopped is recorded
     in ctx.abandoned). The worker thread is named ``flashproof-example:<property>``."""
+    try:
+        _run_example(ctx, fn, case, name)
+    except BaseException as exc:
+        _drop_locals(exc)
+        raise
+
+
+def _drop_locals(exc):
+    """Clear the locals of the finished frames in ``exc``'s traceback (and its causes'): the
+    example's tensors then die with the example, although Hypothesis keeps a failing example's
+    exception until the property ends (its message and traceback text are unchanged)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
+
+
+def _run_example(ctx, fn, case, name):
     limit = ctx.example_timeout
     if not limit:
         fn(ctx, case)

@@ -116,7 +116,7 @@ def test_strategies_draw_inside_the_domain(declared):
     t = fake(**declared)
     for cap in (40, 200):
         ctx = make_context(t, "ci")
-        ctx.limits = ctx.limits.replace(max_len=cap)
+        ctx.limits = ctx.limits.replace(max_len=cap, length_levels=())  # as the length budget sets it
         dom = Domain.of(t)
         longest = []
 
@@ -134,7 +134,7 @@ def test_strategies_draw_inside_the_domain(declared):
 def test_a_declared_maximum_wins_over_a_raised_profile_limit():
     t = fake(max_lq=24, max_lk=48, length_multiple=8)
     ctx = make_context(t, "ci")
-    ctx.limits = ctx.limits.replace(max_len=512)
+    ctx.limits = ctx.limits.replace(max_len=512, length_levels=())  # as the length budget sets it
     seen = set()
 
     @settings(max_examples=60, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))

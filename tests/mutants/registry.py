@@ -56,7 +56,7 @@ def mutant_targets() -> list[Target]:
 
 
 def long_mutant_targets() -> list[Target]:
-    """zoo.LONG_MUTANTS as Targets (not scored yet: see zoo.LONG_MUTANTS)."""
+    """zoo.LONG_MUTANTS as Targets (also in mutant_targets(): see zoo.LONG_MUTANTS)."""
     return [target_of(cls()) for cls in LONG_MUTANTS.values()]
 
 

@@ -32,9 +32,16 @@ def _vmax(v):
     return max(1.0, float(a.max())) if a.numel() else 1.0
 
 
+def _np64(x):
+    """x (a tensor of any dtype, bfloat16 included, or an array) as float64 numpy, exactly."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().double().numpy()
+    return np.asarray(x, np.float64)
+
+
 def _cmp(name, got, want, tol, rows=None, *, relative=False):
-    got = np.asarray(got, np.float64)
-    want = np.asarray(want, np.float64)
+    got = _np64(got)
+    want = _np64(want)
     if rows is not None:  # query rows are axis 2 of O (B,H,Lq,Ev) and of LSE (B,H,Lq)
         got, want = got[:, :, rows], want[:, :, rows]
     same_inf = (np.isinf(got) & np.isinf(want) & (np.sign(got) == np.sign(want))) | (np.isnan(got) & np.isnan(want))

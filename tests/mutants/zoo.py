@@ -1058,7 +1058,7 @@ class BiasScaled(Mutant):
         return Trigger(kind="forward", qkv=(q, k, v), opts=dict(attn_mask=bias, scale=0.5))
 
 
-# ------------------------------------------------------------------ long accumulation (not scored yet)
+# ------------------------------------------------------------------ long accumulation (scored through the length budget)
 class LongMutant(Mutant):
     """A kernel with fixed 32-key tiles whose bug only shows after many tiles (bug class 9).
 
@@ -1072,6 +1072,8 @@ class LongMutant(Mutant):
     block_n = 32
     declared_tiles = ({"block_m": 16, "block_n": 32},)
     declared_dtypes = ("float16", "bfloat16")
+    #: up to this many keys it computes bit for bit what the correct base computes
+    same_as_base_up_to = 32
 
     def prepare(self, q, k, v, **kw):
         return super().prepare(q, k, v, **{**kw, "block_n": 32})  # the tile is fixed: a request changes nothing
@@ -1094,6 +1096,7 @@ class _CarriedAcc(LongMutant):
 
     acc_dtype = torch.bfloat16
     carry_every = 2
+    same_as_base_up_to = 64  # carry_every tiles of 32
 
     def init_state(self, shape, ev, ops):
         self._tiles = 0  # tiles merged into this query tile's state
@@ -1140,7 +1143,9 @@ class LongRescaleInStorage(LongMutant):
 
     Trigger: the logits grow by delta per 32-key tile (q = 1, k = tile index, scale = delta / E), v = 1, with
     exp(-delta) = 1 - 0.9 u_in / 2 rounding to 1 in the storage dtype: acc is not shrunk while l is, so O
-    drifts up by ~0.45 u_in per tile (bf16 inputs; the fp16 case is the same with its u_in).
+    drifts up by ~0.45 u_in per tile (bf16 inputs; the fp16 case is the same with its u_in). Its one rounding
+    at 2 tiles can show too: the fp16 longest corner of output_within_error_bound (same-sign values) breaks
+    the bound by 1.07x at 40 keys, the ci profile's base.
     """
 
     def merge(self, a, b, ops):
@@ -1162,12 +1167,12 @@ class LongRescaleInStorage(LongMutant):
 
 MUTANTS: tuple[type[Mutant], ...] = tuple(
     c for c in list(globals().values())
-    if isinstance(c, type) and issubclass(c, Mutant) and c is not Mutant and not c.__name__.startswith("_")
-    and not issubclass(c, LongMutant)
+    if isinstance(c, type) and issubclass(c, Mutant) and c not in (Mutant, LongMutant) and not c.__name__.startswith("_")
 )
-#: Planted bugs that need long inputs (more than 2 tiles of 32 keys) to show at all: at the ci profile's max_len 40
-#: they compute what the correct base computes (the carried ones) or stay within the bound (the rescale), and pass. They are not in MUTANTS (not scored by test_mutation_score) until the adaptive length budget of
-#: issue 15 (phase 2) lets ci draw long sequences for fast targets; they then join the score.
+#: The planted bugs that need long inputs (more than 2 tiles of 32 keys) to show at all: at the ci profile's base
+#: max_len 40 they compute what the correct base computes (the carried ones) or stay within the bound (the rescale),
+#: and pass. They are in MUTANTS (scored): the length budget (flashproof.properties.length_budget) raises ci's
+#: max_len to 512 for the zoo's fast kernels, and output_within_error_bound's longest corner kills them there.
 LONG_MUTANTS: dict[str, type[LongMutant]] = {c.__name__: c for c in (LongBf16Acc, LongFp16Acc, LongRescaleInStorage)}
 
 
