@@ -207,8 +207,8 @@ def test_sampled_rows_are_numbered_as_in_the_problem(monkeypatch):
     from flashproof.properties.profiles import get_profile
     from flashproof.properties.cases import MaskSpec, Problem, Shape
 
-    assert audit.judge_pairs("ci") is None
-    assert audit.judge_pairs("gpu") == max(get_profile("gpu").limits.judge_pairs, audit.AUDIT_JUDGE_PAIRS)
+    for profile in ("ci", "gpu"):  # both sample rows now (ci past its base lengths: the length budget)
+        assert audit.judge_pairs(profile) == max(get_profile(profile).limits.judge_pairs, audit.AUDIT_JUDGE_PAIRS)
     monkeypatch.setattr(audit, "AUDIT_JUDGE_PAIRS", 1 << 16)
     case = Case(Problem(shape=Shape(1, 2, 2, 600, 600, 16, 16), dtype="float32", mask=MaskSpec(causal="top_left"),
                         seed=5))

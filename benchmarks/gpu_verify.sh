@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The GPU verification of one device call (docs/gpu-runs.md, session 5), in the repository root of
+# the GPU machine, with the wheels of .whl/ carried (python-flint for the certified reference,
+# pytest-xdist and execnet, and the peers' pure-Python packages). Everything writes under $OUT.
+#
+#   bash benchmarks/gpu_verify.sh kernel   # flashproof's kernel: the gpu profile in four parallel
+#                                          # groups, the accumulation probe, the bound check, pytest -n 2
+#   bash benchmarks/gpu_verify.sh peers    # every peer of benchmarks/peers/ through the gpu profile
+#
+# Groups run as parallel processes: the suite's exact references are CPU work (16 cores there),
+# the GPU is shared. Each process is cut at LIMIT seconds so that the call returns its files.
+set -uf  # -f: the --select patterns are fnmatch patterns for flashproof, never shell globs
+cd "$(dirname "$0")/.."
+OUT=${OUT:?set OUT}
+LIMIT=${LIMIT:-510}
+python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.txt" 2>&1
+python3 -m pip install -q --no-deps --no-index .whl/python_flint-*.whl .whl/pytest_xdist-*.whl \
+  .whl/execnet-*.whl .whl/fla_core-*.whl .whl/flash_attention_triton-*.whl >>"$OUT/install.txt" 2>&1
+python3 -c "import einops, packaging" 2>/dev/null || python3 -m pip install -q --no-deps --no-index \
+  .whl/einops-*.whl .whl/packaging-*.whl >>"$OUT/install.txt" 2>&1
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+  git log -1 --format='commit %H %s' 2>/dev/null; } >"$OUT/versions.txt"
+
+sel() { for p in "$@"; do printf -- '--select %s ' "$p"; done; }
+check() {  # name target selects...
+  local name=$1 target=$2; shift 2
+  timeout "$LIMIT" flashproof check $target --profile gpu --state-dir "/tmp/state-$name" \
+    --json "$OUT/$name.json" $(sel "$@") >"$OUT/$name.txt" 2>&1
+  echo "$name exit $?" >>"$OUT/exits.txt"
+}
+
+case "${1:-}" in
+kernel)
+  check k-forward "" output_within_error_bound tail_tiles_every_residue tilings_agree \
+    tiled_reference_equals_monolithic lse_merge_of_parts_equals_whole long_context_sampled_rows \
+    row_shift_leaves_output_and_moves_lse kv_permutation_invariant duplicate_key_adds_ln2 scale_equivariant \
+    gqa_equals_repeated_mha &
+  check k-precision "" ones_values_give_ones output_in_convex_hull head_dim_zero_padding_invariant \
+    fp16_large_dot_products_finite fp32_stays_within_fp32_bound fp32_weight_ratios_exact reruns_bitwise_equal \
+    batch_invariant fully_masked_rows_zero_and_neg_inf causal_alignment_on_unequal_lengths attended_set_exact \
+    window_wider_than_sequence_is_causal invalid_window_rejected &
+  check k-masks "" 'softcap_*' lse_is_natural_log single_key_with_sentinel_logit logits_below_mask_sentinels \
+    'garbage_*' 'nan_*' decode_within_error_bound split_counts_agree 'paged_*' prefill_then_decode_equals_prefill &
+  check k-backward "" 'grad*' rope_reencoded_cache_matches &
+  ( timeout "$LIMIT" python3 benchmarks/accumulation_probe.py --out "$OUT/probe" >"$OUT/probe.txt" 2>&1
+    echo "probe exit $?" >>"$OUT/exits.txt"
+    timeout "$LIMIT" python3 benchmarks/bound_check_gpu.py --out "$OUT/bound-check.json" >"$OUT/bound-check.txt" 2>&1
+    echo "bound-check exit $?" >>"$OUT/exits.txt"
+    # issue 18 on one GPU: two xdist workers name the same single device, and do not fail
+    timeout 300 python3 -m pytest -q -p no:cacheprovider -n 2 --pyargs flashproof.properties \
+      --hypothesis-profile=gpu -k "output_within_error_bound or tilings_agree or ones_values or reruns" \
+      --flashproof-report="$OUT/xdist1.json" --flashproof-state-dir=/tmp/state-xdist >"$OUT/xdist1.txt" 2>&1
+    echo "xdist1 exit $?" >>"$OUT/exits.txt" ) &
+  wait
+  ;;
+peers)
+  for p in flex:target torch_sdpa:flash torch_sdpa:cudnn torch_sdpa:efficient fla:target \
+           flash_attention_triton:target; do
+    check "peer-${p%%:*}-${p##*:}" "benchmarks.peers.$p" '*' &
+  done
+  wait
+  ;;
+*)
+  echo "usage: OUT=DIR bash benchmarks/gpu_verify.sh kernel|peers" >&2
+  exit 2
+  ;;
+esac
+cat "$OUT/exits.txt"
