@@ -11,7 +11,9 @@
 # the GPU is shared. Each process is cut at LIMIT seconds so that the call returns its files.
 set -uf  # -f: the --select patterns are fnmatch patterns for flashproof, never shell globs
 cd "$(dirname "$0")/.."
-OUT=${OUT:?set OUT}
+FINAL=${OUT:?set OUT}
+# the device tool returns at most 8 files: everything is written under a work folder, then packed
+OUT=$(mktemp -d /tmp/gpu-verify.XXXX)
 LIMIT=${LIMIT:-510}
 python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.txt" 2>&1
 python3 -m pip install -q --no-deps --no-index .whl/python_flint-*.whl .whl/pytest_xdist-*.whl \
@@ -67,3 +69,5 @@ peers)
   ;;
 esac
 cat "$OUT/exits.txt"
+cp "$OUT/exits.txt" "$FINAL/exits-${1}.txt"
+tar czf "$FINAL/verify-${1}.tgz" -C "$OUT" .
