@@ -9,7 +9,7 @@
 #
 # Groups run as parallel processes: the suite's exact references are CPU work (16 cores there),
 # the GPU is shared. Each process is cut at LIMIT seconds so that the call returns its files.
-set -uf  # -f: the --select patterns are fnmatch patterns for flashproof, never shell globs
+set -u
 cd "$(dirname "$0")/.."
 FINAL=${OUT:?set OUT}
 # the device tool returns at most 8 files: everything is written under a work folder, then packed
@@ -23,6 +23,8 @@ python3 -c "import einops, packaging" 2>/dev/null || python3 -m pip install -q -
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
   git log -1 --format='commit %H %s' 2>/dev/null; } >"$OUT/versions.txt"
+python3 -c "import flint, fla, einops" >>"$OUT/install.txt" 2>&1 || echo "MISSING WHEELS" >>"$OUT/install.txt"
+set -f  # from here the --select patterns are fnmatch patterns for flashproof, never shell globs
 
 sel() { for p in "$@"; do printf -- '--select %s ' "$p"; done; }
 check() {  # name target selects...
@@ -32,7 +34,15 @@ check() {  # name target selects...
   echo "$name exit $?" >>"$OUT/exits.txt"
 }
 
-case "${1:-}" in
+xdist1() {  # issue 18 on one GPU: two xdist workers name the same single device, and do not fail
+    timeout 300 python3 -m pytest -q -p no:cacheprovider -n 2 --pyargs flashproof.properties \
+      --hypothesis-profile=gpu -k "output_within_error_bound or tilings_agree or ones_values or reruns" \
+      --flashproof-report="$OUT/xdist1.json" --flashproof-state-dir=/tmp/state-xdist >"$OUT/xdist1.txt" 2>&1
+    echo "xdist1 exit $?" >>"$OUT/exits.txt"
+}
+
+mode() {
+case "$1" in
 kernel)
   check k-forward "" output_within_error_bound tail_tiles_every_residue tilings_agree \
     tiled_reference_equals_monolithic lse_merge_of_parts_equals_whole long_context_sampled_rows \
@@ -49,11 +59,16 @@ kernel)
     echo "probe exit $?" >>"$OUT/exits.txt"
     timeout "$LIMIT" python3 benchmarks/bound_check_gpu.py --out "$OUT/bound-check.json" >"$OUT/bound-check.txt" 2>&1
     echo "bound-check exit $?" >>"$OUT/exits.txt"
-    # issue 18 on one GPU: two xdist workers name the same single device, and do not fail
-    timeout 300 python3 -m pytest -q -p no:cacheprovider -n 2 --pyargs flashproof.properties \
-      --hypothesis-profile=gpu -k "output_within_error_bound or tilings_agree or ones_values or reruns" \
-      --flashproof-report="$OUT/xdist1.json" --flashproof-state-dir=/tmp/state-xdist >"$OUT/xdist1.txt" 2>&1
-    echo "xdist1 exit $?" >>"$OUT/exits.txt" ) &
+    xdist1 ) &
+  wait
+  ;;
+followup)  # the single-device xdist run, and the compiled shared memory of every accepted tile config
+  xdist1 &
+  ( for dt in float16:128x128,128x256,256x256 float32:64x64,128x128; do
+      timeout "$LIMIT" python3 benchmarks/tile_smem.py --jobs "${SMEM_JOBS:-6}" --dtypes "${dt%%:*}" \
+        --dims "${dt#*:}" --out "$OUT/tile-smem-${dt%%:*}.json" >>"$OUT/tile-smem.txt" 2>&1
+      echo "tile-smem ${dt%%:*} exit $?" >>"$OUT/exits.txt"
+    done ) &
   wait
   ;;
 peers)
@@ -63,11 +78,16 @@ peers)
   done
   wait
   ;;
-*)
-  echo "usage: OUT=DIR bash benchmarks/gpu_verify.sh kernel|peers" >&2
-  exit 2
-  ;;
 esac
+}
+
+for m in "$@"; do
+  case "$m" in kernel|peers|followup) ;; *) echo "usage: OUT=DIR bash benchmarks/gpu_verify.sh kernel|peers|followup ..." >&2; exit 2;; esac
+done
+[ $# -gt 0 ] || { echo "usage: OUT=DIR bash benchmarks/gpu_verify.sh kernel|peers|followup ..." >&2; exit 2; }
+for m in "$@"; do mode "$m" & done  # the modes named run side by side
+wait
 cat "$OUT/exits.txt"
-cp "$OUT/exits.txt" "$FINAL/exits-${1}.txt"
-tar czf "$FINAL/verify-${1}.tgz" -C "$OUT" .
+tag=$(IFS=-; echo "$*")
+cp "$OUT/exits.txt" "$FINAL/exits-$tag.txt"
+tar czf "$FINAL/verify-$tag.tgz" -C "$OUT" .
