@@ -513,6 +513,8 @@ def _forward(q, k, v, bias, plan: _Plan):
     o = torch.empty((b, h, lq, ev), dtype=q.dtype, device=q.device)
     lse2 = torch.empty((b, h, lq), dtype=torch.float32, device=q.device)
     cfg = plan.fwd
+    if bias is not None:  # the bias tile's shared memory, refused before any launch (tiles._smem_forward)
+        check_tile_config(*cfg, head_dim=e, head_dim_v=ev, dtype=q.dtype, has_bias=True)
     grid = (triton.cdiv(lq, cfg.block_m), h, b)
     k_arg, v_arg, tma = _tma_pair(k, v, cfg.block_n, plan.tma_fwd)
     _launch_passes(_fwd_kernel, grid, q, k_arg, v_arg, q if bias is None else bias, o, lse2,
@@ -578,20 +580,21 @@ def _backward_with(q, k, v, bias, o, lse2, do, dlse, plan: _Plan, cfg: TileConfi
     return dq, dk, dv
 
 
-def _plan(q, k, v, *, mask, scale, softcap, block_m, block_n, num_warps, num_stages, allow_tf32):
-    """Validate the options (spec for semantics, tiles for the config) and build a _Plan."""
+def _plan(q, k, v, *, mask, scale, softcap, block_m, block_n, num_warps, num_stages, allow_tf32, has_bias=False):
+    """Validate the options (spec for semantics, tiles for the config) and build a _Plan
+    (``has_bias``: the launch will read an additive bias, the attn_mask path)."""
     b, h, lq, e = q.shape
     lk, ev = k.shape[2], v.shape[3]
     scale = spec.resolve_scale(scale, e)  # real E, never the padded tile
     cap = spec.normalize_softcap(softcap)
     diag, left, right, has_left, has_right = mask_args(mask, lq, lk)
     interp = interpreting()
-    d = default_forward_config(head_dim=e, head_dim_v=ev, dtype=q.dtype, interpret=interp)
+    d = default_forward_config(head_dim=e, head_dim_v=ev, dtype=q.dtype, interpret=interp, has_bias=has_bias)
     forced = any(x is not None for x in (block_m, block_n, num_warps, num_stages))
     fwd = TileConfig(d.block_m if block_m is None else block_m, d.block_n if block_n is None else block_n,
                      d.num_warps if num_warps is None else num_warps,
                      d.num_stages if num_stages is None else num_stages)
-    check_tile_config(*fwd, head_dim=e, head_dim_v=ev, dtype=q.dtype)
+    check_tile_config(*fwd, head_dim=e, head_dim_v=ev, dtype=q.dtype, has_bias=has_bias)
     fwd = TileConfig(*(int(x) for x in fwd))  # numpy ints become plain ints (same kernel key)
     bwd = backward_config(fwd, forced=forced, head_dim=e, head_dim_v=ev, dtype=q.dtype, interpret=interp)
     if not isinstance(allow_tf32, bool):

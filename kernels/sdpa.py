@@ -90,6 +90,6 @@ def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scal
         bias = _bias_from_mask(attn_mask, dims.batch, dims.heads, dims.lq, dims.lk, query.device)
     mask = spec.make_mask(causal=is_causal)
     plan = _plan(query, key, value, mask=mask, scale=scale, softcap=None, block_m=None, block_n=None,
-                 num_warps=None, num_stages=None, allow_tf32=False)
+                 num_warps=None, num_stages=None, allow_tf32=False, has_bias=bias is not None)
     out = _run(query, key, value, bias, plan, False)
     return out.squeeze(1) if squeeze else out

@@ -89,10 +89,12 @@ def _elt(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def _smem_forward(bm, bn, ns, dk, dv, elt):
+def _smem_forward(bm, bn, ns, dk, dv, elt, bias=False):
     # Q tile resident, K and V tiles buffered num_stages + 1 deep: the H100 run of 2026-11-21
     # refused 64x64, 3 stages at E=256 bf16 for 256 KiB (= Q + 4 K/V buffers less one Q).
-    return elt * (bm * dk + (max(ns, 1) + 1) * bn * (dk + dv))
+    # An fp32 bias tile is pipelined too: the H200 run of 2026-12-03 refused 256x64, 2 stages at
+    # E=128, Ev=256 fp16 with a bool attn_mask for 262168 B (docs/findings.md F8).
+    return elt * (bm * dk + (max(ns, 1) + 1) * bn * (dk + dv)) + (bias * (max(ns, 1) + 1) * bm * bn * 4)
 
 
 def _smem_backward(bm, bn, ns, dk, dv, elt):
@@ -102,8 +104,9 @@ def _smem_backward(bm, bn, ns, dk, dv, elt):
 
 
 def check_tile_config(block_m, block_n, num_warps, num_stages, *, head_dim, head_dim_v, dtype,
-                      backward=False):
-    """Raise ValueError (naming the argument) unless the config is accepted for these dims/dtype."""
+                      backward=False, has_bias=False):
+    """Raise ValueError (naming the argument) unless the config is accepted for these dims/dtype
+    (and an additive bias, the attn_mask path, when ``has_bias``)."""
     for name, x in (("block_m", block_m), ("block_n", block_n), ("num_warps", num_warps), ("num_stages", num_stages)):
         if isinstance(x, bool) or not isinstance(x, numbers.Integral):
             raise TypeError(f"{name} must be an int, got {type(x).__name__}")
@@ -116,7 +119,8 @@ def check_tile_config(block_m, block_n, num_warps, num_stages, *, head_dim, head
         raise ValueError(f"num_stages must be an int in 1..8, got {num_stages!r}")
     dk, dv = head_block(head_dim), head_block(head_dim_v)
     elt = _elt(dtype)
-    est = (_smem_backward if backward else _smem_forward)(block_m, block_n, num_stages, dk, dv, elt)
+    est = (_smem_backward(block_m, block_n, num_stages, dk, dv, elt) if backward
+           else _smem_forward(block_m, block_n, num_stages, dk, dv, elt, bias=has_bias))
     if elt == 4:
         # fp32 (IEEE FMA path) stages more than the operand tiles: measured sm_90 builds used up
         # to 1.25x this estimate (triton 3.9, 128x64 tiles, E=64), so keep a 1.5x margin.
@@ -125,30 +129,33 @@ def check_tile_config(block_m, block_n, num_warps, num_stages, *, head_dim, head
         raise ValueError(
             f"tile config block_m={block_m}, block_n={block_n}, num_stages={num_stages} needs about "
             f"{est // 1024} KiB of shared memory for E={head_dim}, Ev={head_dim_v}, {dtype} "
-            f"({'backward' if backward else 'forward'}); the GPU has {SMEM_LIMIT_BYTES // 1024} KiB: "
+            f"({'backward' if backward else 'forward'}{', with attn_mask' if has_bias else ''}); the GPU has {SMEM_LIMIT_BYTES // 1024} KiB: "
             f"use smaller blocks or fewer stages")
 
 
-def accepts_tile_config(config, *, head_dim, head_dim_v=None, dtype=torch.float16) -> bool:
-    """Whether the forward accepts ``config`` (a TileConfig or 4-tuple) for these dims and dtype."""
+def accepts_tile_config(config, *, head_dim, head_dim_v=None, dtype=torch.float16, has_bias=False) -> bool:
+    """Whether the forward accepts ``config`` (a TileConfig or 4-tuple) for these dims and dtype
+    (with an attn_mask when ``has_bias``)."""
     try:
-        check_tile_config(*config, head_dim=head_dim, head_dim_v=head_dim_v or head_dim, dtype=dtype)
+        check_tile_config(*config, head_dim=head_dim, head_dim_v=head_dim_v or head_dim, dtype=dtype,
+                          has_bias=has_bias)
     except (ValueError, TypeError):
         return False
     return True
 
 
-def _first_fit(candidates, *, head_dim, head_dim_v, dtype, backward=False) -> TileConfig:
+def _first_fit(candidates, *, head_dim, head_dim_v, dtype, backward=False, has_bias=False) -> TileConfig:
     for c in candidates:
         try:
-            check_tile_config(*c, head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype, backward=backward)
+            check_tile_config(*c, head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype, backward=backward,
+                              has_bias=has_bias)
             return TileConfig(*c)
         except ValueError:
             continue
     return TileConfig(16, 16, 4, 1)  # fits every dtype and E <= 256
 
 
-def default_forward_config(*, head_dim, head_dim_v, dtype, interpret: bool) -> TileConfig:
+def default_forward_config(*, head_dim, head_dim_v, dtype, interpret: bool, has_bias: bool = False) -> TileConfig:
     """Heuristic forward tiles. Interpreter: fixed 32x32 (few, cheap numpy steps). fp16/bf16 on
     the GPU: the fastest config of the H100 sweep of the two-pass kernels with K/V read through
     tensor descriptors (benchmarks/results/tune-h100-run4.md, bf16 B8 H16 L4096), which led causal
@@ -164,7 +171,7 @@ def default_forward_config(*, head_dim, head_dim_v, dtype, interpret: bool) -> T
         cands = [(128, 64, 4, 2)]
     else:
         cands = [(64, 64, 4, 1), (64, 32, 4, 2)]
-    return _first_fit(cands, head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype)
+    return _first_fit(cands, head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype, has_bias=has_bias)
 
 
 def default_backward_config(*, head_dim, head_dim_v, dtype, interpret: bool) -> TileConfig:

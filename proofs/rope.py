@@ -115,7 +115,11 @@ def attention_shift_bound(logit_change, spread):
 
     π'_j / π_j = e^{ε_j} / Σ_k π_k e^{ε_k} lies in [e^{-2δ}, e^{2δ}], so Σ_j |π'_j - π_j| <= e^{2δ} - 1
     and |o' - o| = |Σ_j (π'_j - π_j)(v_j - o)| <= (e^{2δ} - 1) max_j |v_j - o| <= (e^{2δ} - 1) W."""
-    return np.expm1(2 * np.asarray(logit_change, dtype=np.float64)) * np.asarray(spread, dtype=np.float64) * _ROUND_UP
+    w = np.asarray(spread, dtype=np.float64)
+    grow = np.expm1(2 * np.asarray(logit_change, dtype=np.float64))
+    # W = 0 (one distinct value in the column): o' = o exactly, whatever δ; never inf * 0 = NaN
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.where(w == 0, 0.0, grow * w * _ROUND_UP)
 
 
 def _trig_zero(x) -> bool:

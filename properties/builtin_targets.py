@@ -115,13 +115,15 @@ def _kernel_target(kernels) -> Target:
         bias = sdpa_mod._bias_from_mask(attn_mask, b, h, lq, lk, q.device)
         mask = spec.make_mask(causal=causal, window=window, alignment=alignment)
         plan = attention_mod._plan(q, k, v, mask=mask, scale=scale, softcap=softcap, block_m=block_m,
-                                   block_n=block_n, num_warps=num_warps, num_stages=num_stages, allow_tf32=False)
+                                   block_n=block_n, num_warps=num_warps, num_stages=num_stages, allow_tf32=False,
+                                   has_bias=True)
         return attention_mod._run(q, k, v, bias, plan, return_lse)
 
     def accepts(cfg, *, head_dim, head_dim_v, dtype):
         c = dict(cfg)
         tc = tiles_mod.TileConfig(c["block_m"], c["block_n"], c.get("num_warps", 4), c.get("num_stages", 1))
-        return tiles_mod.accepts_tile_config(tc, head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype)
+        # has_bias: the suite draws attn_mask problems with any declared config
+        return tiles_mod.accepts_tile_config(tc, head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype, has_bias=True)
 
     configs = [dict(c._asdict()) for c in kernels.TILE_CONFIGS]
     if interp:

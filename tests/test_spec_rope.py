@@ -124,3 +124,11 @@ def test_bad_arguments_raise_clear_errors(kwargs, match):
 def test_reencoding_bound_needs_integer_positions():
     with pytest.raises(ValueError, match="integer positions"):
         rope_proof.reencoding_error_bound(np.ones((1, 4)), np.array([0.5]), 1.0)
+
+
+def test_attention_shift_bound_is_zero_for_one_value_and_never_nan():
+    """A column with one distinct value cannot move, however far the logits do (found on the H200:
+    one allowed key at logits of 1e5 gave inf * 0 = NaN, a false alarm)."""
+    b = rope_proof.attention_shift_bound(np.array([0.0, 1e3, np.inf, 1e3]), np.array([0.0, 0.0, 0.0, 1.0]))
+    assert not np.isnan(b).any()
+    assert (b[:3] == 0).all() and b[3] == np.inf
