@@ -64,23 +64,21 @@ def _max_len(config):
     text = config.getoption("flashproof_max_len", None)
     if text is None:
         return None
+    from .profiles import parse_max_len
+
     try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise pytest.UsageError(f"--flashproof-max-len must be a positive number of keys, got {text!r}")
-    return n
+        return parse_max_len(text, option="--flashproof-max-len")
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _report_path(config):
-    import os
-
     path = config.getoption("flashproof_report", None)
     if path is None:
         return None
-    parent = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+    from .state import writable_file_path
+
+    if not writable_file_path(path):
         raise pytest.UsageError(f"--flashproof-report {path}: not a writable file path")
     return path
 
