@@ -62,28 +62,17 @@ def builtin(device: str) -> list:
 
 
 def _flex() -> Audited:
-    """FlexAttention as an SDPA-signature Target, on the L sweep at two lengths (each new shape is a
-    torch.compile; past dynamo's recompile limit it falls back to an unfused path)."""
+    """FlexAttention (properties.flex, the GPU peer's Target), on the L sweep at two lengths (each new
+    shape is a torch.compile), fp16 and bf16 only as before (its fp32 cells read "not declared")."""
     import dataclasses
 
-    from flashproof.properties.targets import Target, from_sdpa
+    from flashproof.properties.targets import Target
 
     only = lambda c: c.sweep == "L" and c.problem.shape.lq in (512, 2048)  # noqa: E731
     try:
-        import torch
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        from flashproof.properties.flex import flex_target
 
-        compiled = torch.compile(flex_attention, dynamic=False)
-
-        def flex(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-            bm = None
-            if is_causal:
-                bm = create_block_mask(lambda b, h, i, j: j <= i, None, None, query.shape[2], key.shape[2],
-                                       device=query.device)
-            return compiled(query, key, value, block_mask=bm, scale=scale, enable_gqa=enable_gqa)
-
-        t = from_sdpa(flex, name="FlexAttention", spec=None, backward=False)
-        t = dataclasses.replace(t, attn_mask=False, dtypes=("bfloat16", "float16"), devices=("cuda",))
+        t = dataclasses.replace(flex_target(), dtypes=("bfloat16", "float16"))
         return Audited(t, "peer", "flex", only=only)
     except Exception as exc:  # FlexAttention is optional: say why it is absent
         stub = Target(name="FlexAttention", sdpa=lambda *a, **k: None)

@@ -43,7 +43,7 @@ from .bounds_eval import U64 as _U64
 from .bounds_eval import affine as _affine
 from .bounds_eval import as_f64 as _as_f64
 from .bounds_eval import lambdify_golden as _lambdify_golden  # noqa: F401  (tests lambdify the golden file)
-from .bounds_eval import logit_terms, rowwise
+from .bounds_eval import kv_groups, logit_terms, rowwise
 from .bounds_eval import mask_arg as _mask_arg
 from .bounds_eval import mma_args as _mma
 from .bounds_eval import row_value_stats as _row_value_stats
@@ -167,8 +167,7 @@ def running_forward_bound(q, k, v, *, precision, n_tiles=None, attn_mask=None, c
     with ``on_unbounded="raise"``, :class:`Unbounded` is raised naming the rows and the reason.
     """
     _check_precision(precision)
-    if on_unbounded not in ("inf", "raise"):
-        raise ValueError(f"on_unbounded must be 'inf' or 'raise', got {on_unbounded!r}")
+    _check_on_unbounded(on_unbounded)
     hs = _flag("lse_combine", lse_combine)
     q, k, v = _as_f64("query", q), _as_f64("key", k), _as_f64("value", v)
     dims = spec.check_dims(q.shape, k.shape, v.shape)
@@ -185,28 +184,32 @@ def running_forward_bound(q, k, v, *, precision, n_tiles=None, attn_mask=None, c
     if min(b_, h_, lq, lk) == 0:
         return o_bound, lse_bound
     grp = h_ // hk
-    struct = mask.matrix(lq, lk)
     unbounded = []
-    for bi in range(b_):
-        for kh in range(hk):
-            hs_ = slice(kh * grp, (kh + 1) * grp)
-            allowed = np.broadcast_to(struct, (grp, lq, lk))
-            if bmask is not None:
-                allowed = allowed & bmask[bi, hs_]
-            bsl = None if bias is None else bias[bi, hs_].reshape(grp * lq, lk)
-            with np.errstate(all="ignore"):  # inf/NaN are handled explicitly
-                ob, lb, why = _slice_bound(q[bi, hs_].reshape(grp * lq, e), k[bi, kh], v[bi, kh],
-                                           allowed.reshape(grp * lq, lk), bsl, sigma, cap, precision, n_tiles, hs)
-            o_bound[bi, hs_] = ob.reshape(grp, lq, ev)
-            lse_bound[bi, hs_] = lb.reshape(grp, lq)
-            for r, reason in why:
-                unbounded.append(((bi, kh * grp + r // lq, r % lq), reason))
+    for bi, kh, hs_, allowed, bsl in kv_groups(dims, mask, bmask, bias):
+        with np.errstate(all="ignore"):  # inf/NaN are handled explicitly
+            ob, lb, why = _slice_bound(q[bi, hs_].reshape(grp * lq, e), k[bi, kh], v[bi, kh], allowed, bsl, sigma,
+                                       cap, precision, n_tiles, hs)
+        o_bound[bi, hs_] = ob.reshape(grp, lq, ev)
+        lse_bound[bi, hs_] = lb.reshape(grp, lq)
+        for r, reason in why:
+            unbounded.append(((bi, kh * grp + r // lq, r % lq), reason))
     if unbounded and on_unbounded == "raise":
-        reasons = sorted({w_ for _, w_ in unbounded})
-        raise Unbounded(f"no finite bound for {len(unbounded)} row(s), e.g. (batch, head, query) "
-                        f"{[r for r, _ in unbounded[:5]]}: {'; '.join(reasons)}",
-                        rows=[r for r, _ in unbounded], reason="; ".join(reasons))
+        _raise_unbounded(unbounded, "bound")
     return o_bound, lse_bound
+
+
+def _check_on_unbounded(on_unbounded):
+    if on_unbounded not in ("inf", "raise"):
+        raise ValueError(f"on_unbounded must be 'inf' or 'raise', got {on_unbounded!r}")
+
+
+def _raise_unbounded(unbounded, what: str):
+    """Raise :class:`Unbounded` for ``unbounded``: [((batch, head, query), reason)], naming the
+    first rows and every reason (``what``: "bound", "backward bound")."""
+    reasons = sorted({w_ for _, w_ in unbounded})
+    raise Unbounded(f"no finite {what} for {len(unbounded)} row(s), e.g. (batch, head, query) "
+                    f"{[r for r, _ in unbounded[:5]]}: {'; '.join(reasons)}",
+                    rows=[r for r, _ in unbounded], reason="; ".join(reasons))
 
 
 def _weights(pi, y, delta, c, infl):

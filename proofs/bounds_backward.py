@@ -16,10 +16,10 @@ import numpy as np
 
 from flashproof import spec
 
-from .bounds import Unbounded, _check_precision, _pos_int, running_forward_bound
+from .bounds import _check_on_unbounded, _check_precision, _pos_int, _raise_unbounded, running_forward_bound
 from .bounds_eval import U64 as _U64
 from .bounds_eval import as_f64 as _as_f64
-from .bounds_eval import lambdify_golden, logit_terms, rowwise
+from .bounds_eval import kv_groups, lambdify_golden, logit_terms, rowwise
 from .bounds_eval import mask_arg as _mask_arg
 from .bounds_eval import mma_args as _mma
 from .precision import Precision
@@ -60,8 +60,7 @@ def running_backward_bound(q, k, v, do, *, precision: Precision, n_tiles=None, a
     ``on_unbounded="raise"``.
     """
     _check_precision(precision)
-    if on_unbounded not in ("inf", "raise"):
-        raise ValueError(f"on_unbounded must be 'inf' or 'raise', got {on_unbounded!r}")
+    _check_on_unbounded(on_unbounded)
     qn, kn, vn, gn = _as_f64("query", q), _as_f64("key", k), _as_f64("value", v), _as_f64("grad_out", do)
     dims = spec.check_dims(qn.shape, kn.shape, vn.shape)
     b_, h_, hk, lq, lk, e, ev = dims.batch, dims.heads, dims.kv_heads, dims.lq, dims.lk, dims.e, dims.ev
@@ -89,29 +88,19 @@ def running_backward_bound(q, k, v, do, *, precision: Precision, n_tiles=None, a
     if min(b_, h_, lq, lk) == 0:
         return dq_b, dk_b, dv_b
     grp = h_ // hk
-    struct = mask.matrix(lq, lk)
     unbounded = []
-    for bi in range(b_):
-        for kh in range(hk):
-            hs_ = slice(kh * grp, (kh + 1) * grp)
-            allowed = np.broadcast_to(struct, (grp, lq, lk))
-            if bmask is not None:
-                allowed = allowed & bmask[bi, hs_]
-            bsl = None if bias is None else bias[bi, hs_].reshape(grp * lq, lk)
-            dls = None if dl is None else dl[bi, hs_].reshape(grp * lq)
-            with np.errstate(all="ignore"):
-                a, bk, bv, why = _slice(qn[bi, hs_].reshape(grp * lq, e), kn[bi, kh], vn[bi, kh],
-                                        gn[bi, hs_].reshape(grp * lq, ev), allowed.reshape(grp * lq, lk), bsl, dls,
-                                        om[bi, hs_].reshape(grp * lq, ev), la[bi, hs_].reshape(grp * lq),
-                                        sigma, cap, precision)
-            dq_b[bi, hs_] = a.reshape(grp, lq, e)
-            dk_b[bi, kh], dv_b[bi, kh] = bk, bv
-            unbounded += [((bi, kh * grp + r // lq, r % lq), w_) for r, w_ in why]
+    for bi, kh, hs_, allowed, bsl in kv_groups(dims, mask, bmask, bias):
+        dls = None if dl is None else dl[bi, hs_].reshape(grp * lq)
+        with np.errstate(all="ignore"):
+            a, bk, bv, why = _slice(qn[bi, hs_].reshape(grp * lq, e), kn[bi, kh], vn[bi, kh],
+                                    gn[bi, hs_].reshape(grp * lq, ev), allowed, bsl, dls,
+                                    om[bi, hs_].reshape(grp * lq, ev), la[bi, hs_].reshape(grp * lq),
+                                    sigma, cap, precision)
+        dq_b[bi, hs_] = a.reshape(grp, lq, e)
+        dk_b[bi, kh], dv_b[bi, kh] = bk, bv
+        unbounded += [((bi, kh * grp + r // lq, r % lq), w_) for r, w_ in why]
     if unbounded and on_unbounded == "raise":
-        reasons = sorted({w_ for _, w_ in unbounded})
-        raise Unbounded(f"no finite backward bound for {len(unbounded)} row(s), e.g. (batch, head, query) "
-                        f"{[r for r, _ in unbounded[:5]]}: {'; '.join(reasons)}",
-                        rows=[r for r, _ in unbounded], reason="; ".join(reasons))
+        _raise_unbounded(unbounded, "backward bound")
     return dq_b, dk_b, dv_b
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from .golden_paths import GOLDEN_PATH
 from .precision import Precision
 
-__all__ = ["rowwise", "logit_terms", "row_value_stats", "FN", "TANH_EXTRA", "affine", "mma_args", "as_f64",
+__all__ = ["rowwise", "kv_groups", "logit_terms", "row_value_stats", "FN", "TANH_EXTRA", "affine", "mma_args", "as_f64",
            "mask_arg", "U64", "RND", "TINY", "lambdify_golden"]
 
 
@@ -101,6 +101,24 @@ def mask_arg(attn_mask, shape):
     except ValueError:
         raise ValueError(f"attn_mask of shape {a.shape} does not broadcast to (B, H, Lq, Lk) = {shape}") from None
     return (a, None) if is_bool else (None, a)
+
+
+def kv_groups(dims, mask, bmask, bias):
+    """The rows a running bound evaluates together: per batch element ``bi`` and KV head ``kh``,
+    ``(bi, kh, heads, allowed, bias)`` for the H / Hkv query heads sharing it (``heads`` a slice),
+    ``allowed`` (structural mask and boolean attn_mask) and ``bias`` (None without an additive
+    mask) with those heads' rows flattened to (H / Hkv * Lq, Lk)."""
+    lq, lk = dims.lq, dims.lk
+    grp = dims.heads // dims.kv_heads
+    struct = mask.matrix(lq, lk)
+    for bi in range(dims.batch):
+        for kh in range(dims.kv_heads):
+            hs_ = slice(kh * grp, (kh + 1) * grp)
+            allowed = np.broadcast_to(struct, (grp, lq, lk))
+            if bmask is not None:
+                allowed = allowed & bmask[bi, hs_]
+            bsl = None if bias is None else bias[bi, hs_].reshape(grp * lq, lk)
+            yield bi, kh, hs_, allowed.reshape(grp * lq, lk), bsl
 
 
 def rowwise(a, b):

@@ -9,6 +9,7 @@ flashproof.spec's own ``merge``/``block_state``/``finalize`` run on SymPy expres
 from __future__ import annotations
 
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -92,10 +93,16 @@ def timed(fn: Callable[..., Proof]) -> Callable[..., Proof]:
 __all__.append("timed")
 
 
-def proof_main(prove):
-    """The ``main`` of a theorem module: prove, print the summary, exit 0 iff proved."""
+def proof_main(prove, *, write_golden=None, golden_path=None):
+    """The ``main`` of a theorem module: prove, print the summary, exit 0 iff proved. With
+    ``write_golden`` (a derivation that writes ``golden_path``), ``--write-golden`` regenerates it."""
 
     def main(argv=None) -> int:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        if write_golden is not None and "--write-golden" in argv:
+            data = write_golden()
+            print(f"wrote {golden_path} ({len(data['expressions'])} expressions)")
+            return 0
         pr = prove()
         print(pr.summary())
         return 0 if pr.ok else 1

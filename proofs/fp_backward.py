@@ -20,8 +20,8 @@ import sympy as sp
 from sympy.codegen.cfunctions import expm1
 
 from . import fp_steps as st
-from .core import Proof, is_zero, timed
-from .fp_error import generated_source
+from .core import Proof, is_zero, proof_main, timed
+from .fp_error import check_declared_args, generated_source
 from .fp_model import Linearisations, chain_count, gam, w
 from .fp_symbols import SYMBOLS as FWD_SYMBOLS
 from .fp_symbols import c_exp, c_tanh, eta, eta_in, u_acc, u_dot, u_in, u_mma
@@ -171,11 +171,7 @@ def derive(proof: Proof | None = None):
     lins.spot_check(proof, seed=19)
     counts = dict(dot=dot["dot"], dot_op=dot["dot_op"], p_arg=p_arg, d_sum=d_sum, ds=ds, scale=scale, store=store)
     exprs = expressions(counts)
-    for name, e in exprs.items():
-        free = {s.name for s in e.free_symbols}
-        if not free <= set(ARGS[name]):
-            proof.check(f"expression {name} uses only its declared arguments", False,
-                        detail=f"extra: {sorted(free - set(ARGS[name]))}")
+    check_declared_args(proof, exprs, ARGS)
     return proof, counts, exprs
 
 
@@ -257,15 +253,7 @@ def report_lines(p: Proof) -> list:
     return lines
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--write-golden" in argv:
-        data = write_golden()
-        print(f"wrote {BACKWARD_GOLDEN_PATH} ({len(data['expressions'])} expressions)")
-        return 0
-    p = prove()
-    print(p.summary())
-    return 0 if p.ok else 1
+main = proof_main(prove, write_golden=write_golden, golden_path=BACKWARD_GOLDEN_PATH)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from sympy.codegen.cfunctions import expm1, log1p
 
 from . import fp_steps as st
 from .accumulation import derive as derive_accumulation
-from .core import Proof, timed
+from .core import Proof, proof_main, timed
 from .golden_paths import GENERATED_PATH, GOLDEN_PATH
 from .fp_model import (Linearisations, ceil_lemma, entropy_lemma, gam, log_sum_scaling_lemma,
                        lse_lipschitz_lemma, remainder_lemmas, w)
@@ -40,7 +40,7 @@ from .fp_symbols import (BIAS, CAP, ED, EN, SB, SBl, SD, SMALL, SYMBOLS, UNITS, 
                          h, hb, hs, logn, n, rho, u_acc, u_dot, u_in, u_mma)
 
 __all__ = ["SYMBOLS", "GOLDEN_PATH", "GENERATED_PATH", "ARGS", "LINEAR", "derive", "expressions", "golden_dict",
-           "generated_source", "write_golden", "linear_parts", "first_order", "prove", "main"]
+           "generated_source", "check_declared_args", "write_golden", "linear_parts", "first_order", "prove", "main"]
 
 _t = sp.Symbol("t", nonnegative=True)  # first-order scaling parameter
 
@@ -85,12 +85,18 @@ def derive(proof: Proof | None = None):
                     "gap, Delta) are exact with non-negative coefficients", True)
     except ArithmeticError as exc:
         proof.check("affine decompositions exact", False, detail=str(exc))
+    check_declared_args(proof, exprs, ARGS)
+    return proof, counts, exprs
+
+
+def check_declared_args(proof: Proof, exprs: dict, args: dict) -> None:
+    """A failed check for each expression whose free symbols are not all among its declared
+    ``args`` (the generated functions take exactly those)."""
     for name, e in exprs.items():
         free = {s.name for s in e.free_symbols}
-        if not free <= set(ARGS[name]):
+        if not free <= set(args[name]):
             proof.check(f"expression {name} uses only its declared arguments", False,
-                        detail=f"extra: {sorted(free - set(ARGS[name]))}")
-    return proof, counts, exprs
+                        detail=f"extra: {sorted(free - set(args[name]))}")
 
 
 def _lse_any_step(proof: Proof):
@@ -366,15 +372,7 @@ def prove() -> Proof:
     return proof
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--write-golden" in argv:
-        data = write_golden()
-        print(f"wrote {GOLDEN_PATH} ({len(data['expressions'])} expressions)")
-        return 0
-    p = prove()
-    print(p.summary())
-    return 0 if p.ok else 1
+main = proof_main(prove, write_golden=write_golden, golden_path=GOLDEN_PATH)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,8 @@ class RecordingOps(SympyOps):
         return super().finalize(st)
 
 
+# Not spec.Float32Ops: that one is batched (NumpyOps: arrays, 0-d results this theorem's IEEE-scalar check
+# refuses) and rounds a float64 exp; the merges under test here run on one row of np.float32 scalars.
 class Float32ScalarOps(ScalarOps):
     """Scalar float32 arithmetic (numpy float32 scalars; exp overflows to inf as on a GPU)."""
 

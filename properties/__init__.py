@@ -14,10 +14,10 @@ Public API (imported lazily: the pytest plugin imports this package in every pyt
 
 The modules, from the bottom up: cases (value objects), inputs (tensors of a problem),
 strategies, profiles, domain (what a target takes, as the strategies draw inside it), targets,
-adapters, loading, peers and builtin_targets, oracle (the judge), registry, memory (device memory),
-outcomes, context, timeouts, state, hypothesis_internals, length_budget, gen (shared builders), the
-property catalogues props_*.py (props_nan: the properties judged by the target's NaN policy) and
-pins.py, suite, then check (the CLI command) and plugin (pytest).
+adapters, loading, peers, builtin_targets, sdpa_backends and flex (FlexAttention), oracle (the
+judge), registry, memory (device memory), outcomes, context, timeouts, state, hypothesis_internals,
+length_budget, gen (shared builders), the property catalogues props_*.py (props_nan: the properties
+judged by the target's NaN policy) and pins.py, suite, then check (the CLI command) and plugin (pytest).
 """
 import importlib
 

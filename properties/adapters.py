@@ -93,6 +93,18 @@ def _who(fn, name):
     return name or getattr(fn, "__qualname__", None) or repr(fn)
 
 
+def _signature(adapter: str, fn, name):
+    """(parameters, who) of the kernel ``fn`` an adapter wraps; the adapter reads its options from the
+    signature, so a non-callable or uninspectable ``fn`` is refused here."""
+    if not callable(fn):
+        raise TypeError(f"{adapter}: fn must be callable, got {type(fn).__name__}")
+    params = _params(fn)
+    if params is None:
+        raise TargetLoadError(f"{adapter}: {_who(fn, name)} has no inspectable signature; the adapter reads its "
+                              f"options from it")
+    return params, _who(fn, name)
+
+
 def _is_tensor(x) -> bool:
     import torch
 
@@ -189,13 +201,7 @@ def flash_attn_style(fn, *, name=None, spec=None, dtypes=("float16", "bfloat16")
     Every window is aligned to the kernel's diagonal, so a non-causal window with Lq != Lk (which
     the suite aligns top-left) is outside the domain of a bottom-right kernel.
     """
-    if not callable(fn):
-        raise TypeError(f"flash_attn_style: fn must be callable, got {type(fn).__name__}")
-    params = _params(fn)
-    if params is None:
-        raise TargetLoadError(f"flash_attn_style: {_who(fn, name)} has no inspectable signature; the adapter reads "
-                              f"its options from it")
-    who = _who(fn, name)
+    params, who = _signature("flash_attn_style", fn, name)
     if alignment not in ("bottom_right", "top_left"):
         raise ValueError(f"flash_attn_style: alignment must be 'bottom_right' or 'top_left', got {alignment!r}")
     if lse_layout not in ("bhl", "blh"):
@@ -375,13 +381,7 @@ def fla_style(fn, *, name=None, spec=None, dtypes=("float16", "bfloat16"), head_
     ``min_len``, ``devices``, ``accepts``, ``nan_policy`` (default "ieee"), and other Target fields
     through ``**declare``.
     """
-    if not callable(fn):
-        raise TypeError(f"fla_style: fn must be callable, got {type(fn).__name__}")
-    params = _params(fn)
-    if params is None:
-        raise TargetLoadError(f"fla_style: {_who(fn, name)} has no inspectable signature; the adapter reads its "
-                              f"options from it")
-    who = _who(fn, name)
+    params, who = _signature("fla_style", fn, name)
     scale_name = next((n for n in _SCALE_NAMES if n in params), None)
     has_window = "window_size" in params
 

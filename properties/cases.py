@@ -15,7 +15,7 @@ from typing import Any
 from flashproof import spec
 
 __all__ = ["Shape", "Regime", "MaskSpec", "Problem", "Case", "case_from_repr", "REGIMES", "VALUE_KINDS", "DTYPES",
-           "DEFAULT_DTYPES"]
+           "DEFAULT_DTYPES", "CAUSAL_MODES", "ATTN_MASK_KINDS"]
 
 REGIMES = ("standard", "large", "very_negative", "spread", "ties", "rising", "sentinel")
 VALUE_KINDS = ("normal", "ones", "onehot", "offset", "large")
@@ -25,6 +25,10 @@ DTYPES = spec.STORAGE_DTYPES
 #: What a Target declares, and what is drawn, when nothing says otherwise (float64 is opt-in: most
 #: kernels do not take it).
 DEFAULT_DTYPES = ("float16", "bfloat16", "float32")
+#: A problem's (and a call's) causal mode: none, or spec's alignment of the diagonal.
+CAUSAL_MODES = (False, *spec.ALIGNMENTS)
+#: A problem's (and a call's) attn_mask: none, boolean, or additive (finite biases and -inf).
+ATTN_MASK_KINDS = (None, "bool", "additive")
 
 
 # ----------------------------------------------------------------------------- printing
@@ -119,11 +123,11 @@ class MaskSpec(_Printable):
     full: bool = False
 
     def __post_init__(self):
-        if self.causal not in (False, "top_left", "bottom_right"):
+        if self.causal not in CAUSAL_MODES:
             raise ValueError(f"MaskSpec.causal must be False, 'top_left' or 'bottom_right', got {self.causal!r}")
         if self.window is not None:
             spec.make_mask(window=self.window)  # validates (left, right)
-        if self.attn_mask not in (None, "bool", "additive"):
+        if self.attn_mask not in ATTN_MASK_KINDS:
             raise ValueError(f"MaskSpec.attn_mask must be None, 'bool' or 'additive', got {self.attn_mask!r}")
         if not (0.0 <= float(self.density) <= 1.0):
             raise ValueError(f"MaskSpec.density must be in [0, 1], got {self.density}")

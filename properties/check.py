@@ -63,13 +63,12 @@ def _seconds(text):
 
 
 def _positive(text):
+    from .profiles import parse_max_len
+
     try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--max-len must be a positive number of keys, got {text!r}")
-    return n
+        return parse_max_len(text, option="--max-len")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class _Terminated(KeyboardInterrupt):
@@ -85,7 +84,7 @@ def _on_sigterm(signum, frame):
 def run(args) -> int:
     from .outcomes import EXIT_ERROR, EXIT_OK, EXIT_VIOLATION, NOT_RUN, SuiteInterrupted
     from .registry import PROPERTIES, TargetTimeout
-    from .state import prepare_state_dir
+    from .state import prepare_state_dir, writable_file_path
     from .suite import select_properties
     from .targets import TargetLoadError
     from .timeouts import load_target_within, resolve_example_timeout
@@ -95,11 +94,9 @@ def run(args) -> int:
     except ValueError as exc:
         print(f"flashproof check: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    if args.json:  # checked before the suite runs: a bad path must not cost the run or read as a violation
-        parent = os.path.dirname(os.path.abspath(args.json))
-        if os.path.isdir(args.json) or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-            print(f"flashproof check: --json {args.json}: not a writable file path", file=sys.stderr)
-            return EXIT_ERROR
+    if args.json and not writable_file_path(args.json):  # before the run: a bad path must not cost it
+        print(f"flashproof check: --json {args.json}: not a writable file path", file=sys.stderr)
+        return EXIT_ERROR
     if args.list:
         for n in names:
             p = PROPERTIES[n]

@@ -16,7 +16,7 @@ from typing import Any
 
 from flashproof import spec
 
-from .cases import Problem, Shape
+from .cases import ATTN_MASK_KINDS, CAUSAL_MODES, Problem, Shape
 
 __all__ = ["Call", "OutsideDomain", "DECLARE_HINT", "Domain", "conform", "in_domain"]
 
@@ -39,9 +39,6 @@ class OutsideDomain(ValueError):
     def __init__(self, *args, by_fields=False):
         super().__init__(*args)
         self.by_fields = bool(by_fields)
-
-
-_CAUSAL = (False, "top_left", "bottom_right")
 
 
 @dataclass(frozen=True)
@@ -70,9 +67,9 @@ class Call:
     grad: bool = False
 
     def __post_init__(self):
-        if self.causal not in _CAUSAL:
-            raise ValueError(f"Call.causal must be one of {_CAUSAL}, got {self.causal!r}")
-        if self.attn_mask not in (None, "bool", "additive"):
+        if self.causal not in CAUSAL_MODES:
+            raise ValueError(f"Call.causal must be one of {CAUSAL_MODES}, got {self.causal!r}")
+        if self.attn_mask not in ATTN_MASK_KINDS:
             raise ValueError(f"Call.attn_mask must be None, 'bool' or 'additive', got {self.attn_mask!r}")
 
     @classmethod

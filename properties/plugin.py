@@ -59,43 +59,39 @@ def pytest_addoption(parser):
                     help="print each property's device memory (peak and retained after it) in the summary")
 
 
-def _max_len(config):
-    """--flashproof-max-len as an int (None: the length budget); a bad value is a usage error."""
-    text = config.getoption("flashproof_max_len", None)
+def _parsed(config, dest: str, parser: str):
+    """Option ``dest`` read by profiles' ``parser`` (the one ``flashproof check`` uses), None when not
+    given; a bad value is a usage error."""
+    text = config.getoption(dest, None)
     if text is None:
         return None
+    from . import profiles
+
     try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise pytest.UsageError(f"--flashproof-max-len must be a positive number of keys, got {text!r}")
-    return n
+        return getattr(profiles, parser)(text, option="--" + dest.replace("_", "-"))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _max_len(config):
+    """--flashproof-max-len as an int (None: the length budget); a bad value is a usage error."""
+    return _parsed(config, "flashproof_max_len", "parse_max_len")
 
 
 def _report_path(config):
-    import os
-
     path = config.getoption("flashproof_report", None)
     if path is None:
         return None
-    parent = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+    from .state import writable_file_path
+
+    if not writable_file_path(path):
         raise pytest.UsageError(f"--flashproof-report {path}: not a writable file path")
     return path
 
 
 def _example_timeout(config):
     """The --flashproof-example-timeout value as seconds (None: the profile's default)."""
-    text = config.getoption("flashproof_example_timeout", None)
-    if text is None:
-        return None
-    from .profiles import parse_seconds
-
-    try:
-        return parse_seconds(text, option="--flashproof-example-timeout")
-    except ValueError as exc:
-        raise pytest.UsageError(str(exc)) from None
+    return _parsed(config, "flashproof_example_timeout", "parse_seconds")
 
 
 def _state_dir(config):

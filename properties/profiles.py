@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from .strategies import HEAD_DIMS
 
 __all__ = ["Profile", "Limits", "PROFILES", "DERANDOMIZED_SEED", "profile_name", "get_profile", "parse_seconds",
-           "register_profiles", "settings_for", "default_profile"]
+           "parse_max_len", "register_profiles", "settings_for", "default_profile"]
 
 
 @dataclass(frozen=True)
@@ -195,3 +195,15 @@ def parse_seconds(text, *, option: str) -> float:
     if math.isnan(x) or x < 0:
         raise ValueError(f"{option} must be >= 0 seconds (0: no limit), got {text!r}")
     return x
+
+
+def parse_max_len(text, *, option: str) -> int:
+    """A pinned longest sequence length given as text: a positive number of keys; ValueError naming
+    ``option`` otherwise. One parser for ``flashproof check`` and the pytest plugin."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{option} must be a positive number of keys, got {text!r}")
+    return n

@@ -401,6 +401,12 @@ def _assert_nan_reaches(o1, l1, hit, cols, where):
                             ", ".join(f"{oracle.fmt_idx(i)} = {ln[tuple(i)]!r}" for i in idx))
 
 
+def _nan_cases(wheres):
+    """The strategy of _nan_run's cases: a NaN placed in one of ``wheres`` by a drawn seed."""
+    return lambda ctx: case_strategy(ctx, extra=st.tuples(st.sampled_from(wheres), st.integers(0, 10 ** 6)).map(
+        lambda x: (("where", x[0]), ("nan_seed", x[1]))))
+
+
 def _nan_corners(ctx):
     return [corner(ctx, mask=MaskSpec(causal=ctx.target.alignments[0]) if ctx.target.alignments else MaskSpec(),
                    seed=1200, extra=(("where", "k"), ("nan_seed", 3)))]
@@ -410,9 +416,7 @@ def _nan_corners(ctx):
       asserts="(nan_policy 'strict') a NaN in an allowed q_i or k_j makes exactly the rows that attend it NaN (O and "
               "LSE); every other row, empty rows included, is bitwise equal to the clean run",
       classes=(20, 4, 1),
-      strategy=lambda ctx: case_strategy(ctx, extra=st.tuples(st.sampled_from(("q", "k", "qk")),
-                                                              st.integers(0, 10 ** 6)).map(
-          lambda x: (("where", x[0]), ("nan_seed", x[1])))),
+      strategy=_nan_cases(("q", "k", "qk")),
       corners=_nan_corners, needs=_needs_policy("strict", "nan_propagates_ieee"),
       bound="bitwise / NaN pattern")
 def nan_propagates_only_to_attending_rows(ctx, case):
@@ -442,9 +446,7 @@ def nan_propagates_only_to_attending_rows(ctx, case):
               "of the rows of its own batch element and KV-head group (a NaN q: its own row; a NaN v: its column), "
               "never to inf or another value; every other row is bitwise clean",
       classes=(20, 4, 1, 12),
-      strategy=lambda ctx: case_strategy(ctx, extra=st.tuples(st.sampled_from(("q", "k", "v", "qk")),
-                                                              st.integers(0, 10 ** 6)).map(
-          lambda x: (("where", x[0]), ("nan_seed", x[1])))),
+      strategy=_nan_cases(("q", "k", "v", "qk")),
       corners=lambda ctx: _nan_corners(ctx) + [
           corner(ctx, shape=Shape(2, 4, 2 if ctx.target.gqa else 4, 9, 13, 16, 16), seed=1201,
                  extra=(("where", "v"), ("nan_seed", 5)))],

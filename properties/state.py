@@ -19,10 +19,17 @@ from .outcomes import Outcome, reproducer_script
 from .profiles import profile_name
 
 __all__ = ["STATE_DIR", "prepare_state_dir", "db_key", "fsync_write", "save_reproducer", "Journal", "run_key",
-           "decide_once"]
+           "decide_once", "writable_file_path"]
 
 #: where ``flashproof check`` and the pytest plugin keep their state by default (relative to the cwd)
 STATE_DIR = ".flashproof"
+
+
+def writable_file_path(path) -> bool:
+    """Whether a file can be written at ``path`` now: not a folder, in an existing writable folder
+    (``check --json`` and ``--flashproof-report`` check theirs before the run, which creates no folder)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    return not os.path.isdir(path) and os.path.isdir(parent) and os.access(parent, os.W_OK)
 
 
 def _key_text(target, profile) -> str:

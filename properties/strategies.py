@@ -17,7 +17,7 @@ from hypothesis.strategies import SearchStrategy
 
 from flashproof import spec
 
-from .cases import DEFAULT_DTYPES, DTYPES, REGIMES, VALUE_KINDS, MaskSpec, Problem, Regime, Shape
+from .cases import ATTN_MASK_KINDS, DEFAULT_DTYPES, DTYPES, REGIMES, VALUE_KINDS, MaskSpec, Problem, Regime, Shape
 from .inputs import max_abs_logit
 
 __all__ = [
@@ -216,7 +216,7 @@ def _masks(draw, alignments, window, attn_mask, lq, allow_empty, causal_only):
     if window and draw(st.booleans()):
         side = st.sampled_from((-1, 0, 1, 2, 3, 7, 100))
         win = (draw(side), draw(side))
-    am = draw(st.sampled_from((None, "bool", "additive"))) if attn_mask else None
+    am = draw(st.sampled_from(ATTN_MASK_KINDS)) if attn_mask else None
     density, empty, full = 1.0, 0, False
     if am is not None:
         density = draw(st.sampled_from((1.0, 0.7, 0.3)))
