@@ -71,6 +71,39 @@ followup)  # the single-device xdist run, and the compiled shared memory of ever
     done ) &
   wait
   ;;
+final)  # session 6's last call: the gpu profile after the tile-estimate change, flex's properties the peers
+         # call did not reach, the peers' failures that were the suite's own (re-judged), fla's padding NaN
+  check k-forward "" output_within_error_bound tail_tiles_every_residue tilings_agree \
+    tiled_reference_equals_monolithic lse_merge_of_parts_equals_whole long_context_sampled_rows \
+    row_shift_leaves_output_and_moves_lse kv_permutation_invariant duplicate_key_adds_ln2 scale_equivariant \
+    gqa_equals_repeated_mha &
+  check k-precision "" ones_values_give_ones output_in_convex_hull head_dim_zero_padding_invariant \
+    fp16_large_dot_products_finite fp32_stays_within_fp32_bound fp32_weight_ratios_exact reruns_bitwise_equal \
+    batch_invariant fully_masked_rows_zero_and_neg_inf causal_alignment_on_unequal_lengths attended_set_exact \
+    window_wider_than_sequence_is_causal invalid_window_rejected &
+  check k-masks "" 'softcap_*' lse_is_natural_log single_key_with_sentinel_logit logits_below_mask_sentinels \
+    'garbage_*' 'nan_*' decode_within_error_bound split_counts_agree 'paged_*' prefill_then_decode_equals_prefill &
+  check k-backward "" 'grad*' rope_reencoded_cache_matches &
+  check flex-a benchmarks.peers.flex:target fp32_weight_ratios_exact reruns_bitwise_equal batch_invariant \
+    fully_masked_rows_zero_and_neg_inf causal_alignment_on_unequal_lengths attended_set_exact \
+    window_wider_than_sequence_is_causal invalid_window_rejected 'softcap_*' &
+  check flex-b benchmarks.peers.flex:target lse_is_natural_log single_key_with_sentinel_logit \
+    logits_below_mask_sentinels 'garbage_*' 'nan_*' decode_within_error_bound split_counts_agree 'paged_*' \
+    prefill_then_decode_equals_prefill &
+  check flex-c benchmarks.peers.flex:target 'grad*' rope_reencoded_cache_matches &
+  check re-flash benchmarks.peers.torch_sdpa:flash garbage_in_padding_isolated &
+  check re-cudnn benchmarks.peers.torch_sdpa:cudnn rope_reencoded_cache_matches &
+  check re-efficient benchmarks.peers.torch_sdpa:efficient rope_reencoded_cache_matches &
+  check re-fat benchmarks.peers.flash_attention_triton:target output_within_error_bound ones_values_give_ones \
+    fp16_large_dot_products_finite logits_below_mask_sentinels &
+  ( timeout "$LIMIT" python3 benchmarks/peers/diag_padding.py benchmarks.peers.fla:target --lq 148 --lk 148 --e 8 \
+      --dtype bfloat16 --regime large --spread 1e15 --causal top_left --pad 1 >"$OUT/diag-fla.txt" 2>&1
+    echo "diag-fla exit $?" >>"$OUT/exits.txt"
+    timeout "$LIMIT" python3 benchmarks/peers/diag_padding.py benchmarks.peers.fla:target --lq 148 --lk 148 --e 8 \
+      --dtype bfloat16 --pad 1 >>"$OUT/diag-fla.txt" 2>&1
+    echo "diag-fla-standard exit $?" >>"$OUT/exits.txt" ) &
+  wait
+  ;;
 peers)
   for p in flex:target torch_sdpa:flash torch_sdpa:cudnn torch_sdpa:efficient fla:target \
            flash_attention_triton:target; do
@@ -82,9 +115,9 @@ esac
 }
 
 for m in "$@"; do
-  case "$m" in kernel|peers|followup) ;; *) echo "usage: OUT=DIR bash benchmarks/gpu_verify.sh kernel|peers|followup ..." >&2; exit 2;; esac
+  case "$m" in kernel|peers|followup|final) ;; *) echo "usage: OUT=DIR bash benchmarks/gpu_verify.sh kernel|peers|followup|final ..." >&2; exit 2;; esac
 done
-[ $# -gt 0 ] || { echo "usage: OUT=DIR bash benchmarks/gpu_verify.sh kernel|peers|followup ..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: OUT=DIR bash benchmarks/gpu_verify.sh kernel|peers|followup|final ..." >&2; exit 2; }
 for m in "$@"; do mode "$m" & done  # the modes named run side by side
 wait
 cat "$OUT/exits.txt"

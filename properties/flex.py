@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from flashproof import spec as _spec
 
+from .accumulators import declared_accumulator
 from .targets import Target
 
 __all__ = ["flex_target"]
@@ -98,9 +99,12 @@ def flex_target(*, compiled=True, devices=("cuda",), spec=None) -> Target:
             return o, out.lse
         return run(q, k, v, **kw, return_lse=True)
 
+    dtypes = ("float16", "bfloat16", "float32")
+    # its Triton tl.dot runs on the tensor cores on a GPU: the device's measured model (accumulators.py)
+    acc = declared_accumulator(dtypes, cuda="cuda" in devices and torch.cuda.is_available(), who="FlexAttention")
     return Target(name="FlexAttention (torch.compile)" if compiled else "FlexAttention (eager)", forward=forward,
                   lse=True, alignments=("top_left", "bottom_right"), window=True, softcap=True, attn_mask=False,
-                  gqa=True, backward=compiled, dtypes=("float16", "bfloat16", "float32"), devices=tuple(devices),
+                  gqa=True, backward=compiled, dtypes=dtypes, devices=tuple(devices), accumulator=acc,
                   head_dims=tuple(range(16, 257)), value_dim=True, min_lq=1, min_lk=1, accepts=_gqa_domain,
                   nan_policy="ieee", batch_invariant=False,  # a dense P @ V; splits chosen per problem size
                   spec=spec,

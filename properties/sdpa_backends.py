@@ -29,6 +29,7 @@ import dataclasses
 import warnings
 
 from .accumulators import declared_accumulator
+from .domain import OutsideDomain
 from .targets import TORCH_CPU_DEVIATIONS, from_sdpa
 
 __all__ = ["flash", "cudnn", "efficient", "math", "PROBES", "STATIC", "backend_accumulator"]
@@ -152,11 +153,10 @@ def _backend(name, backend_name, *, devices=("cuda",)):
 
     def fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         if name == "flash" and not all(_rows_aligned(t) for t in (query, key, value) if t.shape[-1] % 8 == 0):
-            from .gen import Undeclared
-
             # E % 8 == 0 is not padded by torch: its flash kernel dies with "misaligned address" and
-            # poisons the CUDA context for every later call (docs/findings.md F2); reported, not run
-            raise Undeclared("flash: q/k/v rows not 16-byte aligned (declared outside the domain: docs/findings.md F2)")
+            # poisons the CUDA context for every later call (docs/findings.md F2); reported, not run.
+            # OutsideDomain, not a raise of the target's: ctx.call passes it on as a refusal (H200 run 2026-12-03)
+            raise OutsideDomain("flash: q/k/v rows not 16-byte aligned (declared outside the domain: docs/findings.md F2)")
         return _call(backend, query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                      scale=scale, enable_gqa=enable_gqa)
 
