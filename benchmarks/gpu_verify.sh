@@ -96,10 +96,10 @@ final)  # session 6's last call: the gpu profile after the tile-estimate change,
   check re-efficient benchmarks.peers.torch_sdpa:efficient rope_reencoded_cache_matches &
   check re-fat benchmarks.peers.flash_attention_triton:target output_within_error_bound ones_values_give_ones \
     fp16_large_dot_products_finite logits_below_mask_sentinels &
-  ( timeout "$LIMIT" python3 benchmarks/peers/diag_padding.py benchmarks.peers.fla:target --lq 148 --lk 148 --e 8 \
+  ( timeout "$LIMIT" python3 -m benchmarks.peers.diag_padding benchmarks.peers.fla:target --lq 148 --lk 148 --e 8 \
       --dtype bfloat16 --regime large --spread 1e15 --causal top_left --pad 1 >"$OUT/diag-fla.txt" 2>&1
     echo "diag-fla exit $?" >>"$OUT/exits.txt"
-    timeout "$LIMIT" python3 benchmarks/peers/diag_padding.py benchmarks.peers.fla:target --lq 148 --lk 148 --e 8 \
+    timeout "$LIMIT" python3 -m benchmarks.peers.diag_padding benchmarks.peers.fla:target --lq 148 --lk 148 --e 8 \
       --dtype bfloat16 --pad 1 >>"$OUT/diag-fla.txt" 2>&1
     echo "diag-fla-standard exit $?" >>"$OUT/exits.txt" ) &
   wait

@@ -4,9 +4,11 @@ garbage_in_padding_isolated judges O on views into padded buffers whose padding 
 it fails, this runs the shrunk problem twice through the Target: on contiguous copies (no padding
 to read) and on the views with NaN padding, and counts the non-finite outputs of each. Non-finite
 only on the views: the kernel reads past the view (a bug of its strides or its tail masking).
-Non-finite on both: the inputs alone do it (another property's finding).
+Non-finite on both: the inputs alone do it (another property's finding). Run it as a module from
+the repository root: as a script, benchmarks/peers/ comes first on sys.path and its fla.py hides
+the fla package (the H200 run of 2026-12-03 lost this diagnosis that way).
 
-    python3 benchmarks/peers/diag_padding.py benchmarks.peers.fla:target --lq 148 --lk 148 --e 8 \
+    python3 -m benchmarks.peers.diag_padding benchmarks.peers.fla:target --lq 148 --lk 148 --e 8 \
         --dtype bfloat16 --regime large --spread 1e15 --causal top_left --pad 1
 """
 from __future__ import annotations
