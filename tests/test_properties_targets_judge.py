@@ -210,6 +210,19 @@ def test_sdpa_backend_declarations_without_cuda():
         assert "static" in f.description
 
 
+def test_flash_unaligned_rows_are_outside_its_domain_not_its_raise():
+    """The flash wrapper refuses rows not 16-byte aligned (docs/findings.md F2) with an OutsideDomain, which
+    Context.call passes on as a refusal; on the H200 it raised the suite's own Undeclared from inside the call,
+    which was reported as the target's raise on a valid input."""
+    from flashproof.properties import sdpa_backends as sb
+    from flashproof.properties.domain import OutsideDomain
+
+    buf = torch.zeros(1, 2, 7, 45, dtype=torch.float16)
+    q = buf[..., :40]  # rows of 45 elements: 90 bytes apart
+    with pytest.raises(OutsideDomain, match="16-byte"):
+        sb.flash().sdpa(q, q, q)
+
+
 def test_sdpa_backend_refusal_names_torchs_reasons():
     from torch.nn.attention import SDPBackend
 
