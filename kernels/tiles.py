@@ -93,8 +93,9 @@ def _smem_forward(bm, bn, ns, dk, dv, elt, bias=False):
     # Q tile resident, K and V tiles buffered num_stages + 1 deep: the H100 run of 2026-11-21
     # refused 64x64, 3 stages at E=256 bf16 for 256 KiB (= Q + 4 K/V buffers less one Q).
     # An fp32 bias tile is pipelined too: the H200 run of 2026-12-03 refused 256x64, 2 stages at
-    # E=128, Ev=256 fp16 with a bool attn_mask for 262168 B (docs/findings.md F8).
-    return elt * (bm * dk + (max(ns, 1) + 1) * bn * (dk + dv)) + (bias * (max(ns, 1) + 1) * bm * bn * 4)
+    # E=128, Ev=256 fp16 with a bool attn_mask for 262168 B (docs/findings.md F5).
+    bias_bytes = (max(ns, 1) + 1) * bm * bn * 4 if bias else 0
+    return elt * (bm * dk + (max(ns, 1) + 1) * bn * (dk + dv)) + bias_bytes
 
 
 def _smem_backward(bm, bn, ns, dk, dv, elt):

@@ -2,7 +2,7 @@
 
 The H200 gpu profile (docs/gpu-runs.md, session 6) found flashproof's own Target declaring
 (256, 64, 8, 2) at E=128, Ev=256, fp16 with a bool attn_mask: the estimate accepted it and the GPU
-refused it (262168 B of shared memory), a raise on a valid input (docs/findings.md F8).
+refused it (262168 B of shared memory), a raise on a valid input (docs/findings.md F5).
 """
 import dataclasses
 
