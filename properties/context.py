@@ -153,16 +153,16 @@ class Context:
         if ex is None:
             ex = oracle.exact(inp, need_o=o_b, need_lse=l_b if lse is not None else None)
         src = oracle.bound_source()
-        if self.target.empty_rows == "unspecified":
-            src += "; rows with no allowed key not judged (declared empty_rows 'unspecified')"
+        note = ("; rows with no allowed key not judged (declared empty_rows 'unspecified')"
+                if self.target.empty_rows == "unspecified" else "")
         ctx = f" ({label})" if label else ""
         oracle.assert_within(f"O{ctx}", oracle.to_np(o), ex.o, o_b + ex.o_rad,
-                             what=f"the running error bound [{src} bound, {ex.source} reference]")
+                             what=f"the running error bound [{src} bound, {ex.source} reference{note}]")
         if lse is not None:
             lse_np = oracle.to_np(lse)
             lb = l_b + _lse_store(lse, ex.lse, l_b)
             oracle.assert_within(f"LSE{ctx}", lse_np, ex.lse, lb + ex.lse_rad,
-                                 what=f"the running LSE bound [{src} bound, {ex.source} reference]",
+                                 what=f"the running LSE bound [{src} bound, {ex.source} reference{note}]",
                                  dims="(b, h, i)")
         if fa:
             nerr = oracle.naive_error(inp, ex)
