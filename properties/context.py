@@ -82,6 +82,8 @@ class Context:
             if lse is None or tuple(lse.shape) != (b, h, lq):
                 raise Violation(f"LSE has shape {None if lse is None else tuple(lse.shape)}, expected (B, H, Lq) = "
                                 f"{(b, h, lq)}")
+        if t.empty_rows == "zero":
+            return o, lse
         return self.unjudged_to_spec(inp.with_(q=q, k=k, v=v, **opts), o, lse)
 
     def unjudged_rows(self, inp):

@@ -171,3 +171,36 @@ def test_the_gradients_of_rows_with_keys_stay_judged():
     t = from_sdpa(bad_backward, name="bad_backward", empty_rows="unspecified", backward=True)
     res = run_suite(t, profile="ci", select=["gradients_match_reference", "grad_masked_rows_zero"])
     assert res.failures and all("dV" in o.message for o in res.failures), res.table()
+
+
+def test_decode_rows_with_no_key_follow_the_policy():
+    """Decode's empty rows (a sequence of length 0, or Lq > its length: bottom-right causal to each sequence's
+    own length) are excused under "unspecified" and judged under "zero"; the other rows stay judged."""
+    from flashproof.properties.peers import tiled_decode
+
+    def nan_on_empty(q, k_cache, v_cache, *, seqlens, causal, **kw):
+        out = tiled_decode(q, k_cache, v_cache, seqlens=seqlens, causal=causal, **kw)
+        o, lse = out if isinstance(out, tuple) else (out, None)
+        lq = q.shape[2]
+        n = torch.as_tensor(seqlens).to("cpu", torch.int64)
+        empty = (torch.arange(lq)[None, :] < (lq - n)[:, None])[:, None, :, None]
+        o = torch.where(empty, torch.full_like(o, float("nan")), o)
+        return (o, lse) if isinstance(out, tuple) else o
+
+    def off_by(q, k_cache, v_cache, *, seqlens, causal, **kw):
+        out = tiled_decode(q, k_cache, v_cache, seqlens=seqlens, causal=causal, **kw)
+        o, lse = out if isinstance(out, tuple) else (out, None)
+        o = o + 0.01  # every row, those with keys included
+        return (o, lse) if isinstance(out, tuple) else o
+
+    prop = PROPERTIES["decode_within_error_bound"]
+    base = tiled_peer()
+    ok = run_property(prop, dataclasses.replace(base, name="nan_empty_decode", decode=nan_on_empty,
+                                                empty_rows="unspecified"), profile="ci")
+    assert ok.status == "passed", ok.message
+    zero = run_property(prop, dataclasses.replace(base, name="nan_empty_decode_zero", decode=nan_on_empty),
+                        profile="ci")
+    assert zero.status == FAILED and "NaN" in zero.message, zero.message
+    bad = run_property(prop, dataclasses.replace(base, name="off_decode", decode=off_by, empty_rows="unspecified"),
+                       profile="ci")
+    assert bad.status == FAILED and "violates" in bad.message, bad.message
