@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         @given(pb._grad_strategy(ctx, dtype=st.just(dt)) if target.backward else st.nothing())
         def backward(case):
             inp = build(case.problem, device=ctx.device)
-            do = pb._do(inp, case.get("do_seed"))
+            do = pb._do(ctx, inp, case.get("do_seed"))
             try:
                 bounds = ctx.backward_bound(inp, do, tile=case.tile_dict)
             except Unbounded:

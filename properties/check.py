@@ -129,7 +129,7 @@ def run(args) -> int:
     profile = args.profile or default_profile(device)
     limit = resolve_example_timeout(args.example_timeout, profile)
     print(f"flashproof check: target {target.name} ({target.description or 'SDPA callable'}), judged by nan_policy "
-          f"{target.nan_policy!r}, profile {profile}, {len(names)} properties; per-example time limit "
+          f"{target.nan_policy!r} and empty_rows {target.empty_rows!r}, profile {profile}, {len(names)} properties; per-example time limit "
           f"{f'{limit:g} s' if limit else 'none'}; state in {state_dir}", flush=True)
 
     def progress(o):
@@ -170,7 +170,7 @@ def run(args) -> int:
               f"command with --resume to continue.")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"target": res.target, "nan_policy": res.nan_policy, "domain": target.capabilities(),
+            json.dump({"target": res.target, "nan_policy": res.nan_policy, "empty_rows": res.empty_rows, "domain": target.capabilities(),
                        "profile": res.profile, "bound": res.bound_source,
                        "seconds": res.seconds, "exit_code": res.exit_code, "interrupted": res.interrupted,
                        "notes": res.notes, "device": res.device,

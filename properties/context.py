@@ -82,6 +82,34 @@ class Context:
             if lse is None or tuple(lse.shape) != (b, h, lq):
                 raise Violation(f"LSE has shape {None if lse is None else tuple(lse.shape)}, expected (B, H, Lq) = "
                                 f"{(b, h, lq)}")
+        if t.empty_rows == "zero":
+            return o, lse
+        return self.unjudged_to_spec(inp.with_(q=q, k=k, v=v, **opts), o, lse)
+
+    def unjudged_rows(self, inp):
+        """(B, H, Lq) bool: the rows of ``inp`` whose O and LSE the target makes no claim on (declared
+        empty_rows="unspecified": the rows with no allowed key), or None when every row is judged."""
+        if self.target.empty_rows != "unspecified":
+            return None
+        try:
+            empty = oracle.empty_rows(inp)
+        except ValueError:  # options spec refuses (an invalid window the target took): nothing to excuse
+            return None
+        return empty if empty.any() else None
+
+    def unjudged_to_spec(self, inp, o, lse):
+        """(o, lse) with the target's values on :meth:`unjudged_rows` discarded for spec's (O = 0, LSE = -inf):
+        no check sees them (what an empty row does to the OTHER rows stays the target's own output), and a
+        backward through ``o`` sends those rows dO = 0 (torch.where's gradient)."""
+        empty = self.unjudged_rows(inp)
+        if empty is None:
+            return o, lse
+        import torch
+
+        e = torch.from_numpy(empty).to(o.device)
+        o = torch.where(e[..., None], torch.zeros((), dtype=o.dtype, device=o.device), o)
+        if lse is not None:
+            lse = torch.where(e.to(lse.device), torch.full((), float("-inf"), dtype=lse.dtype, device=lse.device), lse)
         return o, lse
 
     def tile_fits(self, tile, q, v) -> bool:
@@ -127,14 +155,16 @@ class Context:
         if ex is None:
             ex = oracle.exact(inp, need_o=o_b, need_lse=l_b if lse is not None else None)
         src = oracle.bound_source()
+        note = ("; rows with no allowed key not judged (declared empty_rows 'unspecified')"
+                if self.target.empty_rows == "unspecified" else "")
         ctx = f" ({label})" if label else ""
         oracle.assert_within(f"O{ctx}", oracle.to_np(o), ex.o, o_b + ex.o_rad,
-                             what=f"the running error bound [{src} bound, {ex.source} reference]")
+                             what=f"the running error bound [{src} bound, {ex.source} reference{note}]")
         if lse is not None:
             lse_np = oracle.to_np(lse)
             lb = l_b + _lse_store(lse, ex.lse, l_b)
             oracle.assert_within(f"LSE{ctx}", lse_np, ex.lse, lb + ex.lse_rad,
-                                 what=f"the running LSE bound [{src} bound, {ex.source} reference]",
+                                 what=f"the running LSE bound [{src} bound, {ex.source} reference{note}]",
                                  dims="(b, h, i)")
         if fa:
             nerr = oracle.naive_error(inp, ex)

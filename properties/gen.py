@@ -28,7 +28,8 @@ __all__ = [
     "tile_sizes", "problem_strategy", "case_strategy", "corner", "first_dtype",
     "head_dim_at_least", "small_tiles", "SCALES", "SOFTCAPS", "prop", "Undeclared",
     "run_tiles", "judge_rows", "sample", "rows_of", "budget_report", "empty_row_mechanisms", "empty_row_cases",
-    "plain_mask", "domain", "admit", "refusals", "empty_rows_not_applicable", "EMPTY_ROW_WAYS", "empty_window_causal",
+    "plain_mask", "domain", "admit", "refusals", "empty_rows_not_applicable", "EMPTY_ROW_WAYS",
+    "empty_row_values_undeclared", "empty_window_causal",
     "Judgement", "judge_case",
 ]
 
@@ -407,6 +408,15 @@ def empty_row_mechanisms(t, *, declared=False):
     if t.window and (declared or dom.unequal(empty_window_causal(dom), longer="q")):
         out.append("window")
     return out
+
+
+def empty_row_values_undeclared(t) -> str | None:
+    """Why a property about a fully masked row's own values (O = 0, LSE = -inf, dQ = 0) does not apply to
+    ``t`` (None: it declares spec's empty_rows="zero")."""
+    if t.empty_rows == "zero":
+        return None
+    return (f"the target declares empty_rows={t.empty_rows!r}: no claim on a fully masked row's O and LSE "
+            f"(every row with an allowed key is judged by the other properties)")
 
 
 def empty_window_causal(dom):

@@ -26,7 +26,7 @@ __all__ = [
     "Violation", "Exact", "exact", "bound", "backward_bound", "bound_source", "precision", "naive_error",
     "REFERENCE_C_EXP",
     "to_np", "assert_within", "assert_bitwise", "assert_fa_criterion", "assert_finite",
-    "fmt_idx", "judge_rows", "take_rows", "allowed_mask", "ARB_WORK", "fa_eps",
+    "fmt_idx", "judge_rows", "take_rows", "allowed_mask", "empty_rows", "ARB_WORK", "fa_eps",
 ]
 
 #: Above this many (b, h, i, j) row-key pairs times (E + Ev) the arb reference certifies a sample
@@ -205,6 +205,11 @@ def allowed_mask(inputs):
         keep = a.numpy() if a.dtype == torch.bool else ~np.isneginf(a.to(torch.float64).numpy())
         allowed = allowed & np.broadcast_to(keep, (b, h, lq, lk))
     return np.array(allowed, dtype=bool)
+
+
+def empty_rows(inputs):
+    """(B, H, Lq) bool: the query rows with no allowed key (spec: O = 0, LSE = -inf there)."""
+    return ~allowed_mask(inputs).any(axis=-1)
 
 
 def take_rows(inputs, rows):

@@ -82,6 +82,8 @@ class SuiteResult:
     bound_source: str = ""
     #: the NaN policy the target was judged by (Target.nan_policy)
     nan_policy: str = ""
+    #: the empty-row policy the target was judged by (Target.empty_rows)
+    empty_rows: str = ""
     #: the run was interrupted (then ``signum`` says by which signal; the rest is "not run")
     interrupted: bool = False
     signum: int = 0
@@ -152,7 +154,8 @@ class SuiteResult:
             lines.append(f"device memory: peak {fmt_bytes(top.peak_bytes)} ({top.name}); most retained after a "
                          f"property {fmt_bytes(kept.retained_bytes)} ({kept.name}); retained over the run "
                          f"{fmt_bytes(sum(o.retained_bytes for o in peaks))}")
-        policy = f", nan_policy {self.nan_policy}" if self.nan_policy else ""
+        policy = (f", nan_policy {self.nan_policy}" if self.nan_policy else "") + (
+            f", empty_rows {self.empty_rows}" if self.empty_rows else "")
         lines.append(f"target {self.target}{policy}, profile {self.profile}, bound: {self.bound_source}; "
                      + ", ".join(f"{n} {s}" for s, n in counts.items())
                      + (f" ({resumed} resumed from the journal)" if resumed else "") + f"; {self.seconds:.1f}s"

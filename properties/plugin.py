@@ -131,7 +131,8 @@ def pytest_configure(config):
 
         limit = resolve_example_timeout(_example_timeout(config), _profile_option(config) or "ci")
         try:
-            config._flashproof_nan_policy = load_target_within(_target_spec(config), limit).nan_policy
+            t = load_target_within(_target_spec(config), limit)
+            config._flashproof_nan_policy, config._flashproof_empty_rows = t.nan_policy, t.empty_rows
         except TargetTimeout as exc:  # a hang is the target's fault: a failed session, not a usage error
             pytest.exit(f"--flashproof-target: {exc}", returncode=pytest.ExitCode.TESTS_FAILED)
         except (TargetLoadError, TypeError, ValueError) as exc:
@@ -303,7 +304,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 def pytest_report_header(config):
     if _wants_us(config):
         policy = getattr(config, "_flashproof_nan_policy", None)
-        return f"flashproof target: {_target_spec(config)}" + (f" (judged by nan_policy {policy!r})" if policy else "")
+        rows = getattr(config, "_flashproof_empty_rows", None)
+        return f"flashproof target: {_target_spec(config)}" + (
+            f" (judged by nan_policy {policy!r}, empty_rows {rows!r})" if policy else "")
     return None
 
 

@@ -32,6 +32,22 @@ def _decode(ctx, q, kc, vc, **kw):
     o, lse = (out if isinstance(out, tuple) else (out, None))
     if tuple(o.shape) != tuple(q.shape[:3]) + (vc.shape[-1],):
         raise Violation(f"decode O has shape {tuple(o.shape)}, expected {tuple(q.shape[:3]) + (vc.shape[-1],)}")
+    return _unjudged_to_spec(ctx, o, lse, kw)
+
+
+def _unjudged_to_spec(ctx, o, lse, kw):
+    """Context.unjudged_to_spec for a decode call: under empty_rows "unspecified", row i of sequence b has no
+    key when i < Lq - seqlens[b] (bottom-right causal to each sequence's own length, no window)."""
+    import torch
+
+    if ctx.target.empty_rows != "unspecified" or kw.get("window") is not None or kw.get("causal") != "bottom_right":
+        return o, lse
+    lq = o.shape[2]
+    n = torch.as_tensor(kw["seqlens"]).to("cpu", torch.int64)
+    empty = (torch.arange(lq)[None, :] < (lq - n)[:, None])[:, None, :].expand(o.shape[:3]).to(o.device)
+    o = torch.where(empty[..., None], torch.zeros((), dtype=o.dtype, device=o.device), o)
+    if lse is not None:
+        lse = torch.where(empty.to(lse.device), torch.full((), float("-inf"), dtype=lse.dtype, device=lse.device), lse)
     return o, lse
 
 

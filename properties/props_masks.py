@@ -13,7 +13,7 @@ from . import oracle
 from .cases import Case, MaskSpec, Problem, Regime, Shape
 from .domain import OutsideDomain, conform
 from .gen import (EMPTY_ROW_WAYS, admit, case_strategy, corner, domain, empty_row_cases, empty_row_mechanisms,
-                  empty_window_causal, first_dtype, head_dim_at_least, judge_rows, prop, run_tiles, sample, small_tiles,
+                  empty_row_values_undeclared, empty_window_causal, first_dtype, head_dim_at_least, judge_rows, prop, run_tiles, sample, small_tiles,
                   tile_sizes)
 from .inputs import Inputs, build, logits_exact, max_abs_logit
 from .oracle import Violation, to_np
@@ -45,8 +45,8 @@ def _empty_corners(ctx):
       asserts="rows with no allowed key give O = 0 and LSE = -inf (never NaN or +inf), and every other row "
               "stays within the bound of its exact value",
       classes=(1, 13, 14), strategy=empty_row_cases, corners=_empty_corners,
-      needs=lambda t: None if empty_row_mechanisms(t, declared=True) else
-      f"the target declares no way to express a fully masked row ({EMPTY_ROW_WAYS})",
+      needs=lambda t: empty_row_values_undeclared(t) or (None if empty_row_mechanisms(t, declared=True) else
+      f"the target declares no way to express a fully masked row ({EMPTY_ROW_WAYS})"),
       bound="exact 0 / -inf on empty rows; running_forward_bound elsewhere")
 def fully_masked_rows_zero_and_neg_inf(ctx, case):
     inp = build(case.problem, device=ctx.device)

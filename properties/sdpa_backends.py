@@ -32,7 +32,7 @@ from .accumulators import declared_accumulator
 from .domain import OutsideDomain
 from .targets import TORCH_CPU_DEVIATIONS, from_sdpa
 
-__all__ = ["flash", "cudnn", "efficient", "math", "PROBES", "STATIC", "backend_accumulator"]
+__all__ = ["flash", "cudnn", "efficient", "math", "PROBES", "STATIC", "EMPTY_ROWS", "backend_accumulator"]
 
 #: head dims probed on a GPU (the profiles' head dims; a target declares the ones that run)
 _PROBE_DIMS = (8, 16, 24, 32, 40, 64, 72, 80, 96, 128, 160, 192, 256)
@@ -51,6 +51,9 @@ STATIC = {
     "math": dict(dtypes=("float16", "bfloat16", "float32", "float64"), attn_mask=True, gqa=True, value_dim=True,
                  head_dims=None, causal_equal_lengths=False, min_lq=0, min_lk=0, bwd_head_dims=None),
 }
+#: What each backend declares for a fully masked row (Target.empty_rows): torch documents no value; cuDNN
+#: returns a finite non-zero O there on the H200 (docs/peers.md), the others spec's O = 0 or NaN (math).
+EMPTY_ROWS = {"cudnn": "unspecified"}
 #: name -> {probe: None (ran) or the refusal's message}, filled by the factories on a GPU
 PROBES: dict = {}
 _DECLARED: dict = {}
@@ -171,7 +174,7 @@ def _backend(name, backend_name, *, devices=("cuda",)):
         return None
 
     t = from_sdpa(fn, name=f"torch SDPA {name} backend", spec=spec, backward=True,
-                  known_deviations=None if cuda else TORCH_CPU_DEVIATIONS)
+                  known_deviations=None if cuda else TORCH_CPU_DEVIATIONS, empty_rows=EMPTY_ROWS.get(name, "zero"))
     how = "probed on this GPU" if cuda else "static (torch 2.11 sdp_utils.cpp, sm_90)"
     return dataclasses.replace(t, devices=devices, accepts=accepts if bwd is not None else None,
                                accumulator=backend_accumulator(d["dtypes"], cuda=cuda),

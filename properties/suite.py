@@ -267,7 +267,7 @@ def run_suite(target, *, profile="ci", select=None, fail_fast=False, progress=No
     t = load_target_within(target, limit)
     t0 = time.perf_counter()
     res = SuiteResult(target=t.name, profile=profile_name(profile), bound_source=oracle.bound_source(),
-                      nan_policy=t.nan_policy)
+                      nan_policy=t.nan_policy, empty_rows=t.empty_rows)
     journal, done = None, {}
     if state_dir is not None:
         state_dir = prepare_state_dir(state_dir)

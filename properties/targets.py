@@ -27,6 +27,7 @@ from .domain import DECLARE_HINT, Call, OutsideDomain
 __all__ = [
     "Target",
     "NAN_POLICIES",
+    "EMPTY_ROW_POLICIES",
     "Call",
     "OutsideDomain",
     "TargetLoadError",
@@ -37,6 +38,9 @@ __all__ = [
 
 #: The NaN policies a Target may declare (spec/README.md, "NaN and inf policy").
 NAN_POLICIES = ("strict", "ieee")
+#: What a Target may declare about a fully masked row (spec/README.md, "Fully masked rows"): "zero", spec's
+#: O = 0 and LSE = -inf (zero gradients); "unspecified", no claim on that row's O and LSE (NaN included).
+EMPTY_ROW_POLICIES = ("zero", "unspecified")
 
 
 class TargetLoadError(ValueError):
@@ -135,6 +139,10 @@ class Target:
     #: "strict", spec's own (masked keys are dropped, never multiplied by 0); "ieee", a dense P@V (a
     #: masked P is an exact 0 that may multiply a NaN/inf, and an empty row's NaN query may reach it).
     nan_policy: str = "strict"
+    #: What the kernel claims for a row with no allowed key (EMPTY_ROW_POLICIES, spec/README.md "Fully masked
+    #: rows"): "zero", spec's O = 0 and LSE = -inf; "unspecified", no claim on that row's O and LSE (any value,
+    #: NaN included): the suite then judges every other row as before, and that an empty row affects no other.
+    empty_rows: str = "zero"
     known_deviations: Mapping[str, str] = field(default_factory=dict)
     #: "module:attr" it was loaded from (used in reproducers), if any.
     spec: str | None = None
@@ -191,6 +199,10 @@ class Target:
             raise ValueError(f"Target.nan_policy must be one of {NAN_POLICIES} ('strict': masked keys are dropped, "
                              f"as spec says; 'ieee': a dense P @ V, where a masked P = 0 may multiply a NaN), "
                              f"got {self.nan_policy!r}")
+        if self.empty_rows not in EMPTY_ROW_POLICIES:
+            raise ValueError(f"Target.empty_rows must be one of {EMPTY_ROW_POLICIES} ('zero': a row with no allowed key "
+                             f"gives O = 0 and LSE = -inf, as spec says; 'unspecified': the kernel makes no claim on "
+                             f"such a row's O and LSE), got {self.empty_rows!r}")
         self._check_domain()
 
     def _check_domain(self):
@@ -262,7 +274,8 @@ class Target:
             "causal_only": self.causal_only, "equal_lengths": self.equal_lengths,
             "causal_equal_lengths": self.causal_equal_lengths, "length_multiple": self.length_multiple,
             "min_lq": self.min_lq, "min_lk": self.min_lk, "max_lq": self.max_lq, "max_lk": self.max_lk,
-            "accepts": self.accepts is not None, "nan_policy": self.nan_policy, "batch_invariant": self.batch_invariant,
+            "accepts": self.accepts is not None, "nan_policy": self.nan_policy, "empty_rows": self.empty_rows,
+            "batch_invariant": self.batch_invariant,
         }
 
     # ------------------------------------------------------------------ domain
@@ -471,7 +484,7 @@ def _cuda() -> bool:
 
 
 def from_sdpa(fn, *, name=None, spec=None, backward=None, known_deviations=None, nan_policy="ieee",
-              batch_invariant=False, **declare) -> Target:
+              batch_invariant=False, empty_rows="zero", **declare) -> Target:
     """Wrap a callable with torch's SDPA signature as a Target with only what it offers:
     top-left causal, attn_mask (bool and additive), scale, GQA through ``enable_gqa``.
 
@@ -479,7 +492,9 @@ def from_sdpa(fn, *, name=None, spec=None, backward=None, known_deviations=None,
     "ieee": what torch's SDPA and a plain ``softmax(s) @ v`` do (a masked P = 0 may multiply a NaN
     value); declare "strict" for a kernel that drops masked keys. ``batch_invariant`` is not
     claimed by default (torch's batched CPU matmul changes a row's rounding with the batch size,
-    docs/findings.md F4): declare True to have it checked. Other Target fields (the domain:
+    docs/findings.md F4): declare True to have it checked. ``empty_rows`` defaults to spec's "zero" (a
+    fully masked row gives O = 0, LSE = -inf); "unspecified" for a kernel that makes no claim there
+    (torch documents none; its cuDNN backend gives a finite non-zero O). Other Target fields (the domain:
     ``causal_only``, ``equal_lengths``, ``length_multiple``, ``min_lq`` ... ``max_lk``, ``head_dims``,
     ``dtypes``, ``accepts``; ``devices``, ...) through ``**declare``.
     """
@@ -507,6 +522,7 @@ def from_sdpa(fn, *, name=None, spec=None, backward=None, known_deviations=None,
         devices=("cuda", "cpu"),  # the GPU when there is one
         known_deviations=deviations,
         nan_policy=nan_policy,
+        empty_rows=empty_rows,
         batch_invariant=batch_invariant,
         description="plain SDPA callable",
     )
