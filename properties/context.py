@@ -113,10 +113,7 @@ class Context:
         return o, lse
 
     def tile_fits(self, tile, q, v) -> bool:
-        acc = self.target.accepts_tile
-        if acc is None or not tile:
-            return True
-        return bool(acc(dict(tile), head_dim=int(q.shape[-1]), head_dim_v=int(v.shape[-1]), dtype=q.dtype))
+        return self.target.tile_fits(tile, head_dim=q.shape[-1], head_dim_v=v.shape[-1], dtype=q.dtype)
 
     def n_tiles(self, tile, lk):
         """Key tiles of a call (for the bound), or None when the target does not say."""

@@ -322,12 +322,11 @@ def case_strategy(ctx, problem=None, *, tile=True, extra=None, **kw):
     tl = tile_configs(configs=run_tiles(ctx)) if tile else st.just(None)
     ex = extra if extra is not None else st.just(())
     out = st.builds(Case, problem=pr, tile=tl, extra=ex)
-    acc = ctx.target.accepts_tile
-    if acc is not None and tile:
+    t = ctx.target
+    if t.accepts_tile is not None and tile:
         def fits(c):
             sh = c.problem.shape
-            return c.tile is None or acc(dict(c.tile), head_dim=sh.e, head_dim_v=sh.ev,
-                                         dtype=torch_dtype(c.problem.dtype))
+            return t.tile_fits(c.tile, head_dim=sh.e, head_dim_v=sh.ev, dtype=torch_dtype(c.problem.dtype))
         out = out.filter(fits)
     return out
 

@@ -123,8 +123,8 @@ def _applicable(case: Case, target):
     tile = case.tile
     if tile is not None and dict(tile) not in [dict(c) for c in target.tile_configs]:
         tile = None
-    if tile is not None and target.accepts_tile is not None:  # a declared config these dims rule out
+    if tile is not None:  # a declared config these dims rule out: the Case names the tile that runs
         from .inputs import torch_dtype
-        if not target.accepts_tile(dict(tile), head_dim=p.shape.e, head_dim_v=p.shape.ev, dtype=torch_dtype(p.dtype)):
+        if not target.tile_fits(tile, head_dim=p.shape.e, head_dim_v=p.shape.ev, dtype=torch_dtype(p.dtype)):
             tile = None
     return Case(problem=p, tile=tile, extra=case.extra)

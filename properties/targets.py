@@ -252,6 +252,13 @@ class Target:
     def causal(self) -> bool:
         return bool(self.alignments)
 
+    def tile_fits(self, tile, *, head_dim, head_dim_v, dtype) -> bool:
+        """Whether the tile config ``tile`` (a mapping or items) fits these head dims and dtype (a torch
+        dtype) by the target's ``accepts_tile``; True without a tile or without a declared predicate."""
+        if self.accepts_tile is None or not tile:
+            return True
+        return bool(self.accepts_tile(dict(tile), head_dim=int(head_dim), head_dim_v=int(head_dim_v), dtype=dtype))
+
     def accumulator_for(self, dtype) -> str:
         """The accumulator name declared for inputs of ``dtype``."""
         acc = self.accumulator
