@@ -24,7 +24,6 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DECODE_POINTS = [(1, 4096), (1, 32768), (1, 131072), (8, 4096), (8, 32768), (8, 131072), (64, 4096), (64, 32768)]
 DECODE_LAUNCH = [(4, 2), (4, 4), (8, 3)]
