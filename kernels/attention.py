@@ -6,6 +6,7 @@ semantics are flashproof.spec's (spec/README.md); the kernels cite what they rel
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -480,25 +481,47 @@ def _launch_passes(kernel, grid, *args, **meta):
     _launch(kernel, grid, rerun, *args, EXACT=True, **meta)
 
 
-def _tma_descriptor(t, block_rows):
+def _tma_descriptor(t, block_rows, interp=None):
     """A (B, H, L, D) tensor's descriptor for the copy engine (TMA), blocks of
     [1, 1, block_rows, head_block(D)] zero-filled past L and D; None where the layout breaks TMA's
     rules (16-byte aligned base and strides, unit last stride, no empty dimension)."""
     if TensorDescriptor is None or t.dtype not in (torch.float16, torch.bfloat16) or t.numel() == 0:
         return None
-    if not interpreting() and torch.cuda.get_device_capability(t.device)[0] < 9:
+    if not (interpreting() if interp is None else interp) and _capability(t.device) < 9:
         return None
     es = t.element_size()
     if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st <= 0 or (st * es) % 16 for st in t.stride()[:-1]):
         return None
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, block_rows, head_block(t.shape[-1])])
+    key = (t.shape, t.stride(), t.dtype, block_rows)
+    template = _DESCRIPTORS.get(key)
+    if template is None:
+        # triton validates the layout once per key; the template keeps no tensor alive
+        template = TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, block_rows, head_block(t.shape[-1])])
+        template.base = None
+        if len(_DESCRIPTORS) >= 1024:
+            _DESCRIPTORS.clear()
+        _DESCRIPTORS[key] = template
+    # a copy without __post_init__ (the host cost of a launch matters at small shapes)
+    desc = object.__new__(TensorDescriptor)
+    desc.__dict__.update(template.__dict__)
+    desc.base = t
+    return desc
+
+
+_DESCRIPTORS: dict = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device) -> int:
+    return torch.cuda.get_device_capability(device)[0]
 
 
 def _tma_pair(x, y, block_rows, enabled):
     """(x, y, True) as tensor descriptors when enabled and both layouts allow TMA (one kernel
     reads both the same way), else (x, y, False)."""
     if enabled:
-        dx, dy = _tma_descriptor(x, block_rows), _tma_descriptor(y, block_rows)
+        interp = interpreting()
+        dx, dy = _tma_descriptor(x, block_rows, interp), _tma_descriptor(y, block_rows, interp)
         if dx is not None and dy is not None:
             return dx, dy, True
     return x, y, False
@@ -594,7 +617,45 @@ def _backward_with(q, k, v, bias, o, lse2, do, dlse, plan: _Plan, cfg: TileConfi
 
 def _plan(q, k, v, *, mask, scale, softcap, block_m, block_n, num_warps, num_stages, allow_tf32, has_bias=False):
     """Validate the options (spec for semantics, tiles for the config) and build a _Plan
-    (``has_bias``: the launch will read an additive bias, the attn_mask path)."""
+    (``has_bias``: the launch will read an additive bias, the attn_mask path). Plans are cached by
+    shapes, dtype and options (their values and types), so a repeated call skips the checks that
+    already passed; an option the key cannot hold exactly (a tensor scale, a list window) is not cached."""
+    opts = (scale, softcap, block_m, block_n, num_warps, num_stages, allow_tf32, has_bias)
+    key = _plan_key(q, k, v, mask, opts)
+    plan = _PLANS.get(key) if key is not None else None
+    if plan is None:
+        plan = _make_plan(q, k, v, mask=mask, scale=scale, softcap=softcap, block_m=block_m, block_n=block_n,
+                          num_warps=num_warps, num_stages=num_stages, allow_tf32=allow_tf32, has_bias=has_bias)
+        if key is not None:
+            if len(_PLANS) >= 1024:
+                _PLANS.clear()
+            _PLANS[key] = plan
+    return plan
+
+
+_PLANS: dict = {}
+
+
+def _plan_key(q, k, v, mask, opts):
+    """A hashable key that determines _make_plan's result, or None. Each option enters with its
+    type (True and 1 differ: one is refused), floats by repr (-0.0 and 0.0 differ)."""
+    parts = []
+    for x in opts:
+        if x is None or type(x) in (bool, int, str):
+            parts.append((type(x), x))
+        elif type(x) is float:
+            parts.append((float, repr(x)))
+        else:
+            return None
+    key = (q.shape, k.shape, v.shape, q.dtype, mask, tuple(parts), interpreting(), TMA_FORWARD, TMA_BACKWARD)
+    try:
+        hash(key)
+    except TypeError:  # a mask holding a list
+        return None
+    return key
+
+
+def _make_plan(q, k, v, *, mask, scale, softcap, block_m, block_n, num_warps, num_stages, allow_tf32, has_bias):
     b, h, lq, e = q.shape
     lk, ev = k.shape[2], v.shape[3]
     scale = spec.resolve_scale(scale, e)  # real E, never the padded tile
@@ -639,7 +700,11 @@ class _AttentionFunction(torch.autograd.Function):
 
 
 def _run(q, k, v, bias, plan, return_lse):
-    o, lse = _AttentionFunction.apply(q, k, v, bias, plan)
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, bias)):
+        o, lse = _AttentionFunction.apply(q, k, v, bias, plan)
+    else:  # nothing to differentiate: the same forward without autograd's bookkeeping
+        o, lse2 = _forward(q, k, v, bias, plan)
+        lse = lse2 * LN2
     return (o, lse) if return_lse else o
 
 

@@ -23,12 +23,13 @@ MAX_LEN = 2**30
 MAX_GRID_YZ = 65535
 
 
-def check_tensor(x, name, *, dtypes=DTYPES):
+def check_tensor(x, name, *, dtypes=DTYPES, interp=None):
+    """A tensor of one of ``dtypes`` on the kernels' device (``interp``: interpreting(), if known)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in dtypes:
         raise TypeError(f"{name} has dtype {x.dtype}; supported: {', '.join(map(str, dtypes))}")
-    if interpreting():
+    if interpreting() if interp is None else interp:
         if x.device.type != "cpu":
             raise ValueError(f"{name} is on {x.device}, but Triton runs interpreted on CPU here "
                              f"(TRITON_INTERPRET=1): pass CPU tensors")
@@ -38,8 +39,9 @@ def check_tensor(x, name, *, dtypes=DTYPES):
 
 def check_qkv(q, k, v, *, names=("query", "key", "value")) -> spec.Dims:
     """Types, dtypes, devices and (B, H, L, E) shapes of q, k, v; returns spec.Dims."""
+    interp = interpreting()
     for x, n in zip((q, k, v), names):
-        check_tensor(x, n)
+        check_tensor(x, n, interp=interp)
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"{names[0]}, {names[1]}, {names[2]} must share a dtype; got "
                         f"{q.dtype}, {k.dtype}, {v.dtype}")
