@@ -6,8 +6,8 @@
   num_splits x block_n x (num_warps, num_stages) of the decode kernel, timed from CUDA-graph replays,
   and torch SDPA flash (enable_gqa) eager and replayed; our default call eager and replayed.
 - ``causal``: causal forward on small grids (B x L with B·H·L/128 programs near a few waves of SMs)
-  for a list of tile configs and both grid orders (attention.FWD_HEADS_FIRST), next to SDPA flash and
-  cuDNN.
+  for a list of tile configs and the default, next to SDPA flash and cuDNN. (Session 7's first run also
+  timed a heads-first grid order, since removed: it was not faster at the best config.)
 - ``e256``: the E = 256 backward (B4 H16 L4096) at the default config and SDPA flash / cuDNN.
 
 Every row is one timing (median of triton.testing.do_bench or do_bench_cudagraph). Nothing here
@@ -132,7 +132,6 @@ def sweep_causal(rows, log):
     from flashproof import kernels
     from flashproof.bench import attention_flops
 
-    A, _ = _mods()
     peers = {"sdpa-flash": _sdpa(SDPBackend.FLASH_ATTENTION), "sdpa-cudnn": _sdpa(SDPBackend.CUDNN_ATTENTION)}
     h, e = 16, 128
     for bsz, L in CAUSAL_SHAPES:
@@ -148,16 +147,16 @@ def sweep_causal(rows, log):
                 rec(name, do_bench(lambda: fn(q, k, v, causal=True), warmup=10, rep=40, return_mode="median"))
             except Exception as exc:  # noqa: BLE001
                 rec(name, None, error=str(exc)[:100])
-        for cfg, hf in itertools.product(CAUSAL_CONFIGS, (False, True)):
-            A.FWD_HEADS_FIRST = hf
+        rec("ours default", do_bench(lambda: kernels.attention(q, k, v, causal=True), warmup=10, rep=40,
+                                     return_mode="median"))
+        for cfg in CAUSAL_CONFIGS:
             bm, bn, w, s = cfg
             try:
                 rec("ours", do_bench(lambda: kernels.attention(q, k, v, causal=True, block_m=bm, block_n=bn,
                                                                num_warps=w, num_stages=s),
-                                     warmup=10, rep=40, return_mode="median"), cfg=list(cfg), heads_first=hf)
+                                     warmup=10, rep=40, return_mode="median"), cfg=list(cfg))
             except Exception as exc:  # noqa: BLE001
-                rec("ours", None, cfg=list(cfg), heads_first=hf, error=str(exc)[:100])
-        A.FWD_HEADS_FIRST = False
+                rec("ours", None, cfg=list(cfg), error=str(exc)[:100])
     torch.cuda.empty_cache()
 
 

@@ -103,24 +103,17 @@ def _fwd_kernel(RERUN, Q, K, V, BIAS, O, LSE2,
                 BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LEFT: tl.constexpr,
                 HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
                 PRECISION: tl.constexpr, UPCAST: tl.constexpr, EXACT: tl.constexpr,
-                TMA: tl.constexpr, HEADS_FIRST: tl.constexpr):
+                TMA: tl.constexpr):
     # two passes (blocks.rerun_flag): the exact one recomputes only the programs the fast one flagged
     if skip_program(RERUN, EXACT):
         return
-    if HEADS_FIRST:
-        # grid (B * H, row blocks): every head's block t is scheduled before any head's block t + 1
-        pid_m = tl.program_id(1)
-        n_m = tl.num_programs(1)
-        b = tl.program_id(0) // H
-        h = tl.program_id(0) % H
-    else:
-        pid_m = tl.program_id(0)
-        n_m = tl.num_programs(0)
-        h = tl.program_id(1)
-        b = tl.program_id(2)
     if HAS_RIGHT:
         # causal: the longest rows first, so the short ones fill the last wave
-        pid_m = n_m - 1 - pid_m
+        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    else:
+        pid_m = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
     hk = h // GROUP  # spec.kv_head
     b64 = b.to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -531,9 +524,6 @@ def _tma_pair(x, y, block_rows, enabled):
 # H100 the re-tuned descriptor configs beat the best pointer ones (benchmarks/results/tma-h100.md).
 TMA_FORWARD = True
 TMA_BACKWARD = True
-# Forward grid order: (B * H, row blocks) schedules every head's longest causal block first instead of
-# one head's blocks after another (to be measured on the H200, benchmarks/speed_sweep.py).
-FWD_HEADS_FIRST = False
 
 
 def _bias_strides(bias):
@@ -548,8 +538,7 @@ def _forward(q, k, v, bias, plan: _Plan):
     cfg = plan.fwd
     if bias is not None:  # the bias tile's shared memory, refused before any launch (tiles._smem_forward)
         check_tile_config(*cfg, head_dim=e, head_dim_v=ev, dtype=q.dtype, has_bias=True)
-    heads_first = FWD_HEADS_FIRST
-    grid = (b * h, triton.cdiv(lq, cfg.block_m), 1) if heads_first else (triton.cdiv(lq, cfg.block_m), h, b)
+    grid = (triton.cdiv(lq, cfg.block_m), h, b)
     k_arg, v_arg, tma = _tma_pair(k, v, cfg.block_n, plan.tma_fwd)
     _launch_passes(_fwd_kernel, grid, q, k_arg, v_arg, q if bias is None else bias, o, lse2,
             *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias), *o.stride(),
@@ -557,8 +546,7 @@ def _forward(q, k, v, bias, plan: _Plan):
             E=e, EV=ev, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_DK=head_block(e),
             BLOCK_DV=head_block(ev), HAS_LEFT=plan.has_left, HAS_RIGHT=plan.has_right,
             SOFTCAP=plan.softcap, HAS_BIAS=bias is not None, PRECISION=plan.precision,
-            UPCAST=plan.upcast, TMA=tma, HEADS_FIRST=heads_first, num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages)
+            UPCAST=plan.upcast, TMA=tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return o, lse2
 
 
@@ -662,7 +650,8 @@ def _make_plan(q, k, v, *, mask, scale, softcap, block_m, block_n, num_warps, nu
     cap = spec.normalize_softcap(softcap)
     diag, left, right, has_left, has_right = mask_args(mask, lq, lk)
     interp = interpreting()
-    d = default_forward_config(head_dim=e, head_dim_v=ev, dtype=q.dtype, interpret=interp, has_bias=has_bias)
+    d = default_forward_config(head_dim=e, head_dim_v=ev, dtype=q.dtype, interpret=interp, has_bias=has_bias,
+                               causal=has_right)
     forced = any(x is not None for x in (block_m, block_n, num_warps, num_stages))
     fwd = TileConfig(d.block_m if block_m is None else block_m, d.block_n if block_n is None else block_n,
                      d.num_warps if num_warps is None else num_warps,

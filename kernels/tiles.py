@@ -27,6 +27,7 @@ __all__ = [
     "backward_config",
     "default_decode_block",
     "default_num_splits",
+    "decode_num_stages",
 ]
 
 
@@ -156,16 +157,22 @@ def _first_fit(candidates, *, head_dim, head_dim_v, dtype, backward=False, has_b
     return TileConfig(16, 16, 4, 1)  # fits every dtype and E <= 256
 
 
-def default_forward_config(*, head_dim, head_dim_v, dtype, interpret: bool, has_bias: bool = False) -> TileConfig:
+def default_forward_config(*, head_dim, head_dim_v, dtype, interpret: bool, has_bias: bool = False,
+                           causal: bool = False) -> TileConfig:
     """Heuristic forward tiles. Interpreter: fixed 32x32 (few, cheap numpy steps). fp16/bf16 on
     the GPU: the fastest config of the H100 sweep of the two-pass kernels with K/V read through
     tensor descriptors (benchmarks/results/tune-h100-run4.md, bf16 B8 H16 L4096), which led causal
-    and not at every E; first fit when the shared memory of a larger head dim rules it out."""
+    and not at every E; first fit when the shared memory of a larger head dim rules it out.
+    ``causal`` (a bounded right side: causal or a window): 64x64, 3 stages up to E=128, the fastest
+    or within 2% of it at 20 of the 23 causal B x L points of the H200 sweep (L 512..4096, B 1..32,
+    docs/audits/h200/session7/call1), up to 1.14x the 128x64 default."""
     if interpret:
         return TileConfig(32, 32, 4, 1)
     d = max(head_block(head_dim), head_block(head_dim_v))
     if dtype == torch.float32:
         cands = [(64, 32, 4, 2), (32, 32, 4, 2), (16, 32, 4, 1)] if d <= 64 else [(32, 32, 4, 2), (16, 32, 4, 1)]
+    elif causal and d <= 128:
+        cands = [(64, 64, 4, 3), (64, 64, 4, 2)]
     elif d <= 64:
         cands = [(128, 64, 4, 3)]
     elif d <= 128:
@@ -214,11 +221,22 @@ def default_decode_block(*, head_dim, head_dim_v, dtype, interpret: bool) -> int
     return 64 if (d <= 128 and dtype != torch.float32) else 32
 
 
+def decode_num_stages(*, block_n, head_dim, head_dim_v, dtype) -> int:
+    """Decode's K/V pipeline depth: 4 where 4 + 1 K/V buffers fit in 160 KiB, else 2. At E=128 bf16,
+    block_n=64, 4 stages (4 warps) was within 2% of the fastest launch of the H200 sweep at every
+    (B, Lk) point and 2 stages up to 1.5x slower (docs/audits/h200/session7/call1)."""
+    per_stage = _elt(dtype) * block_n * (head_block(head_dim) + head_block(head_dim_v))
+    return 4 if 5 * per_stage <= 160 * 1024 else 2
+
+
 def default_num_splits(*, programs: int, lk: int, block_n: int, interpret: bool,
                        num_sms: int = 132) -> int:
-    """Flash-decoding split count: enough programs to fill ~2 waves of SMs, >= 4 key tiles each."""
+    """Flash-decoding split count: about one wave of programs (num_sms // programs splits), >= 2
+    key tiles each. The H200 sweep (E=128 bf16, GQA 64:8, docs/audits/h200/session7/call1) put the
+    fastest split count at 16, 2 and 1 for B = 1, 8 and 64 (8, 64 and 512 programs before the split),
+    one wave each; the two-wave rule it replaces (33 -> 16, 5, 1) was up to 1.5x slower at B = 8."""
     if interpret or lk <= 0:
         return 1
-    want = -(-2 * num_sms // max(programs, 1))
-    most = max(1, lk // (4 * block_n))
+    want = max(1, num_sms // max(programs, 1))
+    most = max(1, lk // (2 * block_n))
     return int(max(1, min(want, most, SPLIT_RANGE[-1])))
