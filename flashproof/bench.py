@@ -91,11 +91,12 @@ def _time(fn, *, backward, q, k, v, c):
 
 
 def _decode_row(kernels, bsz, lk, paged, bw_copy, *, hkv=8, hq=64, e=128, page_size=256):
-    """One decode case: GPU time from a CUDA-graph replay (the Python launch cost of a 10 us
-    kernel would otherwise be timed), and the eager call's time beside it. Paged: the graph
-    replays decode(validate=False) (no host sync, so capturable); the eager time is the
-    default validated call, host checks of seqlens and the block table included."""
+    """One decode case, timed each way it is called: eager (the default call, validation included,
+    Python and launch costs included) and replayed from a CUDA graph (GPU time). Paged: the graph
+    replays decode(validate=False), which the default call equals bitwise. Contiguous cases also
+    time torch SDPA's flash backend (enable_gqa) both ways, on the same tensors."""
     import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from triton.testing import do_bench, do_bench_cudagraph
 
     dty = torch.bfloat16
@@ -115,7 +116,7 @@ def _decode_row(kernels, bsz, lk, paged, bw_copy, *, hkv=8, hq=64, e=128, page_s
             return kernels.decode(q, kc, vc, validate=validate)
     vc = torch.randn_like(kc)
     nbytes = 2 * kc.numel() * kc.element_size() + 2 * q.numel() * q.element_size()
-    row = dict(B=bsz, Lk=lk, Hq=hq, Hkv=hkv, E=e, paged=paged)
+    row = dict(B=bsz, Lk=lk, Hq=hq, Hkv=hkv, E=e, paged=paged, bytes=nbytes)
     try:
         ref = fn()
         if not torch.equal(fn(validate=False), ref):
@@ -125,9 +126,20 @@ def _decode_row(kernels, bsz, lk, paged, bw_copy, *, hkv=8, hq=64, e=128, page_s
         row["ms"] = do_bench_cudagraph(lambda: fn(validate=False), rep=100, return_mode="median")
         row["timing"] = "cuda graph, validate=False" if paged else "cuda graph"
         row["gbs"] = nbytes / row["ms"] / 1e6
+        row["gbs_eager"] = nbytes / row["ms_eager"] / 1e6
         row["frac_copy"] = row["gbs"] / bw_copy
     except Exception as exc:  # noqa: BLE001 - reported in the table
         row.update(ms=None, error=f"{type(exc).__name__}: {exc}")
+    if not paged:
+        def flash():
+            with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                return torch.nn.functional.scaled_dot_product_attention(q, kc, vc, enable_gqa=True)
+        try:
+            flash()
+            row["flash_ms_eager"] = do_bench(flash, warmup=25, rep=100, return_mode="median")
+            row["flash_ms"] = do_bench_cudagraph(flash, rep=100, return_mode="median")
+        except Exception as exc:  # noqa: BLE001 - reported in the table
+            row["flash_error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
     return row
 
 
@@ -143,7 +155,8 @@ def copy_bandwidth():
 
 
 def bench(*, dtypes=("bfloat16", "float16"), lengths=(1024, 2048, 4096, 8192, 16384), heads_dims=(128, 64, 256),
-          tokens=32768, h=16, causal_modes=(False, True), backward=True, decode=True, log=print):
+          tokens=32768, h=16, causal_modes=(False, True), backward=True, decode=True,
+          small_grid=tuple((L, b) for L in (1024, 2048, 4096) for b in (1, 4, 16)), log=print):
     import torch
 
     impls = _impls()
@@ -171,6 +184,22 @@ def bench(*, dtypes=("bfloat16", "float16"), lengths=(1024, 2048, 4096, 8192, 16
                             rows.append(r)
                             log(f"{dt} E={e} L={L} causal={c} {r['pass_']} {name}: {_num(r['tflops'], '.0f')} TFLOP/s")
                 del q, k, v
+    for L, b in small_grid:  # causal forward where B·H·L / BLOCK_M is a few waves of SMs or fewer
+        q, k, v = (torch.randn(b, h, L, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        fl = attention_flops(b, h, L, L, 128, causal=True)
+        for name, fn in impls.items():
+            if name == "flex":
+                continue
+            try:
+                ms = _time(fn, backward=False, q=q, k=k, v=v, c=True)
+                r = dict(impl=name, dtype="bfloat16", B=b, H=h, L=L, E=128, causal=True, pass_="fwd", ms=ms,
+                         tflops=fl / ms / 1e9, grid="small")
+            except Exception as exc:  # noqa: BLE001
+                r = dict(impl=name, dtype="bfloat16", B=b, H=h, L=L, E=128, causal=True, pass_="fwd", ms=None,
+                         tflops=None, grid="small", error=f"{type(exc).__name__}: {str(exc)[:120]}")
+            rows.append(r)
+            log(f"small grid L={L} B={b} causal fwd {name}: {_num(r['tflops'], '.0f')} TFLOP/s")
+        del q, k, v
     drows = []
     if decode:
         from flashproof import kernels
@@ -217,18 +246,27 @@ def write_tables(rows, drows, out_dir, *, command) -> str:
     if drows:
         cp = next((d["copy_gbs"] for d in drows if "copy_gbs" in d), None)
         lines += ["", f"## Decode (Lq = 1, bf16, GQA 64:8, E = 128, split-KV automatic); copy bandwidth {cp:.0f} GB/s", "",
-                  "GB/s = bytes of K, V, Q and O over the GPU time of a CUDA-graph replay (eager call time beside it: "
-                  "for small cases it is the Python launch cost). Paged: page_size 256, shuffled block table; the "
-                  "graph replays decode(validate=False), which the eager column's default call equals bitwise and "
-                  "which adds the host checks of seqlens and the block table (device-to-host syncs).", "",
-                  "| B | Lk | paged | time (ms) | eager (ms) | timing | GB/s | fraction of copy bandwidth |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "Each implementation timed the two ways it is called: eager (the default call from Python, "
+                  "validation, allocation and launches included; triton.testing.do_bench) and replayed from a "
+                  "CUDA graph (GPU time; do_bench_cudagraph). GB/s = bytes of K, V, Q and O over the time. "
+                  "Paged: page_size 256, shuffled block table; its graph replays decode(validate=False), which "
+                  "the eager default call equals bitwise; SDPA has no paged cache, so its columns repeat the "
+                  "contiguous row's. Ratio = our GB/s over SDPA flash's, same way of calling.", "",
+                  "| B | Lk | paged | ours eager GB/s | ours replayed GB/s | replayed / copy | flash eager GB/s | "
+                  "flash replayed GB/s | ratio eager | ratio replayed |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        flash = {(d["B"], d["Lk"]): d for d in drows if "copy_gbs" not in d and not d.get("paged")}
         for d in drows:
             if "copy_gbs" in d:
                 continue
-            lines.append(f"| {d['B']} | {d['Lk']} | {int(bool(d.get('paged')))} | {_num(d.get('ms'), '.4f')} | "
-                         f"{_num(d.get('ms_eager'), '.4f')} | {d.get('timing', d.get('error', '-'))[:40]} | "
-                         f"{_num(d.get('gbs'), '.0f')} | {_num(d.get('frac_copy'), '.0%')} |")
+            f = flash.get((d["B"], d["Lk"]), {})
+            gb = lambda ms: None if not ms else d["bytes"] / ms / 1e6
+            fe, fr = gb(f.get("flash_ms_eager")), gb(f.get("flash_ms"))
+            oe, orr = d.get("gbs_eager"), d.get("gbs")
+            ratio = lambda a, b: "-" if not a or not b else f"{a / b:.2f}x"
+            lines.append(f"| {d['B']} | {d['Lk']} | {int(bool(d.get('paged')))} | {_num(oe, '.0f')} | {_num(orr, '.0f')} | "
+                         f"{_num(d.get('frac_copy'), '.0%')} | {_num(fe, '.0f')} | {_num(fr, '.0f')} | "
+                         f"{ratio(oe, fe)} | {ratio(orr, fr)} |" + (f" {d['error'][:60]}" if d.get("error") else ""))
     _plot(rows, out_dir)
     lines += ["", "![TFLOP/s vs L](tflops_vs_L.png)"]
     path = table_path(out_dir, meta["device"])
@@ -246,7 +284,8 @@ def _plot(rows, out_dir):
     combos = [("bfloat16", False, "fwd"), ("bfloat16", True, "fwd"), ("bfloat16", False, "bwd"), ("bfloat16", True, "bwd")]
     fig, axes = plt.subplots(1, len(combos), figsize=(5 * len(combos), 4), squeeze=False)
     for ax, (dt, c, p) in zip(axes[0], combos):
-        sel = [r for r in rows if r["dtype"] == dt and r["causal"] == c and r["pass_"] == p and r["E"] == 128 and r["tflops"]]
+        sel = [r for r in rows if r["dtype"] == dt and r["causal"] == c and r["pass_"] == p and r["E"] == 128 and r["tflops"]
+               and r.get("grid") != "small"]
         for name in sorted({r["impl"] for r in sel}):
             pts = sorted((r["L"], r["tflops"]) for r in sel if r["impl"] == name)
             ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=name)
@@ -265,7 +304,8 @@ def add_arguments(p):
     p.add_argument("--out", default=DEFAULT_OUT,
                    help="folder for the table (<device>.md, named after the GPU), bench.json and the plot "
                         f"(default ./{DEFAULT_OUT}; the committed tables are in benchmarks/results)")
-    p.add_argument("--quick", action="store_true", help="bf16, E=128, L in {1024, 4096} only")
+    p.add_argument("--quick", action="store_true",
+                   help="bf16 only: E=128 at L in {1024, 4096}, E=256 at L=4096, the small-grid causal rows, decode")
     p.add_argument("--no-backward", action="store_true")
     p.add_argument("--no-decode", action="store_true")
 
@@ -285,7 +325,7 @@ def run(args) -> int:
         return EXIT_ERROR
     kw = dict(backward=not args.no_backward, decode=not args.no_decode)
     if args.quick:
-        kw.update(dtypes=("bfloat16",), lengths=(1024, 4096), heads_dims=(128,))
+        kw.update(dtypes=("bfloat16",), lengths=(1024, 4096), heads_dims=(128, 256))
     rows, drows = bench(**kw)
     path = write_tables(rows, drows, args.out, command="flashproof bench " + " ".join(sys.argv[2:]))
     print(f"wrote {path}")

@@ -62,3 +62,21 @@ def test_bench_checks_out_before_running(fake_gpu, tmp_path, monkeypatch, capsys
     monkeypatch.setattr(bench, "bench", lambda **kw: pytest.fail("bench ran before --out was checked"))
     assert main(["bench", "--out", str(tmp_path / "file" / "sub")]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_decode_table_has_both_ways_of_calling_for_both_implementations(tmp_path, monkeypatch):
+    """Issue 17: the decode table shows eager and replayed GB/s for ours and SDPA flash, and their ratios;
+    a paged row is compared with the contiguous row's flash."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    nb = 1e6
+    drows = [dict(B=8, Lk=4096, paged=False, bytes=nb, ms=0.001, ms_eager=0.004, gbs=1000.0, gbs_eager=250.0,
+                  frac_copy=0.25, flash_ms=0.002, flash_ms_eager=0.002),
+             dict(B=8, Lk=4096, paged=True, bytes=nb, ms=0.001, ms_eager=0.001, gbs=1000.0, gbs_eager=1000.0,
+                  frac_copy=0.25),
+             dict(copy_gbs=4000.0)]
+    path = bench.write_tables([], drows, str(tmp_path), command="flashproof bench --quick")
+    text = open(path).read()
+    assert "| 8 | 4096 | 0 | 250 | 1000 | 25% | 500 | 500 | 0.50x | 2.00x |" in text
+    assert "| 8 | 4096 | 1 | 1000 | 1000 | 25% | 500 | 500 | 2.00x | 2.00x |" in text
