@@ -507,6 +507,9 @@ def group_decode():
                 for s in splits_list:
                     o, lse = decode(q, kp, vp, seqlens=lens.to(torch.int32), block_table=table.to(DEV),
                                     page_size=ps, num_splits=s, return_lse=True, **opts)
+                    if s is None:  # the default split count follows each layout's capacity: judged, not compared
+                        out += check(o, lse)
+                        continue
                     same = s in base and torch.equal(o, base[s][0]) and torch.equal(lse, base[s][1])
                     out.append(dict(tensor=f"paged ps={ps} splits={s} bitwise == contiguous", ok=bool(same)))
                 return out
@@ -525,6 +528,186 @@ def group_decode():
         d = float((o.double() - full[:, :, -3:].double()).abs().max())
         return dict(ok=d <= 2 * UNIT[torch.bfloat16] * float(full.abs().max()), max_diff=d)
     _record("decode", "prefill then decode == full prefill rows", prefill_decode)
+    _decode_validation()
+
+
+# A bad seqlen / used page on the device fails a device-side assert, which ends the CUDA context:
+# each case runs in a child process. argv: case, device.
+_ASSERT_CHILD = r"""
+import sys
+import torch
+from flashproof.kernels import decode
+case, dev = sys.argv[1], sys.argv[2]
+g = torch.Generator(device=dev).manual_seed(5)
+q = torch.randn(3, 4, 1, 64, device=dev, generator=g).half()
+kc = torch.randn(3, 2, 48, 64, device=dev, generator=g).half()
+kp = torch.randn(8, 2, 16, 64, device=dev, generator=g).half()
+lens = torch.tensor([40, 20, 48], dtype=torch.int32, device=dev)
+table = torch.tensor([[0, 1, 2, 2**30], [3, 4, 2**30, -1], [5, 6, 7, 2**30]], dtype=torch.int32, device=dev)
+if case == "seqlens":  # sequence 1 past the capacity (48)
+    decode(q, kc, kc, seqlens=torch.tensor([40, 49, 48], dtype=torch.int32, device=dev))
+elif case == "page":  # sequence 1 (20 keys) uses slots 0 and 1; slot 1 names page 8 of 0..7
+    table[1, 1] = 8
+    decode(q, kp, kp, seqlens=lens, block_table=table)
+elif case == "graph":  # captured with valid metadata, replayed after a bad seqlen is written in place
+    decode(q, kp, kp, seqlens=lens, block_table=table)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        decode(q, kp, kp, seqlens=lens, block_table=table)
+    graph.replay()
+    torch.cuda.synchronize()
+    print("valid replay ok", flush=True)
+    lens[1] = 10**6
+    graph.replay()
+torch.cuda.synchronize()
+print("no error", flush=True)
+"""
+
+
+def _decode_validation():
+    """decode(validate=True) without host syncs (issue 17): device metadata checked by
+    decode._check_kernel (device asserts), host metadata on the host (ValueError)."""
+    import contextlib
+    import importlib
+    import re
+
+    from flashproof.kernels import decode
+    D = importlib.import_module("flashproof.kernels.decode")
+    cuda = DEV == "cuda"
+
+    @contextlib.contextmanager
+    def no_sync():
+        """torch raises on any synchronizing CUDA call inside (a no-op off CUDA)."""
+        if not cuda:
+            yield
+            return
+        old = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode(old)
+
+    g = torch.Generator(device=DEV).manual_seed(17)
+    lens_l = [0, 17, 300, 129]
+    ps, cap = 16, 304
+    q = _rand(4, 8, 1, 64, dtype=torch.bfloat16, gen=g)
+    k = _rand(4, 2, cap, 64, dtype=torch.bfloat16, gen=g)
+    v = _rand(4, 2, cap, 64, dtype=torch.bfloat16, gen=g)
+    n_pages = [-(-n // ps) for n in lens_l]
+    kp = torch.full((sum(n_pages) + 2, 2, ps, 64), float("nan"), dtype=torch.bfloat16, device=DEV)
+    vp = torch.full_like(kp, float("nan"))
+    table_h = torch.full((4, cap // ps), 2**30, dtype=torch.int32)  # unused entries out of range: never checked
+    nxt = 0
+    for i, n in enumerate(lens_l):
+        k[i, :, n:], v[i, :, n:] = float("nan"), float("nan")
+        for p in range(n_pages[i]):
+            table_h[i, p] = nxt
+            m = min(ps, n - p * ps)
+            kp[nxt, :, :m], vp[nxt, :, :m] = k[i, :, p * ps:p * ps + m], v[i, :, p * ps:p * ps + m]
+            nxt += 1
+    lens_h = torch.tensor(lens_l, dtype=torch.int32)
+    lens_d, table_d = lens_h.to(DEV), table_h.to(DEV)
+    layouts = {"contiguous": (k, v, {}), "paged": (kp, vp, dict(block_table=table_d))}
+
+    def device_metadata():
+        out = []
+        for name, (kc, vc, kw) in layouts.items():
+            for splits in (None, 3):
+                call = dict(kw, seqlens=lens_d, num_splits=splits, return_lse=True)
+                decode(q, kc, vc, **call)  # compiled outside the checked region
+                if cuda:
+                    torch.cuda.synchronize()
+                with no_sync():
+                    o, lse = decode(q, kc, vc, **call)
+                    o2, lse2 = decode(q, kc, vc, validate=False, **call)
+                same = bool(torch.equal(o, o2) and torch.equal(lse, lse2))
+                out.append(dict(tensor=f"{name} splits={splits}: no sync, bitwise == validate=False", ok=same))
+        return out
+    _record("decode", "validate=True, seqlens/block_table on the GPU: no host sync (sync debug mode 'error'), "
+                      "bitwise == validate=False", device_metadata)
+
+    def host_metadata():
+        out = []
+        ref = decode(q, kp, vp, seqlens=lens_d, block_table=table_d, num_splits=3)
+        for what, kw in (("both", dict(seqlens=lens_h, block_table=table_h)),
+                         ("seqlens", dict(seqlens=lens_h, block_table=table_d)),
+                         ("block_table", dict(seqlens=lens_d, block_table=table_h))):
+            decode(q, kp, vp, **kw)  # compiled outside the checked region
+            with no_sync():
+                decode(q, kp, vp, **kw)
+                o = decode(q, kp, vp, num_splits=3, **kw)
+            out.append(dict(tensor=f"{what} on the host: no sync, bitwise == device metadata",
+                            ok=bool(torch.equal(o, ref))))
+        bad_page = table_h.clone()
+        bad_page[2, 5] = kp.shape[0]
+        for what, kw, want in (
+                ("seqlens past the capacity", dict(seqlens=torch.tensor([0, 17, cap + 1, 129], dtype=torch.int32),
+                                                   block_table=table_h),
+                 f"{D._seqlens_rule(cap)}, got [0, {cap + 1}]"),
+                ("negative seqlen, contiguous", dict(seqlens=torch.tensor([0, -3, 300, 129], dtype=torch.int32)),
+                 f"{D._seqlens_rule(cap)}, got [-3, 300]"),
+                ("used page past the pool", dict(seqlens=lens_h, block_table=bad_page),
+                 f"block_table[2, 5] = {kp.shape[0]} {D._page_rule(kp.shape[0] - 1)}")):
+            kc, vc = (kp, vp) if "block_table" in kw else (k, v)
+            try:
+                with no_sync():
+                    decode(q, kc, vc, **kw)
+                out.append(dict(tensor=what, ok=False, why="no error"))
+            except ValueError as e:
+                out.append(dict(tensor=what, ok=str(e) == want, message=str(e), expected=want))
+        return out
+    _record("decode", "validate=True, seqlens/block_table on the CPU: no sync; bad input gives the host ValueError",
+            host_metadata)
+
+    def graph():
+        if not cuda:
+            return dict(ok=True, skipped="CUDA graphs need a CUDA device")
+        out = []
+        for name, (kc, vc, kw) in layouts.items():
+            sl = lens_d.clone()
+            call = dict(kw, seqlens=sl, return_lse=True)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                decode(q, kc, vc, **call)
+            torch.cuda.current_stream().wait_stream(side)
+            gr = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(gr):
+                o, lse = decode(q, kc, vc, **call)
+            # replay, then shorter lengths written in place (within each sequence's pages and finite keys)
+            for new in (lens_l, [0, 9, 250, 100]):
+                sl.copy_(torch.tensor(new, dtype=torch.int32))
+                gr.replay()
+                ro, rl = decode(q, kc, vc, **dict(call, seqlens=sl.clone()))
+                out.append(dict(tensor=f"{name} seqlens {new}: replay == eager",
+                                ok=bool(torch.equal(o, ro) and torch.equal(lse, rl))))
+        return out
+    _record("decode", "validate=True with device metadata captured in a CUDA graph: replay == eager", graph)
+
+    def asserts():
+        if not cuda:
+            return dict(ok=True, skipped="device-side asserts need a CUDA device")
+        want = {"seqlens": f"decode: {D._seqlens_rule()}", "page": f"block_table[b, p] {D._page_rule()}",
+                "graph": f"decode: {D._seqlens_rule()}"}
+        children = {case: subprocess.Popen([sys.executable, "-c", _ASSERT_CHILD, case, DEV], stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT, text=True) for case in want}
+        out = []
+        for case, p in children.items():
+            try:
+                text, _ = p.communicate(timeout=240)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                text = p.communicate()[0] + "\n[timed out]"
+            found = want[case] in text
+            block = re.search(r"block: \[(\d+), ?0, ?0\]", text)
+            out.append(dict(tensor=f"child '{case}'", ok=p.returncode != 0 and found and "no error" not in text
+                            and (case != "graph" or "valid replay ok" in text),
+                            returncode=p.returncode, message_found=found,
+                            block_reported=block.group(1) if block else None, tail=text[-1500:]))
+        return out
+    _record("decode", "bad seqlens / used page on the GPU: device assert with its message (child processes)", asserts)
 
 
 def group_determinism():
@@ -714,7 +897,7 @@ def main(argv=None):
     ap.add_argument("--timeout", type=float, default=170.0, help="seconds for the parallel groups")
     ap.add_argument("--sanitizer-timeout", type=float, default=200.0, help="seconds from the start")
     ap.add_argument("--device", default="cuda", help="cpu: dry-run the harness under the interpreter")
-    ap.add_argument("--part", default="0/1", help="k/n: only checks with index % n == k")
+    ap.add_argument("--part", default="0/1", help="k/n: only checks with index %% n == k")
     a = ap.parse_args(argv)
     SHRINK, DEV = max(1, a.shrink), a.device
     k_, n_ = (int(x) for x in a.part.split("/"))

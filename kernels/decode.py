@@ -24,6 +24,25 @@ from .validate import check_qkv, check_tensor, logit_scales, mask_args
 __all__ = ["decode"]
 
 
+# ----------------------------------------------------------------------------- rules
+
+def _seqlens_rule(capacity="capacity"):
+    """The seqlens rule, stated once: the host check fills in the number, the device assert the name."""
+    return f"seqlens must lie in [0, {capacity}] (the cache's capacity)"
+
+
+def _page_rule(last="num_pages - 1"):
+    """The block_table rule, said of an entry the sequence uses (host: the number; device: the name)."""
+    return f"is not a page of k_cache (0..{last}) but the sequence uses it"
+
+
+# CUDA prints the failing program's block index with the message: b is its first coordinate.
+_SEQLENS_ASSERT = tl.constexpr(f"decode: {_seqlens_rule()}; seqlens[b] is not (b = the block index)")
+_PAGE_ASSERT = tl.constexpr(f"decode: block_table[b, p] {_page_rule()} (b = the block index)")
+#: Table entries per step of _check_kernel.
+_CHECK_BLOCK = 256
+
+
 # ----------------------------------------------------------------------------- jit kernels
 
 @triton.jit
@@ -201,6 +220,30 @@ def _merge_kernel(ACC, LS, MS, O, LSE2, H, LQ, NUM_SPLITS, sob, soh, som, sod,
     tl.store(LSE2 + (b64 * H + h) * LQ + offs_m, lse2, mask=rmask)
 
 
+@triton.jit(debug=True)
+def _check_kernel(SEQLENS, BT, sbt0, sbt1, CAPACITY, PAGE_SIZE, NUM_PAGES, MAX_PAGES,
+                  HAS_SEQLENS: tl.constexpr, PAGED: tl.constexpr, BLOCK_P: tl.constexpr):
+    """decode's validate=True on the device, one program per sequence b: 0 <= seqlens[b] <= CAPACITY
+    and, PAGED, 0 <= block_table[b, p] < NUM_PAGES for each page p the sequence uses. A failure is a
+    device-side assert (debug=True keeps tl.device_assert in the compiled code); no host sync.
+    int64 throughout: debug=True also adds overflow asserts to int32 arithmetic."""
+    b64 = tl.program_id(0).to(tl.int64)
+    if HAS_SEQLENS:
+        lk = tl.load(SEQLENS + b64).to(tl.int64)
+        tl.device_assert((lk >= 0) & (lk <= CAPACITY), _SEQLENS_ASSERT)
+        # pages used; a bad seqlen reads no further than the table (int64 sums, not tl.cdiv's int32 one)
+        n_used = (tl.minimum(tl.maximum(lk, 0), CAPACITY) + PAGE_SIZE - 1) // PAGE_SIZE
+    else:
+        n_used = MAX_PAGES
+    if PAGED:
+        for p0 in range(0, n_used, BLOCK_P):
+            # [BLOCK_P]
+            p = p0 + tl.arange(0, BLOCK_P).to(tl.int64)
+            live = p < n_used
+            page = tl.load(BT + b64 * sbt0 + p * sbt1, mask=live, other=0).to(tl.int64)
+            tl.device_assert(((page >= 0) & (page < NUM_PAGES)) | ~live, _PAGE_ASSERT)
+
+
 # ----------------------------------------------------------------------------- launchers
 
 def _check_int(x, name, lo=None):
@@ -211,9 +254,21 @@ def _check_int(x, name, lo=None):
     return int(x)
 
 
-def _check_cache(q, k_cache, v_cache, seqlens, block_table, page_size, validate=True):
-    """Validate the cache layout; returns (dims, capacity, lk_max, page_size or 0). validate=False
-    skips the two checks that read device values on the host (seqlens range, used pages)."""
+def _host_resident(t):
+    """Whether metadata t is checked on the host: a CPU tensor's values are read without a device sync."""
+    return t.device.type == "cpu"
+
+
+def _check_metadata(t, name, device):
+    """seqlens / block_table: an int tensor on q's device, or on the host (copied over after the check)."""
+    check_tensor(t, name, dtypes=(torch.int32, torch.int64), device=False)
+    if t.device != device and not _host_resident(t):
+        raise ValueError(f"{name} is on {t.device}, q on {device}: pass it on q's device, or on the CPU "
+                         f"to have it checked on the host")
+
+
+def _check_layout(q, k_cache, v_cache, block_table, page_size):
+    """Shapes, dtypes and devices of the cache (no tensor values); returns (dims, capacity, page_size or 0)."""
     for x, n in ((q, "q"), (k_cache, "k_cache"), (v_cache, "v_cache")):
         check_tensor(x, n)
         if x.dim() != 4:
@@ -223,59 +278,82 @@ def _check_cache(q, k_cache, v_cache, seqlens, block_table, page_size, validate=
         if page_size is not None:
             raise ValueError("page_size is given but block_table is None (a contiguous cache has no pages)")
         dims = check_qkv(q, k_cache, v_cache, names=("q", "k_cache", "v_cache"))
-        capacity, ps = dims.lk, 0
-    else:
-        check_tensor(block_table, "block_table", dtypes=(torch.int32, torch.int64))
-        if block_table.dim() != 2 or block_table.shape[0] != b:
-            raise ValueError(f"block_table must have shape (B={b}, max_pages), got {tuple(block_table.shape)}")
-        if block_table.device != q.device:
-            raise ValueError(f"block_table is on {block_table.device}, q on {q.device}")
-        ps = k_cache.shape[2]
-        if page_size is not None and _check_int(page_size, "page_size", 1) != ps:
-            raise ValueError(f"page_size={page_size} but k_cache has {ps} slots per page "
-                             f"(shape (num_pages, Hkv, page_size, E) = {tuple(k_cache.shape)})")
-        if ps < 1:
-            raise ValueError(f"k_cache has page_size {ps}; it must be >= 1")
-        if tuple(k_cache.shape[:3]) != tuple(v_cache.shape[:3]):
-            raise ValueError(f"k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} "
-                             f"must agree in (num_pages, Hkv, page_size)")
-        capacity = block_table.shape[1] * ps
-        virt_k = (b, k_cache.shape[1], capacity, k_cache.shape[3])
-        virt_v = (b, v_cache.shape[1], capacity, v_cache.shape[3])
-        dims = spec.check_dims(tuple(q.shape), virt_k, virt_v)
-        if not (q.dtype == k_cache.dtype == v_cache.dtype):
-            raise TypeError(f"q, k_cache, v_cache must share a dtype; got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
-        if not (q.device == k_cache.device == v_cache.device):
-            raise ValueError("q, k_cache, v_cache must be on one device")
-        if max(dims.e, dims.ev) > 256:
-            raise ValueError(f"head dims E={dims.e}, Ev={dims.ev} not supported (at most 256)")
-    if seqlens is None:
-        lens = None
-        lk_max = capacity
-    else:
-        check_tensor(seqlens, "seqlens", dtypes=(torch.int32, torch.int64))
-        if seqlens.shape != (b,):
-            raise ValueError(f"seqlens must have shape (B,) = ({b},), got {tuple(seqlens.shape)}")
-        if seqlens.device != q.device:
-            raise ValueError(f"seqlens is on {seqlens.device}, q on {q.device}")
-        lens = seqlens
-        lk_max = capacity
-        if validate:
-            lo, hi = (int(x) for x in torch.aminmax(seqlens)) if b else (0, 0)
-            if lo < 0 or hi > capacity:
-                raise ValueError(f"seqlens must lie in [0, {capacity}] (the cache's capacity), got [{lo}, {hi}]")
-            lk_max = hi
-    if block_table is not None and b and validate:
-        used = torch.as_tensor(capacity if lens is None else lens, device=q.device)
-        n_pages = (used + ps - 1) // ps
-        slot = torch.arange(block_table.shape[1], device=q.device)[None, :]
-        live = slot < torch.as_tensor(n_pages, device=q.device).reshape(-1, 1)
-        bad = live & ((block_table < 0) | (block_table >= k_cache.shape[0]))
-        if bool(bad.any()):
-            bi, si = (int(x) for x in bad.nonzero()[0])
-            raise ValueError(f"block_table[{bi}, {si}] = {int(block_table[bi, si])} is not a page of "
-                             f"k_cache (0..{k_cache.shape[0] - 1}) but the sequence uses it")
-    return dims, capacity, lk_max, ps
+        return dims, dims.lk, 0
+    _check_metadata(block_table, "block_table", q.device)
+    if block_table.dim() != 2 or block_table.shape[0] != b:
+        raise ValueError(f"block_table must have shape (B={b}, max_pages), got {tuple(block_table.shape)}")
+    ps = k_cache.shape[2]
+    if page_size is not None and _check_int(page_size, "page_size", 1) != ps:
+        raise ValueError(f"page_size={page_size} but k_cache has {ps} slots per page "
+                         f"(shape (num_pages, Hkv, page_size, E) = {tuple(k_cache.shape)})")
+    if ps < 1:
+        raise ValueError(f"k_cache has page_size {ps}; it must be >= 1")
+    if tuple(k_cache.shape[:3]) != tuple(v_cache.shape[:3]):
+        raise ValueError(f"k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} "
+                         f"must agree in (num_pages, Hkv, page_size)")
+    capacity = block_table.shape[1] * ps
+    virt_k = (b, k_cache.shape[1], capacity, k_cache.shape[3])
+    virt_v = (b, v_cache.shape[1], capacity, v_cache.shape[3])
+    dims = spec.check_dims(tuple(q.shape), virt_k, virt_v)
+    if not (q.dtype == k_cache.dtype == v_cache.dtype):
+        raise TypeError(f"q, k_cache, v_cache must share a dtype; got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
+    if not (q.device == k_cache.device == v_cache.device):
+        raise ValueError("q, k_cache, v_cache must be on one device")
+    if max(dims.e, dims.ev) > 256:
+        raise ValueError(f"head dims E={dims.e}, Ev={dims.ev} not supported (at most 256)")
+    return dims, capacity, ps
+
+
+def _check_seqlens_on_host(seqlens, capacity):
+    """Host-resident seqlens against _seqlens_rule; returns max(seqlens) (0 for B = 0)."""
+    lo, hi = (int(x) for x in torch.aminmax(seqlens)) if seqlens.numel() else (0, 0)
+    if lo < 0 or hi > capacity:
+        raise ValueError(f"{_seqlens_rule(capacity)}, got [{lo}, {hi}]")
+    return hi
+
+
+def _check_pages_on_host(block_table, seqlens, capacity, page_size, num_pages):
+    """Host-resident block_table (and seqlens, or None: the whole capacity) against _page_rule."""
+    used = torch.full((block_table.shape[0],), capacity) if seqlens is None else seqlens.to(torch.int64)
+    live = torch.arange(block_table.shape[1])[None, :] < ((used + page_size - 1) // page_size)[:, None]
+    bad = live & ((block_table < 0) | (block_table >= num_pages))
+    if bad.any():
+        bi, si = bad.nonzero()[0].tolist()
+        raise ValueError(f"block_table[{bi}, {si}] = {int(block_table[bi, si])} {_page_rule(num_pages - 1)}")
+
+
+def _check_on_device(seqlens, block_table, capacity, page_size, num_pages):
+    """Queue _check_kernel (one program per sequence) before the decode kernels: no host sync."""
+    paged = block_table is not None
+    b = (block_table if paged else seqlens).shape[0]
+    sl = seqlens if seqlens is not None else block_table
+    bt = block_table if paged else seqlens
+    _launch(_check_kernel, (b,), sl, bt, *(bt.stride() if paged else (0, 0)), capacity, max(page_size, 1),
+            num_pages, block_table.shape[1] if paged else 0, HAS_SEQLENS=seqlens is not None, PAGED=paged,
+            BLOCK_P=_CHECK_BLOCK, num_warps=1, num_stages=1)
+
+
+def _check_cache(q, k_cache, v_cache, seqlens, block_table, page_size, validate=True):
+    """Check the cache and its metadata without a device sync; returns (dims, capacity, lk_max,
+    page_size or 0, device_check). validate: host-resident metadata are checked here (a ValueError);
+    device_check says what is left to _check_on_device. lk_max: max(seqlens) where that is known
+    without a sync, else the capacity."""
+    dims, capacity, ps = _check_layout(q, k_cache, v_cache, block_table, page_size)
+    if seqlens is not None:
+        _check_metadata(seqlens, "seqlens", q.device)
+        if seqlens.shape != (dims.batch,):
+            raise ValueError(f"seqlens must have shape (B,) = ({dims.batch},), got {tuple(seqlens.shape)}")
+    on_host = all(_host_resident(t) for t in (seqlens, block_table) if t is not None)
+    num_pages = k_cache.shape[0]
+    lk_max = capacity
+    if validate and seqlens is not None and _host_resident(seqlens):
+        lk_max = _check_seqlens_on_host(seqlens, capacity)
+    if validate and block_table is not None and on_host:
+        _check_pages_on_host(block_table, seqlens, capacity, ps, num_pages)
+    elif block_table is not None and num_pages == 0:
+        raise ValueError("k_cache has no pages; a block_table not checked on the host (validate=False, or on "
+                         "the GPU) needs at least one (an unused page 0 is read in place of an out-of-range one)")
+    return dims, capacity, lk_max, ps, validate and not on_host
 
 
 # ----------------------------------------------------------------------------- public
@@ -290,10 +368,12 @@ def decode(q, k_cache, v_cache, *, seqlens=None, block_table=None, page_size=Non
         k_cache, v_cache: contiguous cache (B, Hkv, Lmax, E) / (B, Hkv, Lmax, Ev), or with
             ``block_table`` a paged cache (num_pages, Hkv, page_size, E) / (..., Ev).
         seqlens: (B,) int32/int64, valid keys per sequence (0 allowed: o = 0, lse = -inf);
-            default: the whole cache (Lmax, or max_pages * page_size).
+            default: the whole cache (Lmax, or max_pages * page_size). On q's device or on the
+            CPU (see ``validate``; copied over with non_blocking=True, so a pinned CPU tensor must
+            not change until the call's kernels have run).
         block_table: (B, max_pages) int32/int64: logical page p of sequence b is physical page
             block_table[b, p]. Only the pages a sequence uses are read; the rest may hold
-            garbage (its entries and pages are never touched).
+            garbage (its entries and pages are never touched). On q's device or on the CPU.
         page_size: must equal k_cache.shape[2] when given (any size >= 1, odd ones too).
         num_splits: number of key splits in SPLIT_RANGE; default picked from B*Hkv and the
             length (1 under the interpreter). Empty splits merge as the identity.
@@ -302,11 +382,19 @@ def decode(q, k_cache, v_cache, *, seqlens=None, block_table=None, page_size=Non
         alignment, window, scale, softcap: as in :func:`flashproof.kernels.attention`.
         return_lse: also return the natural-log LSE (float32, (B, H, Lq)).
         block_n: keys per tile (power of two 16..256); default from a heuristic.
-        validate: check seqlens and the used block_table entries on the host (a ValueError
-            naming the bad entry; costs device-to-host syncs). False: no host sync, so a call
-            can be captured in a CUDA graph; the kernel still never reads outside the cache or
-            the table: a sequence whose seqlen is outside [0, capacity] or that uses a page
-            outside k_cache gets NaN output and LSE, the other sequences are unaffected.
+        validate: check 0 <= seqlens[b] <= capacity and, for each page a sequence uses,
+            0 <= block_table[b, p] < num_pages; never a device-to-host sync. Metadata on the
+            CPU are checked on the host: a ValueError naming the bad entry. Metadata on q's
+            device are checked by a small kernel queued before the decode, with device-side
+            asserts: CUDA prints the rule broken and the block index (= b) of the bad sequence,
+            and, as with torch's own indexing asserts, a failed assert ends the CUDA context (the
+            next synchronizing call raises "device-side assert triggered"; the process must
+            restart). Pass seqlens / block_table on the CPU to get a catchable error. On the
+            device the default num_splits follows the capacity, as max(seqlens) is not known.
+            False: no check at all (CUDA-graph capturable with the metadata on q's device); the
+            kernel still never reads outside the cache or the table: a sequence whose seqlen is
+            outside [0, capacity] or that uses a page outside k_cache gets NaN output and LSE,
+            the other sequences are unaffected.
 
     Returns:
         o (B, H, Lq, Ev) in q's dtype, or (o, lse). Not differentiable (inference only).
@@ -314,10 +402,8 @@ def decode(q, k_cache, v_cache, *, seqlens=None, block_table=None, page_size=Non
     for name, flag in (("return_lse", return_lse), ("validate", validate)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
-    dims, capacity, lk_max, ps = _check_cache(q, k_cache, v_cache, seqlens, block_table, page_size, validate)
-    if not validate and block_table is not None and k_cache.shape[0] == 0:
-        raise ValueError("k_cache has no pages; validate=False needs at least one (an unused page 0 is read "
-                         "in place of an out-of-range one)")
+    dims, capacity, lk_max, ps, device_check = _check_cache(q, k_cache, v_cache, seqlens, block_table, page_size,
+                                                           validate)
     mask = spec.make_mask(causal=causal, window=window, alignment=alignment)
     scale = spec.resolve_scale(scale, dims.e)
     cap = spec.normalize_softcap(softcap)
@@ -352,6 +438,10 @@ def decode(q, k_cache, v_cache, *, seqlens=None, block_table=None, page_size=Non
         out_l = torch.empty((b, h, num_splits, lq), dtype=torch.float32, device=q.device)
         out_m = torch.empty_like(out_l)
         so, sl = out.stride(), out_l.stride()
+    # Every argument is checked: host metadata go over (a copy queued like a kernel), then the device check.
+    seqlens, block_table = (None if t is None else t.to(q.device, non_blocking=True) for t in (seqlens, block_table))
+    if device_check:
+        _check_on_device(seqlens, block_table, capacity, ps, k_cache.shape[0])
     paged = block_table is not None
     bt = block_table if paged else lse2
     precision = "ieee" if q.dtype == torch.float32 else "tf32"

@@ -23,12 +23,16 @@ MAX_LEN = 2**30
 MAX_GRID_YZ = 65535
 
 
-def check_tensor(x, name, *, dtypes=DTYPES, interp=None):
-    """A tensor of one of ``dtypes`` on the kernels' device (``interp``: interpreting(), if known)."""
+def check_tensor(x, name, *, dtypes=DTYPES, device=True, interp=None):
+    """Type and dtype of x, and (device=True) that it is where the kernels run; device=False leaves
+    the device to the caller (decode's metadata may also live on the host). ``interp``:
+    interpreting(), when the caller knows it."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in dtypes:
         raise TypeError(f"{name} has dtype {x.dtype}; supported: {', '.join(map(str, dtypes))}")
+    if not device:
+        return
     if interpreting() if interp is None else interp:
         if x.device.type != "cpu":
             raise ValueError(f"{name} is on {x.device}, but Triton runs interpreted on CPU here "

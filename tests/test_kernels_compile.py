@@ -26,12 +26,13 @@ _SCRIPT = textwrap.dedent('''
     ptr.update({n: "*fp32" for n in "LSE2 DELTA DLSE MS ACC LS".split()}, SEQLENS="*i32", BT="*i32", RERUN="*i32")
     floats = {"QK_SCALE", "OUT_SCALE", "DS_SCALE"}
 
-    def build(fn, consts, desc=()):
+    def build(fn, consts, desc=(), **opts):
         sig = {n: "constexpr" if n in consts else desc[n] if n in desc else ptr.get(n) or ("fp32" if n in floats
                else "i64" if n.startswith("s") else "i32") for n in fn.arg_names}
         k = triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                           options=dict(num_warps=4, num_stages=2, enable_fp_fusion=False))
+                           options=dict(num_warps=4, num_stages=2, enable_fp_fusion=False, **opts))
         print(fn.__name__, "smem", k.metadata.shared, flush=True)
+        return k
 
     c = dict(E=40, EV=24, BLOCK_M=32, BLOCK_N=32, BLOCK_DK=64, BLOCK_DV=32, HAS_LEFT=True, HAS_RIGHT=True,
              SOFTCAP=True, HAS_BIAS=True, PRECISION="tf32", UPCAST=False)
@@ -49,6 +50,9 @@ _SCRIPT = textwrap.dedent('''
                                      HAS_RIGHT=True, BOTTOM_RIGHT=True, SOFTCAP=False, HAS_SEQLENS=True, PAGED=True,
                                      PAGE_TILES=page_tiles, FINALIZE=False, PRECISION="tf32", UPCAST=False))
     build(D._merge_kernel, dict(EV=24, BLOCK_M=16, BLOCK_DV=32, UPCAST=False))
+    # JITFunction.run compiles with debug = the decorator's flag (or TRITON_DEBUG); ASTSource needs it given
+    k = build(D._check_kernel, dict(HAS_SEQLENS=True, PAGED=True, BLOCK_P=256), debug=D._check_kernel.debug)
+    print("_check_kernel asserts", k.asm["ptx"].count("call.uni __assertfail"), flush=True)
 ''')
 
 
@@ -61,5 +65,8 @@ def test_kernels_build_for_sm90():
     r = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     for name in ("_fwd_kernel", "_bwd_dq_kernel", "_bwd_dkdv_kernel", "_bwd_delta_kernel", "_decode_kernel",
-                 "_merge_kernel"):
+                 "_merge_kernel", "_check_kernel"):
         assert name in r.stdout, r.stdout
+    # decode's device check: its two asserts (seqlens, pages) are in the code; no int32 overflow
+    # asserts (which debug=True adds to int32 arithmetic) beside them
+    assert "_check_kernel asserts 2\n" in r.stdout, r.stdout
