@@ -17,8 +17,8 @@ from flashproof import spec
 
 from .attention import _fwd_tile, _launch
 from .blocks import LN2, finalize, key_range, load2d, masked_block, round_to, span
-from .runtime import interpreting
-from .tiles import SPLIT_RANGE, default_decode_block, default_num_splits, head_block
+from .runtime import interpreting, num_sms
+from .tiles import SPLIT_RANGE, decode_num_stages, default_decode_block, default_num_splits, head_block
 from .validate import check_qkv, check_tensor, logit_scales, mask_args
 
 __all__ = ["decode"]
@@ -419,7 +419,8 @@ def decode(q, k_cache, v_cache, *, seqlens=None, block_table=None, page_size=Non
     n_rblocks = triton.cdiv(rows, block_m)
     if num_splits is None:
         num_splits = default_num_splits(programs=dims.batch * dims.kv_heads * n_rblocks, lk=lk_max,
-                                        block_n=block_n, interpret=interp)
+                                        block_n=block_n, interpret=interp,
+                                        **({} if interp else {"num_sms": num_sms(q.device)}))
     elif _check_int(num_splits, "num_splits") not in SPLIT_RANGE:
         raise ValueError(f"num_splits must be in {SPLIT_RANGE.start}..{SPLIT_RANGE.stop - 1}, got {num_splits}")
     num_splits = int(num_splits)
@@ -455,7 +456,8 @@ def decode(q, k_cache, v_cache, *, seqlens=None, block_table=None, page_size=Non
             BOTTOM_RIGHT=mask.alignment == spec.BOTTOM_RIGHT, SOFTCAP=cap is not None,
             HAS_SEQLENS=seqlens is not None, PAGED=paged, PAGE_TILES=paged and ps % block_n == 0,
             FINALIZE=num_splits == 1,
-            PRECISION=precision, UPCAST=interp and q.dtype == torch.bfloat16, num_warps=4, num_stages=2)
+            PRECISION=precision, UPCAST=interp and q.dtype == torch.bfloat16, num_warps=4,
+            num_stages=decode_num_stages(block_n=block_n, head_dim=dims.e, head_dim_v=ev, dtype=q.dtype))
     if num_splits > 1:
         bm = 16
         _launch(_merge_kernel, (triton.cdiv(lq, bm), h, b), out, out_l, out_m, o, lse2, h, lq, num_splits,

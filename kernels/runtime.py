@@ -5,12 +5,13 @@ run before the first ``import triton`` so that ``TRITON_INTERPRET=1`` is seen.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
 import torch
 
-__all__ = ["has_cuda_gpu", "interpreting", "set_interpret_mode_if_no_gpu", "kernel_device"]
+__all__ = ["has_cuda_gpu", "interpreting", "set_interpret_mode_if_no_gpu", "kernel_device", "num_sms"]
 
 
 def has_cuda_gpu() -> bool:
@@ -54,3 +55,9 @@ def set_interpret_mode_if_no_gpu() -> bool:
 def kernel_device() -> torch.device:
     """The device the kernels expect their tensors on: cuda when compiled, cpu when interpreted."""
     return torch.device("cpu") if interpreting() else torch.device("cuda")
+
+
+@functools.lru_cache(maxsize=None)
+def num_sms(device) -> int:
+    """Streaming multiprocessors of a CUDA device (132 on an H100 or H200 SXM)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
