@@ -5,6 +5,7 @@
 - ``decode``: Lq = 1, GQA 64:8, E = 128, bf16, at the (B, Lk) points of ``flashproof bench``: every
   num_splits x block_n x (num_warps, num_stages) of the decode kernel, timed from CUDA-graph replays,
   and torch SDPA flash (enable_gqa) eager and replayed; our default call eager and replayed.
+- ``decode-defaults``: the same points, only the default calls and SDPA flash.
 - ``causal``: causal forward on small grids (B x L with B·H·L/128 programs near a few waves of SMs)
   for a list of tile configs and the default, next to SDPA flash and cuDNN. (Session 7's first run also
   timed a heads-first grid order, since removed: it was not faster at the best config.)
@@ -47,7 +48,7 @@ def _sdpa(backend):
     return fn
 
 
-def sweep_decode(rows, log):
+def sweep_decode(rows, log, sweep=True):
     import torch
     from torch.nn.attention import SDPBackend
     from triton.testing import do_bench, do_bench_cudagraph
@@ -106,7 +107,7 @@ def sweep_decode(rows, log):
         rec("ours paged graph", do_bench_cudagraph(
             lambda: kernels.decode(q, kp, vp, block_table=table, seqlens=lens, validate=False), rep=50,
             return_mode="median"))
-        for bn, opts in itertools.product((64, 128), DECODE_LAUNCH):
+        for bn, opts in itertools.product((64, 128), DECODE_LAUNCH) if sweep else ():
             launch["opts"] = opts
             for s in (1, 2, 4, 8, 16, 24, 32, 48, 64):
                 if lk < s * bn:
@@ -192,7 +193,7 @@ def sweep_e256(rows, log):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("parts", nargs="+", choices=("decode", "causal", "e256"))
+    ap.add_argument("parts", nargs="+", choices=("decode", "decode-defaults", "causal", "e256"))
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     import torch
@@ -209,7 +210,8 @@ def main(argv=None):
     for part in a.parts:
         t0 = time.time()
         try:
-            {"decode": sweep_decode, "causal": sweep_causal, "e256": sweep_e256}[part](rows, log)
+            {"decode": sweep_decode, "decode-defaults": lambda r, lg: sweep_decode(r, lg, sweep=False),
+             "causal": sweep_causal, "e256": sweep_e256}[part](rows, log)
         except Exception as exc:  # noqa: BLE001 - keep what the other parts measured
             rows.append(dict(kind=part, error=f"{type(exc).__name__}: {exc}"))
             log(f"{part} failed: {exc}")
