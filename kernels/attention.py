@@ -211,6 +211,8 @@ def _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta
         st = tl.where(bias == -float("inf"), -float("inf"), st + bias * 1.4426950408889634)
     if MASKED:
         allowed = (offs_m[None, :] >= ilo[:, None]) & (offs_m[None, :] < ihi[:, None])
+        if HAS_BIAS:
+            allowed = allowed & (bias != -float("inf"))
         st = tl.where(allowed, st, -float("inf"))
         lse2 = tl.load(lse_base + offs_m, mask=offs_m < LQ, other=0.0)
         delta = tl.load(delta_base + offs_m, mask=offs_m < LQ, other=0.0)
@@ -229,6 +231,9 @@ def _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta
                     offs_m, LQ, offs_dv, EV, MASKED, EV != BLOCK_DV)
     if MASKED:
         keep = st != -float("inf")
+        # A masked pair's P is 0 even in a row whose LSE is NaN (a non-finite q_i, or k_j it attends):
+        # exp2(-inf - NaN) is NaN, and masked_mma drops a pair by its a = 0 (spec "NaN and inf policy")
+        pt = tl.where(allowed, pt, 0.0)
         dv, cv = masked_mma_acc(dv, cv, round_to(pt, do.dtype, UPCAST), do, keep, PRECISION, UPCAST, KAHAN, EXACT)
     else:
         dv, cv = mma_acc(dv, cv, round_to(pt, do.dtype, UPCAST), do, PRECISION, UPCAST, KAHAN)
@@ -239,7 +244,7 @@ def _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta
         dst = dst * (1.0 - tt * tt)  # d/dx c tanh(x/c) = 1 - tanh^2
     q = tl.trans(qt)
     if MASKED:
-        dst = tl.where(keep, dst, 0.0)
+        dst = tl.where(allowed, dst, 0.0)
         dk, ck = masked_mma_acc(dk, ck, round_to(dst, q.dtype, UPCAST), q, keep, PRECISION, UPCAST, KAHAN, EXACT)
     else:
         dk, ck = mma_acc(dk, ck, round_to(dst, q.dtype, UPCAST), q, PRECISION, UPCAST, KAHAN)
