@@ -140,12 +140,16 @@ def test_backward_tightness_on_the_kernel():
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("where,value", [("q", "inf"), ("q", "nan"), ("k", "nan"), ("v", "inf")])
-def test_backward_nonfinite_reaches_only_attending_keys(where, value):
+def test_backward_nonfinite_reaches_only_attending_keys(monkeypatch, split, where, value):
     """spec/README.md "NaN and inf policy" (strict): a NaN or inf in q_i, k_j or v_j of an allowed
     pair gives dK and dV exactly the reference's NaN/inf pattern. A row whose LSE is NaN (a non-finite
     q_i, or a k_j it attends) once made P = exp2(-inf - NaN) = NaN at its masked pairs, and every
-    dV of a key block it visits NaN; a window puts such pairs inside tiles both ways."""
+    dV of a key block it visits NaN; a window puts such pairs inside tiles both ways. The split
+    dK/dV kernels (attention.SPLIT_DKDV) the same."""
+    import sys
+    monkeypatch.setattr(sys.modules["flashproof.kernels.attention"], "SPLIT_DKDV", split)
     g = torch.Generator().manual_seed(12)
     dt = torch.bfloat16
     q, k, v = rand(1, 2, 32, 40, dtype=dt, gen=g), rand(1, 1, 32, 40, dtype=dt, gen=g), rand(1, 1, 32, 24, dtype=dt, gen=g)
