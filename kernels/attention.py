@@ -20,8 +20,8 @@ from .blocks import (LN2, finalize, head_base, key_range, load2d, logits, masked
                      masked_mma_acc, mma, mma_acc, nonfinite, query_range, rerun_flag, round_to, skip_program,
                      span)
 from .runtime import interpreting
-from .tiles import (TileConfig, backward_config, check_tile_config, default_forward_config,
-                    head_block)
+from .tiles import (TileConfig, backward_config, backward_split, check_tile_config,
+                    default_forward_config, head_block)
 from .validate import check_qkv, logit_scales, mask_args
 
 try:
@@ -189,10 +189,13 @@ def _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta
                E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr,
                BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
                SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-               UPCAST: tl.constexpr, KAHAN: tl.constexpr, EXACT: tl.constexpr, TMA: tl.constexpr):
+               UPCAST: tl.constexpr, KAHAN: tl.constexpr, EXACT: tl.constexpr, TMA: tl.constexpr,
+               COMPUTE_DK: tl.constexpr, COMPUTE_DV: tl.constexpr):
     """dK, dV of one key block from one query block, with P^T recomputed from the saved LSE
     (dV = P^T dO, dK = scale dS^T Q: proofs/backward.py, theorem 4). TMA: q_base and do_base are
-    the Q and dO tensor descriptors (_fwd_tile), the block is rows m .. m + BLOCK_M of (b, h)."""
+    the Q and dO tensor descriptors (_fwd_tile), the block is rows m .. m + BLOCK_M of (b, h).
+    COMPUTE_DV only: S, P and dO (no V, no dP, no D); COMPUTE_DK only: dS as well, no dV. Each
+    accumulator sees the same operands and MMAs as in the fused tile, so it is bitwise the same."""
     offs_m = m + tl.arange(0, BLOCK_M)
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -212,12 +215,16 @@ def _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta
         st = tl.where(bias == -float("inf"), -float("inf"), st + bias * 1.4426950408889634)
     if MASKED:
         allowed = (offs_m[None, :] >= ilo[:, None]) & (offs_m[None, :] < ihi[:, None])
+        if HAS_BIAS:
+            allowed = allowed & (bias != -float("inf"))
         st = tl.where(allowed, st, -float("inf"))
         lse2 = tl.load(lse_base + offs_m, mask=offs_m < LQ, other=0.0)
-        delta = tl.load(delta_base + offs_m, mask=offs_m < LQ, other=0.0)
+        if COMPUTE_DK:
+            delta = tl.load(delta_base + offs_m, mask=offs_m < LQ, other=0.0)
     else:
         lse2 = tl.load(lse_base + offs_m)
-        delta = tl.load(delta_base + offs_m)
+        if COMPUTE_DK:
+            delta = tl.load(delta_base + offs_m)
     # Empty rows have LSE -inf: P = 0 there, never exp2(-inf - -inf).
     empty = lse2 == -float("inf")
     pt = tl.where(empty[None, :], 0.0, tl.exp2(st - tl.where(empty, 0.0, lse2)[None, :]))
@@ -230,20 +237,28 @@ def _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta
                     offs_m, LQ, offs_dv, EV, MASKED, EV != BLOCK_DV)
     if MASKED:
         keep = st != -float("inf")
-        dv, cv = masked_mma_acc(dv, cv, round_to(pt, do.dtype, UPCAST), do, keep, PRECISION, UPCAST, KAHAN, EXACT)
-    else:
-        dv, cv = mma_acc(dv, cv, round_to(pt, do.dtype, UPCAST), do, PRECISION, UPCAST, KAHAN)
-    # [BLOCK_N, BLOCK_M]
-    dpt = mma(v, tl.trans(do), PRECISION, UPCAST)
-    dst = pt * (dpt - delta[None, :])
-    if SOFTCAP:
-        dst = dst * (1.0 - tt * tt)  # d/dx c tanh(x/c) = 1 - tanh^2
-    q = tl.trans(qt)
-    if MASKED:
-        dst = tl.where(keep, dst, 0.0)
-        dk, ck = masked_mma_acc(dk, ck, round_to(dst, q.dtype, UPCAST), q, keep, PRECISION, UPCAST, KAHAN, EXACT)
-    else:
-        dk, ck = mma_acc(dk, ck, round_to(dst, q.dtype, UPCAST), q, PRECISION, UPCAST, KAHAN)
+        # A masked pair's P is 0 even in a row whose LSE is NaN (a non-finite q_i, or k_j it attends):
+        # exp2(-inf - NaN) is NaN, and masked_mma drops a pair by its a = 0 (spec "NaN and inf policy")
+        pt = tl.where(allowed, pt, 0.0)
+    if COMPUTE_DV:
+        if MASKED:
+            dv, cv = masked_mma_acc(dv, cv, round_to(pt, do.dtype, UPCAST), do, keep, PRECISION, UPCAST, KAHAN,
+                                    EXACT)
+        else:
+            dv, cv = mma_acc(dv, cv, round_to(pt, do.dtype, UPCAST), do, PRECISION, UPCAST, KAHAN)
+    if COMPUTE_DK:
+        # [BLOCK_N, BLOCK_M]
+        dpt = mma(v, tl.trans(do), PRECISION, UPCAST)
+        dst = pt * (dpt - delta[None, :])
+        if SOFTCAP:
+            dst = dst * (1.0 - tt * tt)  # d/dx c tanh(x/c) = 1 - tanh^2
+        q = tl.trans(qt)
+        if MASKED:
+            dst = tl.where(allowed, dst, 0.0)
+            dk, ck = masked_mma_acc(dk, ck, round_to(dst, q.dtype, UPCAST), q, keep, PRECISION, UPCAST, KAHAN,
+                                    EXACT)
+        else:
+            dk, ck = mma_acc(dk, ck, round_to(dst, q.dtype, UPCAST), q, PRECISION, UPCAST, KAHAN)
     return dk, dv, ck, cv
 
 
@@ -257,9 +272,12 @@ def _bwd_dkdv_kernel(RERUN, Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
                      BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LEFT: tl.constexpr,
                      HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
                      PRECISION: tl.constexpr, UPCAST: tl.constexpr, KAHAN: tl.constexpr,
-                     EXACT: tl.constexpr, TMA: tl.constexpr):
+                     EXACT: tl.constexpr, TMA: tl.constexpr, COMPUTE_DK: tl.constexpr,
+                     COMPUTE_DV: tl.constexpr):
     """One key block of one KV head: loops over the GROUP query heads sharing it and over the
-    query blocks that attend it; no atomics, so the result is bitwise deterministic."""
+    query blocks that attend it; no atomics, so the result is bitwise deterministic. COMPUTE_DK,
+    COMPUTE_DV: which of dK, dV this build accumulates and stores (both: the fused kernel; one:
+    the split kernels of large head dims, one fp32 accumulator each, tiles.backward_split)."""
     if skip_program(RERUN, EXACT):
         return
     pid_n = tl.program_id(0)
@@ -272,20 +290,29 @@ def _bwd_dkdv_kernel(RERUN, Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
     # [BLOCK_N, BLOCK_DK]
     k = load2d(K + b64 * skb + hk.to(tl.int64) * skh + offs_n[:, None].to(tl.int64) * skn
                + offs_dk[None, :].to(tl.int64) * skd, offs_n, LK, offs_dk, E, True, E != BLOCK_DK)
-    # [BLOCK_N, BLOCK_DV]
-    v = load2d(V + b64 * svb + hk.to(tl.int64) * svh + offs_n[:, None].to(tl.int64) * svn
-               + offs_dv[None, :].to(tl.int64) * svd, offs_n, LK, offs_dv, EV, True, EV != BLOCK_DV)
+    if COMPUTE_DK:
+        # [BLOCK_N, BLOCK_DV]; only dP = dO V^T reads V
+        v = load2d(V + b64 * svb + hk.to(tl.int64) * svh + offs_n[:, None].to(tl.int64) * svn
+                   + offs_dv[None, :].to(tl.int64) * svd, offs_n, LK, offs_dv, EV, True, EV != BLOCK_DV)
+        # [BLOCK_N, BLOCK_DK]
+        dk = tl.zeros([BLOCK_N, BLOCK_DK], tl.float32)
+    else:
+        v = 0.0
+        dk = 0.0
+    if COMPUTE_DV:
+        # [BLOCK_N, BLOCK_DV]
+        dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    else:
+        dv = 0.0
     ilo, ihi = query_range(offs_n, LQ, LK, DIAG, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT)
     start, n_lead, n_masked, fstart, fend = span(ilo, ihi, offs_n < LK, BLOCK_M, HAS_BIAS)
-    # [BLOCK_N, BLOCK_DK]
-    dk = tl.zeros([BLOCK_N, BLOCK_DK], tl.float32)
-    # [BLOCK_N, BLOCK_DV]
-    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
-    if KAHAN:
+    if KAHAN and COMPUTE_DK:
         ck = tl.zeros([BLOCK_N, BLOCK_DK], tl.float32)
-        cv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     else:
         ck = 0.0
+    if KAHAN and COMPUTE_DV:
+        cv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    else:
         cv = 0.0
     for g in range(0, GROUP):
         h = hk * GROUP + g
@@ -299,22 +326,31 @@ def _bwd_dkdv_kernel(RERUN, Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
             dk, dv, ck, cv = _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta_base, b, h,
                                 m, offs_n, ilo, ihi, sqm, sqd, sdm, sdd, sbm, sbn, LQ, LK, QK_SCALE,
                                 OUT_SCALE, E, EV, BLOCK_M, BLOCK_DK, BLOCK_DV, True, SOFTCAP,
-                                HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT, TMA)
+                                HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT, TMA, COMPUTE_DK, COMPUTE_DV)
         for m in range(fstart, fend, BLOCK_M):
             dk, dv, ck, cv = _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta_base, b, h,
                                 m, offs_n, ilo, ihi, sqm, sqd, sdm, sdd, sbm, sbn, LQ, LK, QK_SCALE,
                                 OUT_SCALE, E, EV, BLOCK_M, BLOCK_DK, BLOCK_DV, False, SOFTCAP,
-                                HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT, TMA)
-    dk = dk * DS_SCALE
+                                HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT, TMA, COMPUTE_DK, COMPUTE_DV)
+    if COMPUTE_DK:
+        dk = dk * DS_SCALE
     if not EXACT:
-        rerun_flag(RERUN, tl.maximum(nonfinite(dk, offs_n < LK), nonfinite(dv, offs_n < LK)))
+        # blocks.rerun_flag per launch: each build flags (and its exact pass rewrites) only what it stores
+        if COMPUTE_DK and COMPUTE_DV:
+            rerun_flag(RERUN, tl.maximum(nonfinite(dk, offs_n < LK), nonfinite(dv, offs_n < LK)))
+        elif COMPUTE_DK:
+            rerun_flag(RERUN, nonfinite(dk, offs_n < LK))
+        else:
+            rerun_flag(RERUN, nonfinite(dv, offs_n < LK))
     nmask = offs_n[:, None] < LK
-    tl.store(DK + b64 * sdkb + hk.to(tl.int64) * sdkh + offs_n[:, None].to(tl.int64) * sdkn
-             + offs_dk[None, :].to(tl.int64) * sdkd, round_to(dk, DK.dtype.element_ty, UPCAST),
-             mask=nmask & (offs_dk[None, :] < E))
-    tl.store(DV + b64 * sdvb + hk.to(tl.int64) * sdvh + offs_n[:, None].to(tl.int64) * sdvn
-             + offs_dv[None, :].to(tl.int64) * sdvd, round_to(dv, DV.dtype.element_ty, UPCAST),
-             mask=nmask & (offs_dv[None, :] < EV))
+    if COMPUTE_DK:
+        tl.store(DK + b64 * sdkb + hk.to(tl.int64) * sdkh + offs_n[:, None].to(tl.int64) * sdkn
+                 + offs_dk[None, :].to(tl.int64) * sdkd, round_to(dk, DK.dtype.element_ty, UPCAST),
+                 mask=nmask & (offs_dk[None, :] < E))
+    if COMPUTE_DV:
+        tl.store(DV + b64 * sdvb + hk.to(tl.int64) * sdvh + offs_n[:, None].to(tl.int64) * sdvn
+                 + offs_dv[None, :].to(tl.int64) * sdvd, round_to(dv, DV.dtype.element_ty, UPCAST),
+                 mask=nmask & (offs_dv[None, :] < EV))
 
 
 @triton.jit
@@ -448,6 +484,7 @@ class _Plan:
     upcast: bool
     tma_fwd: bool  # tensor-descriptor loads where the layout allows (_tma_descriptor)
     tma_bwd: bool
+    split_dkdv: bool  # dK and dV from two kernels, one accumulator each (tiles.backward_split)
 
 
 def _launch(kernel, grid, *args, num_warps, num_stages, **meta):
@@ -524,6 +561,9 @@ def _tma_pair(x, y, block_rows, enabled):
 # H100 the re-tuned descriptor configs beat the best pointer ones (benchmarks/results/tma-h100.md).
 TMA_FORWARD = True
 TMA_BACKWARD = True
+# dK/dV as two launches (dV, then dK) instead of one: None = tiles.backward_split's rule, True/False
+# forces it (benchmarks/tune_tiles.py --split-dkdv and the tests; not a user option).
+SPLIT_DKDV = None
 
 
 def _bias_strides(bias):
@@ -590,9 +630,12 @@ def _backward_with(q, k, v, bias, o, lse2, do, dlse, plan: _Plan, cfg: TileConfi
         dv.zero_()
     else:
         q_arg, do_arg, tma = _tma_pair(q, do, cfg.block_m, plan.tma_bwd)
-        _launch_passes(_bwd_dkdv_kernel, (triton.cdiv(lk, cfg.block_n), hkv, b), q_arg, k, v,
-                bias_t, do_arg, lse2, delta, dk, dv, *q.stride(), *k.stride(), *v.stride(),
-                *_bias_strides(bias), *do.stride(), *dk.stride(), *dv.stride(), *scalars, TMA=tma, **common)
+        dkdv = (q_arg, k, v, bias_t, do_arg, lse2, delta, dk, dv, *q.stride(), *k.stride(), *v.stride(),
+                *_bias_strides(bias), *do.stride(), *dk.stride(), *dv.stride(), *scalars)
+        # split: one fp32 accumulator per program; each launch has its own rerun flags (_launch_passes)
+        for compute_dk, compute_dv in ((False, True), (True, False)) if plan.split_dkdv else ((True, True),):
+            _launch_passes(_bwd_dkdv_kernel, (triton.cdiv(lk, cfg.block_n), hkv, b), *dkdv, TMA=tma,
+                           COMPUTE_DK=compute_dk, COMPUTE_DV=compute_dv, **common)
     # dQ keeps block_n queries resident and streams block_m keys: both kernels hold the larger
     # block and stream the smaller (measured: benchmarks/results/tune-h200-run2.log).
     k_arg, v_arg, tma = _tma_pair(k, v, cfg.block_m, plan.tma_bwd)
@@ -635,7 +678,8 @@ def _plan_key(q, k, v, mask, opts):
             parts.append((float, repr(x)))
         else:
             return None
-    key = (q.shape, k.shape, v.shape, q.dtype, mask, tuple(parts), interpreting(), TMA_FORWARD, TMA_BACKWARD)
+    key = (q.shape, k.shape, v.shape, q.dtype, mask, tuple(parts), interpreting(), TMA_FORWARD, TMA_BACKWARD,
+           SPLIT_DKDV)
     try:
         hash(key)
     except TypeError:  # a mask holding a list
@@ -663,8 +707,10 @@ def _make_plan(q, k, v, *, mask, scale, softcap, block_m, block_n, num_warps, nu
         raise TypeError(f"allow_tf32 must be a bool, got {type(allow_tf32).__name__}")
     precision = "ieee" if (q.dtype == torch.float32 and not allow_tf32) else "tf32"
     qk_scale, out_scale = logit_scales(scale, cap)
+    split = (backward_split(head_dim=e, head_dim_v=ev, dtype=q.dtype, interpret=interp) if SPLIT_DKDV is None
+             else bool(SPLIT_DKDV))
     return _Plan(diag, left, right, has_left, has_right, qk_scale, out_scale, scale, cap is not None,
-                 fwd, bwd, precision, interp and q.dtype == torch.bfloat16, TMA_FORWARD, TMA_BACKWARD)
+                 fwd, bwd, precision, interp and q.dtype == torch.bfloat16, TMA_FORWARD, TMA_BACKWARD, split)
 
 
 # ----------------------------------------------------------------------------- autograd

@@ -25,6 +25,7 @@ __all__ = [
     "default_forward_config",
     "default_backward_config",
     "backward_config",
+    "backward_split",
     "default_decode_block",
     "default_num_splits",
     "decode_num_stages",
@@ -101,6 +102,8 @@ def _smem_forward(bm, bn, ns, dk, dv, elt, bias=False):
 
 def _smem_backward(bm, bn, ns, dk, dv, elt):
     # One side resident (K,V or Q,dO), the other buffered num_stages + 1 deep, plus P/dS staged.
+    # An upper bound for the split dK/dV kernels too (backward_split): the dV one holds K but not V
+    # and stages no dS, the dK one holds what the fused kernel holds less the dV accumulator.
     big, small = max(bm, bn), min(bm, bn)
     return elt * (big * (dk + dv) + (max(ns, 1) + 1) * small * (dk + dv) + 2 * bm * bn)
 
@@ -211,6 +214,18 @@ def backward_config(fwd: TileConfig, *, forced: bool, head_dim, head_dim_v, dtyp
             except ValueError:
                 continue
     return default_backward_config(head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype, interpret=interpret)
+
+
+def backward_split(*, head_dim, head_dim_v, dtype, interpret: bool) -> bool:
+    """Whether the backward computes dK and dV in two kernels (dV, then dK), each holding one
+    fp32 [block_n, head block] accumulator, instead of one kernel holding both: the E=256
+    dK/dV kernel spills (255 registers, 112 spilled values on triton 3.6, H100 profile
+    benchmarks/results/profile-h100-e256.json). Provisional rule, awaiting the H200 sweep of
+    ``benchmarks/tune_tiles.py --split-dkdv 0|1``: split for fp16/bf16 when the larger head block
+    exceeds 128, never under the interpreter (one kernel does less interpreted work)."""
+    if interpret or dtype not in (torch.float16, torch.bfloat16):
+        return False
+    return max(head_block(head_dim), head_block(head_dim_v)) > 128
 
 
 def default_decode_block(*, head_dim, head_dim_v, dtype, interpret: bool) -> int:

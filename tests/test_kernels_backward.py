@@ -7,8 +7,9 @@ import torch
 
 from flashproof import spec
 from flashproof.kernels import attention, sdpa
+from flashproof.reference import backward_fp64
 
-from test_kernels_util import check_backward, rand
+from test_kernels_util import assert_same_nonfinite, check_backward, rand
 
 CASES = [
     # dtype, b, h, hkv, lq, lk, e, ev, causal, window, softcap, bm, bn
@@ -136,3 +137,29 @@ def test_backward_tightness_on_the_kernel():
     floors = {"float16": 0.03, "bfloat16": 0.03, "float32": 0.001}
     for d, rows in TIGHTNESS.items():
         assert max(rows) >= floors[d], f"{d}: the backward bound looks vacuous on the kernel ({max(rows):.3g})"
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("where,value", [("q", "inf"), ("q", "nan"), ("k", "nan"), ("v", "inf")])
+def test_backward_nonfinite_reaches_only_attending_keys(monkeypatch, split, where, value):
+    """spec/README.md "NaN and inf policy" (strict): a NaN or inf in q_i, k_j or v_j of an allowed
+    pair gives dK and dV exactly the reference's NaN/inf pattern. A row whose LSE is NaN (a non-finite
+    q_i, or a k_j it attends) once made P = exp2(-inf - NaN) = NaN at its masked pairs, and every
+    dV of a key block it visits NaN; a window puts such pairs inside tiles both ways. The split
+    dK/dV kernels (attention.SPLIT_DKDV) the same."""
+    import sys
+    monkeypatch.setattr(sys.modules["flashproof.kernels.attention"], "SPLIT_DKDV", split)
+    g = torch.Generator().manual_seed(12)
+    dt = torch.bfloat16
+    q, k, v = rand(1, 2, 32, 40, dtype=dt, gen=g), rand(1, 1, 32, 40, dtype=dt, gen=g), rand(1, 1, 32, 24, dtype=dt, gen=g)
+    do = rand(1, 2, 32, 24, dtype=dt, gen=g)
+    dict(q=q, k=k, v=v)[where][0, 0, 18, 3] = float(value)
+    kw = dict(causal=True, window=(6, 1))
+    grads, _ = _grads(q, k, v, do, block_m=16, block_n=16, **kw)
+    ref = backward_fp64(q, k, v, do, **kw)
+    for name, got, r in zip(("dq", "dk", "dv"), grads, ref):
+        assert_same_nonfinite(name, got, torch.from_numpy(r))
+    # rows 18..24 attend key 18, and keys 12..24 are all that they attend
+    assert torch.isfinite(grads[2][0, 0, :12]).all() and torch.isfinite(grads[2][0, 0, 25:]).all(), \
+        "dV of keys that no row with the non-finite value attends"

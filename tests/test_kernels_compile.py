@@ -26,12 +26,12 @@ _SCRIPT = textwrap.dedent('''
     ptr.update({n: "*fp32" for n in "LSE2 DELTA DLSE MS ACC LS".split()}, SEQLENS="*i32", BT="*i32", RERUN="*i32")
     floats = {"QK_SCALE", "OUT_SCALE", "DS_SCALE"}
 
-    def build(fn, consts, desc=(), **opts):
+    def build(fn, consts, desc=(), tag="", **opts):
         sig = {n: "constexpr" if n in consts else desc[n] if n in desc else ptr.get(n) or ("fp32" if n in floats
                else "i64" if n.startswith("s") else "i32") for n in fn.arg_names}
         k = triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                            options=dict(num_warps=4, num_stages=2, enable_fp_fusion=False, **opts))
-        print(fn.__name__, "smem", k.metadata.shared, flush=True)
+        print(fn.__name__ + tag, "smem", k.metadata.shared, flush=True)
         return k
 
     c = dict(E=40, EV=24, BLOCK_M=32, BLOCK_N=32, BLOCK_DK=64, BLOCK_DV=32, HAS_LEFT=True, HAS_RIGHT=True,
@@ -43,7 +43,13 @@ _SCRIPT = textwrap.dedent('''
         for tma in (False, True):
             build(A._fwd_kernel, dict(c, EXACT=exact, TMA=tma), kv if tma else ())
             build(A._bwd_dq_kernel, dict(c, KAHAN=False, EXACT=exact, TMA=tma), kv if tma else ())
-            build(A._bwd_dkdv_kernel, dict(c, KAHAN=True, EXACT=exact, TMA=tma), qdo if tma else ())
+            build(A._bwd_dkdv_kernel, dict(c, KAHAN=True, EXACT=exact, TMA=tma, COMPUTE_DK=True, COMPUTE_DV=True),
+                  qdo if tma else ())
+        # the split dK/dV kernels (tiles.backward_split): one accumulator each, the other compiled out
+        for dk_only in (False, True):
+            build(A._bwd_dkdv_kernel, dict(c, KAHAN=exact, EXACT=exact, TMA=not exact, COMPUTE_DK=dk_only,
+                                           COMPUTE_DV=not dk_only), qdo if not exact else (),
+                  tag=" dk" if dk_only else " dv")
     build(A._bwd_delta_kernel, dict(EV=24, BLOCK_M=32, BLOCK_DV=32, HAS_DLSE=True))
     for page_tiles in (False, True):
         build(D._decode_kernel, dict(E=40, EV=24, BLOCK_M=16, BLOCK_N=32, BLOCK_DK=64, BLOCK_DV=32, HAS_LEFT=True,
@@ -65,7 +71,7 @@ def test_kernels_build_for_sm90():
     r = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     for name in ("_fwd_kernel", "_bwd_dq_kernel", "_bwd_dkdv_kernel", "_bwd_delta_kernel", "_decode_kernel",
-                 "_merge_kernel", "_check_kernel"):
+                 "_merge_kernel", "_check_kernel", "_bwd_dkdv_kernel dk", "_bwd_dkdv_kernel dv"):
         assert name in r.stdout, r.stdout
     # decode's device check: its two asserts (seqlens, pages) are in the code; no int32 overflow
     # asserts (which debug=True adds to int32 arithmetic) beside them
