@@ -702,13 +702,14 @@ def _make_plan(q, k, v, *, mask, scale, softcap, block_m, block_n, num_warps, nu
                      d.num_stages if num_stages is None else num_stages)
     check_tile_config(*fwd, head_dim=e, head_dim_v=ev, dtype=q.dtype, has_bias=has_bias)
     fwd = TileConfig(*(int(x) for x in fwd))  # numpy ints become plain ints (same kernel key)
-    bwd = backward_config(fwd, forced=forced, head_dim=e, head_dim_v=ev, dtype=q.dtype, interpret=interp)
+    split = (backward_split(head_dim=e, head_dim_v=ev, dtype=q.dtype, interpret=interp) if SPLIT_DKDV is None
+             else bool(SPLIT_DKDV))
+    bwd = backward_config(fwd, forced=forced, head_dim=e, head_dim_v=ev, dtype=q.dtype, interpret=interp,
+                          split=split)
     if not isinstance(allow_tf32, bool):
         raise TypeError(f"allow_tf32 must be a bool, got {type(allow_tf32).__name__}")
     precision = "ieee" if (q.dtype == torch.float32 and not allow_tf32) else "tf32"
     qk_scale, out_scale = logit_scales(scale, cap)
-    split = (backward_split(head_dim=e, head_dim_v=ev, dtype=q.dtype, interpret=interp) if SPLIT_DKDV is None
-             else bool(SPLIT_DKDV))
     return _Plan(diag, left, right, has_left, has_right, qk_scale, out_scale, scale, cap is not None,
                  fwd, bwd, precision, interp and q.dtype == torch.bfloat16, TMA_FORWARD, TMA_BACKWARD, split)
 
@@ -739,7 +740,7 @@ def _run(q, k, v, bias, plan, return_lse):
         o, lse = _AttentionFunction.apply(q, k, v, bias, plan)
     else:  # nothing to differentiate: the same forward without autograd's bookkeeping
         o, lse2 = _forward(q, k, v, bias, plan)
-        lse = lse2 * LN2
+        lse = lse2 * LN2 if return_lse else None
     return (o, lse) if return_lse else o
 
 

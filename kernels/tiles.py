@@ -185,15 +185,20 @@ def default_forward_config(*, head_dim, head_dim_v, dtype, interpret: bool, has_
     return _first_fit(cands, head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype, has_bias=has_bias)
 
 
-def default_backward_config(*, head_dim, head_dim_v, dtype, interpret: bool) -> TileConfig:
+def default_backward_config(*, head_dim, head_dim_v, dtype, interpret: bool, split: bool = False) -> TileConfig:
     """Backward tiles: block_n rows stay resident (keys in dK/dV, queries in dQ) while block_m
     rows stream; fp16/bf16 from the same H100 sweep with tensor-descriptor loads
-    (tune-h100-run4.md: causal and not at E=128, non-causal at E=64 and 256)."""
+    (tune-h100-run4.md: causal and not at E=128, non-causal at E=64 and 256). ``split`` (dK and dV
+    in two kernels, backward_split): 32x64, 2 stages above E=128, the fastest of the 28 accepted
+    configs of the H200 sweep at E=256 bf16 B4 H16 L4096 (238 TFLOP/s against 248 for SDPA flash;
+    docs/audits/h200/session7/call3/bwd256)."""
     if interpret:
         return TileConfig(32, 32, 4, 1)
     d = max(head_block(head_dim), head_block(head_dim_v))
     if dtype == torch.float32:
         cands = [(32, 32, 4, 1), (16, 32, 4, 1), (16, 16, 4, 1)]
+    elif split and d > 128:
+        cands = [(32, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 1), (16, 32, 4, 1)]
     elif d <= 64:
         cands = [(64, 64, 4, 3), (32, 128, 4, 3)]
     elif d <= 128:
@@ -203,7 +208,8 @@ def default_backward_config(*, head_dim, head_dim_v, dtype, interpret: bool) -> 
     return _first_fit(cands, head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype, backward=True)
 
 
-def backward_config(fwd: TileConfig, *, forced: bool, head_dim, head_dim_v, dtype, interpret) -> TileConfig:
+def backward_config(fwd: TileConfig, *, forced: bool, head_dim, head_dim_v, dtype, interpret,
+                    split: bool = False) -> TileConfig:
     """The forward's forced blocks when they fit the backward's larger footprint, else the default."""
     if forced:
         for ns in (fwd.num_stages, 1):
@@ -213,16 +219,19 @@ def backward_config(fwd: TileConfig, *, forced: bool, head_dim, head_dim_v, dtyp
                 return TileConfig(fwd.block_m, fwd.block_n, fwd.num_warps, ns)
             except ValueError:
                 continue
-    return default_backward_config(head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype, interpret=interpret)
+    return default_backward_config(head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype, interpret=interpret,
+                                   split=split)
 
 
 def backward_split(*, head_dim, head_dim_v, dtype, interpret: bool) -> bool:
     """Whether the backward computes dK and dV in two kernels (dV, then dK), each holding one
     fp32 [block_n, head block] accumulator, instead of one kernel holding both: the E=256
     dK/dV kernel spills (255 registers, 112 spilled values on triton 3.6, H100 profile
-    benchmarks/results/profile-h100-e256.json). Provisional rule, awaiting the H200 sweep of
-    ``benchmarks/tune_tiles.py --split-dkdv 0|1``: split for fp16/bf16 when the larger head block
-    exceeds 128, never under the interpreter (one kernel does less interpreted work)."""
+    benchmarks/results/profile-h100-e256.json). Split for fp16/bf16 when the larger head block
+    exceeds 128, never under the interpreter (one kernel does less interpreted work). Measured on
+    the H200 at E=256 bf16 B4 H16 L4096: the whole backward at 173-182 TFLOP/s fused (default
+    tiles) and 238 split (default_backward_config's split tiles), SDPA flash 244-248
+    (docs/audits/h200/session7/call1 and call3)."""
     if interpret or dtype not in (torch.float16, torch.bfloat16):
         return False
     return max(head_block(head_dim), head_block(head_dim_v)) > 128

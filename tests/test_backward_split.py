@@ -202,3 +202,18 @@ def test_the_split_target_runs_the_split_kernels(monkeypatch):
     target.forward(q, k, v, causal=True).sum().backward()
     assert {(dk, dv) for dk, dv, _, _ in seen} == {(False, True), (True, False)}
     assert A.SPLIT_DKDV is None
+
+
+def test_split_backward_default_tiles_fit_and_are_the_measured_ones():
+    """tiles.default_backward_config's split tiles above E=128 (the H200 sweep's fastest, session 7) pass
+    the backward shared-memory estimate for every 16-bit dtype and E, Ev in (128, 256]."""
+    from flashproof.kernels.tiles import TileConfig, check_tile_config, default_backward_config
+
+    for dtype in (torch.float16, torch.bfloat16):
+        for e, ev in ((256, 256), (192, 256), (256, 64), (136, 136)):
+            c = default_backward_config(head_dim=e, head_dim_v=ev, dtype=dtype, interpret=False, split=True)
+            assert c == TileConfig(32, 64, 4, 2), (dtype, e, ev, c)
+            check_tile_config(*c, head_dim=e, head_dim_v=ev, dtype=dtype, backward=True)
+    assert default_backward_config(head_dim=128, head_dim_v=128, dtype=torch.bfloat16, interpret=False,
+                                   split=True) == default_backward_config(head_dim=128, head_dim_v=128,
+                                                                          dtype=torch.bfloat16, interpret=False)
