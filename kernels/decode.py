@@ -409,7 +409,8 @@ def decode(q, k_cache, v_cache, *, seqlens=None, block_table=None, page_size=Non
     cap = spec.normalize_softcap(softcap)
     interp = interpreting()
     if block_n is None:
-        block_n = default_decode_block(head_dim=dims.e, head_dim_v=dims.ev, dtype=q.dtype, interpret=interp)
+        block_n = default_decode_block(head_dim=dims.e, head_dim_v=dims.ev, dtype=q.dtype, interpret=interp,
+                                       page_size=ps)
     elif _check_int(block_n, "block_n") not in (16, 32, 64, 128, 256):
         raise ValueError(f"block_n must be a power of two in 16..256, got {block_n!r}")
     block_n = int(block_n)
