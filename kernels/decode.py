@@ -391,6 +391,8 @@ def decode(q, k_cache, v_cache, *, seqlens=None, block_table=None, page_size=Non
             next synchronizing call raises "device-side assert triggered"; the process must
             restart). Pass seqlens / block_table on the CPU to get a catchable error. On the
             device the default num_splits follows the capacity, as max(seqlens) is not known.
+            With the metadata on q's device the validated call is CUDA-graph capturable too
+            (H200: replay == eager, benchmarks/gpu_kernel_checks.py decode, session 7).
             False: no check at all (CUDA-graph capturable with the metadata on q's device); the
             kernel still never reads outside the cache or the table: a sequence whose seqlen is
             outside [0, capacity] or that uses a page outside k_cache gets NaN output and LSE,

@@ -241,7 +241,7 @@ def default_decode_block(*, head_dim, head_dim_v, dtype, interpret: bool, page_s
     """Keys per tile in decode (block_n). A paged cache whose pages hold whole 128-key tiles reads
     128 keys per page lookup: on the H200 (E=128 bf16, page_size 256) 128-key tiles with 2 stages
     moved 1.1-1.5x the bytes per second of 64-key tiles at every (B, Lk) point
-    (docs/audits/h200/session7/call4)."""
+    (docs/audits/h200/session7/call5)."""
     if interpret:
         return 32
     d = max(head_block(head_dim), head_block(head_dim_v))
