@@ -3,9 +3,9 @@ docs/findings.md F1 (the Triton interpreter's truncating fp32 -> bf16 casts), an
 is off by a known amount on one row."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib
+from unittest import mock
 
 from flashproof import kernels  # noqa: F401  (sets TRITON_INTERPRET=1 without a GPU, before triton is imported)
 
@@ -24,15 +24,8 @@ def _interpreter_cast(x, DTYPE: tl.constexpr, FIX_BF16: tl.constexpr):
     return x.to(DTYPE)
 
 
-@contextlib.contextmanager
 def _truncating():
-    mod = importlib.import_module("flashproof.kernels.attention")
-    old = mod.round_to
-    mod.round_to = _interpreter_cast
-    try:
-        yield
-    finally:
-        mod.round_to = old
+    return mock.patch.object(importlib.import_module("flashproof.kernels.attention"), "round_to", _interpreter_cast)
 
 
 def truncating_kernel():

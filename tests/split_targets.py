@@ -6,24 +6,17 @@ properties run through the split kernels on CPU:
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib
+from unittest import mock
 
 from flashproof import kernels  # noqa: F401  (sets TRITON_INTERPRET=1 without a GPU, before triton is imported)
 
 __all__ = ["kernel_split_dkdv"]
 
 
-@contextlib.contextmanager
 def _split():
-    mod = importlib.import_module("flashproof.kernels.attention")
-    old = mod.SPLIT_DKDV
-    mod.SPLIT_DKDV = True
-    try:
-        yield
-    finally:
-        mod.SPLIT_DKDV = old
+    return mock.patch.object(importlib.import_module("flashproof.kernels.attention"), "SPLIT_DKDV", True)
 
 
 def kernel_split_dkdv():
