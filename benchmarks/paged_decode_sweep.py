@@ -6,26 +6,13 @@ kernel over a paged cache (page_size 256, shuffled block table), as a fraction o
 
 kernels/tiles.default_decode_block cites the result (docs/audits/h200/session7/call5/paged-sweep.txt).
 """
-import importlib
-
 import torch
+from speed_sweep import decode_launch  # benchmarks/ is sys.path[0] when run as a script
 from triton.testing import do_bench_cudagraph
 
 from flashproof import kernels
 
 COPY_GBS = 4240
-D = importlib.import_module("flashproof.kernels.decode")
-orig = D._launch
-opt = {}
-
-
-def patched(kernel, grid, *a, **m):
-    if kernel is D._decode_kernel and opt:
-        m.update(opt)
-    return orig(kernel, grid, *a, **m)
-
-
-D._launch = patched
 for B, lk in ((1, 32768), (1, 131072), (8, 4096), (8, 32768), (64, 4096)):
     ps = 256
     pages = B * lk // ps
@@ -37,12 +24,10 @@ for B, lk in ((1, 32768), (1, 131072), (8, 4096), (8, 32768), (64, 4096)):
     nb = 2 * kc.numel() * 2
     out = []
     for w, s, bn in ((4, 4, 64), (4, 2, 64), (4, 3, 64), (8, 3, 128), (4, 2, 128)):
-        opt.clear()
-        opt.update(num_warps=w, num_stages=s)
-
         def f():
             return kernels.decode(q, kc, vc, block_table=t, seqlens=lens, validate=False, block_n=bn)
-        f()
-        ms = do_bench_cudagraph(f, rep=30, return_mode="median")
+        with decode_launch(w, s):
+            f()
+            ms = do_bench_cudagraph(f, rep=30, return_mode="median")
         out.append(f"w{w}s{s}bn{bn}={nb / ms / 1e6 / COPY_GBS:.2f}")
     print(B, lk, " ".join(out), flush=True)

@@ -18,6 +18,7 @@ and prints one line per row.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import itertools
 import json
@@ -33,9 +34,22 @@ CAUSAL_CONFIGS = [(128, 64, 4, 2), (64, 64, 4, 2), (64, 64, 4, 3), (128, 128, 8,
                   (128, 64, 8, 2), (64, 32, 4, 2), (128, 32, 4, 2)]
 
 
-def _mods():
-    return (importlib.import_module("flashproof.kernels.attention"),
-            importlib.import_module("flashproof.kernels.decode"))
+@contextlib.contextmanager
+def decode_launch(num_warps, num_stages):
+    """The decode kernel launched with these options instead of its defaults, inside the block
+    (a patch of kernels.decode's _launch; the merge kernel keeps its own)."""
+    D = importlib.import_module("flashproof.kernels.decode")
+    orig = D._launch
+
+    def patched(kernel, grid, *args, **meta):
+        if kernel is D._decode_kernel:
+            meta.update(num_warps=num_warps, num_stages=num_stages)
+        return orig(kernel, grid, *args, **meta)
+    D._launch = patched
+    try:
+        yield
+    finally:
+        D._launch = orig
 
 
 def _sdpa(backend):
@@ -56,15 +70,6 @@ def sweep_decode(rows, log, sweep=True):
     from flashproof import kernels
     from flashproof.bench import copy_bandwidth
 
-    _, D = _mods()
-    launch = {"opts": None}
-    orig = D._launch
-
-    def patched(kernel, grid, *args, **meta):  # the decode kernel's launch options, swept
-        if kernel is D._decode_kernel and launch["opts"] is not None:
-            meta["num_warps"], meta["num_stages"] = launch["opts"]
-        return orig(kernel, grid, *args, **meta)
-    D._launch = patched
     flash = _sdpa(SDPBackend.FLASH_ATTENTION)
     bw = copy_bandwidth()
     rows.append(dict(kind="copy", gbs=bw))
@@ -95,7 +100,6 @@ def sweep_decode(rows, log, sweep=True):
                 rec("sdpa-flash graph", do_bench_cudagraph(f, rep=50, return_mode="median"))
             except Exception as exc:  # noqa: BLE001
                 rec("sdpa-flash", None, error=f"{type(exc).__name__}: {str(exc)[:100]}")
-        launch["opts"] = None
         rec("ours default eager", do_bench(lambda: kernels.decode(q, kc, vc), warmup=10, rep=50, return_mode="median"))
         rec("ours default graph", do_bench_cudagraph(lambda: kernels.decode(q, kc, vc, validate=False), rep=50,
                                                      return_mode="median"))
@@ -108,21 +112,19 @@ def sweep_decode(rows, log, sweep=True):
             lambda: kernels.decode(q, kp, vp, block_table=table, seqlens=lens, validate=False), rep=50,
             return_mode="median"))
         for bn, opts in itertools.product((64, 128), DECODE_LAUNCH) if sweep else ():
-            launch["opts"] = opts
-            for s in (1, 2, 4, 8, 16, 24, 32, 48, 64):
-                if lk < s * bn:
-                    continue
-                try:
-                    fn = lambda: kernels.decode(q, kc, vc, num_splits=s, block_n=bn, validate=False)
-                    fn()  # compiled outside the timing
-                    rec("ours", do_bench_cudagraph(fn, rep=30, return_mode="median"), splits=s, block_n=bn,
-                        warps=opts[0], stages=opts[1])
-                except Exception as exc:  # noqa: BLE001
-                    rec("ours", None, splits=s, block_n=bn, warps=opts[0], stages=opts[1],
-                        error=f"{type(exc).__name__}: {str(exc)[:100]}")
-        launch["opts"] = None
+            with decode_launch(*opts):
+                for s in (1, 2, 4, 8, 16, 24, 32, 48, 64):
+                    if lk < s * bn:
+                        continue
+                    try:
+                        fn = lambda: kernels.decode(q, kc, vc, num_splits=s, block_n=bn, validate=False)
+                        fn()  # compiled outside the timing
+                        rec("ours", do_bench_cudagraph(fn, rep=30, return_mode="median"), splits=s, block_n=bn,
+                            warps=opts[0], stages=opts[1])
+                    except Exception as exc:  # noqa: BLE001
+                        rec("ours", None, splits=s, block_n=bn, warps=opts[0], stages=opts[1],
+                            error=f"{type(exc).__name__}: {str(exc)[:100]}")
         torch.cuda.empty_cache()
-    D._launch = orig
 
 
 def sweep_causal(rows, log):
