@@ -2,8 +2,8 @@
 CPU: the fused dK/dV kernel against its split builds (issue 17, goal 2; tiles.backward_split).
 
 Compiles ``_bwd_dkdv_kernel`` with COMPUTE_DK/COMPUTE_DV = (1, 1) fused, (0, 1) dV, (1, 0) dK (and
-``_bwd_dq_kernel`` with --dq), the launched build (both passes, FUSED) and the exact pass alone,
-bf16 with tensor-descriptor loads (what the GPU runs for contiguous 16-bit inputs), for every backward config of benchmarks/tune_tiles.py's list
+``_bwd_dq_kernel`` with --dq), fast and exact pass, bf16 with tensor-descriptor loads (what the GPU
+runs for contiguous 16-bit inputs), for every backward config of benchmarks/tune_tiles.py's list
 at E that kernels.tiles' estimate accepts, with Triton's bundled ptxas; cuobjdump reports REG and
 STACK (the per-thread frame, where sm_90 code spills). Reports each build against the estimate and
 exits 1 when an accepted build needs more shared memory than the GPU has or does not compile.
@@ -48,8 +48,7 @@ def build(variant, cfg, e, exact):
     ptr = {n: "*bf16" for n in "Q K V BIAS DO DQ DK DV".split()}
     ptr.update(LSE2="*fp32", DELTA="*fp32", RERUN="*i32")
     consts = dict(E=e, EV=e, BLOCK_DK=d, BLOCK_DV=d, HAS_LEFT=False, HAS_RIGHT=False, SOFTCAP=False,
-                  HAS_BIAS=False, PRECISION="tf32", UPCAST=False, KAHAN=False, EXACT=exact, TMA=True,
-                  FUSED=not exact)
+                  HAS_BIAS=False, PRECISION="tf32", UPCAST=False, KAHAN=False, EXACT=exact, TMA=True)
     if kernel == "_bwd_dkdv_kernel":  # block_n keys resident, block_m queries streamed (attention._backward_with)
         consts.update(BLOCK_M=bm, BLOCK_N=bn, COMPUTE_DK=compute_dk, COMPUTE_DV=compute_dv)
         desc = {"Q": f"tensordesc<bf16[1, 1, {bm}, {d}]>", "DO": f"tensordesc<bf16[1, 1, {bm}, {d}]>"}

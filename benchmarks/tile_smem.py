@@ -41,8 +41,7 @@ def compiled_smem(cfg, e, ev, dtype, tma, exact):
     desc = {"K": f"tensordesc<{ty}[1, 1, {cfg[1]}, {dk}]>", "V": f"tensordesc<{ty}[1, 1, {cfg[1]}, {dv}]>"} if tma else {}
     consts = dict(E=e, EV=ev, BLOCK_M=cfg[0], BLOCK_N=cfg[1], BLOCK_DK=dk, BLOCK_DV=dv, HAS_LEFT=False,
                   HAS_RIGHT=True, SOFTCAP=False, HAS_BIAS=False,
-                  PRECISION="ieee" if dtype == "float32" else "tf32", UPCAST=False, EXACT=exact, TMA=tma,
-                  FUSED=not exact)
+                  PRECISION="ieee" if dtype == "float32" else "tf32", UPCAST=False, EXACT=exact, TMA=tma)
     fn = A._fwd_kernel
     sig = {n: "constexpr" if n in consts else desc.get(n) or ptr.get(n)
            or ("fp32" if n in ("QK_SCALE", "OUT_SCALE") else "i64" if n.startswith("s") else "i32")

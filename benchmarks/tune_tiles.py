@@ -120,7 +120,7 @@ def compile_one(task):
 
 
 #: the constexprs that tell the compiled variants of one kernel apart in the resource report
-_CONSTS = ("E", "EV", "BLOCK_M", "BLOCK_N", "BLOCK_DK", "BLOCK_DV", "HAS_RIGHT", "EXACT", "FUSED", "TMA", "COMPUTE_DK",
+_CONSTS = ("E", "EV", "BLOCK_M", "BLOCK_N", "BLOCK_DK", "BLOCK_DV", "HAS_RIGHT", "EXACT", "TMA", "COMPUTE_DK",
            "COMPUTE_DV")
 
 

@@ -95,35 +95,6 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n, k_rows, v_row
 
 
 @triton.jit
-def _fwd_rows(q, k_base, v_base, bias_base, b, hk, offs_m, lo, hi, start, n_lead, n_masked, fstart, fend,
-              skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
-              E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
-              PRECISION: tl.constexpr, UPCAST: tl.constexpr, EXACT: tl.constexpr, TMA: tl.constexpr):
-    """(O, LSE2) of one query block: its key blocks folded in, the masked ones first (span)."""
-    m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    # [BLOCK_M, BLOCK_DV]
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
-    for t in range(0, n_masked):
-        n = masked_block(t, start, n_lead, fend, BLOCK_N)
-        offs_n = n + tl.arange(0, BLOCK_N)
-        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n,
-                                  offs_n.to(tl.int64) * skn, offs_n.to(tl.int64) * svn, b, hk, n,
-                                  offs_m, lo, hi, skd, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
-                                  E, EV, BLOCK_N, BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS,
-                                  PRECISION, UPCAST, EXACT, TMA)
-    for n in range(fstart, fend, BLOCK_N):
-        offs_n = n + tl.arange(0, BLOCK_N)
-        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n,
-                                  offs_n.to(tl.int64) * skn, offs_n.to(tl.int64) * svn, b, hk, n,
-                                  offs_m, lo, hi, skd, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
-                                  E, EV, BLOCK_N, BLOCK_DK, BLOCK_DV, False, SOFTCAP, HAS_BIAS,
-                                  PRECISION, UPCAST, EXACT, TMA)
-    return finalize(acc, l_i, m_i)
-
-
-@triton.jit
 def _fwd_kernel(RERUN, Q, K, V, BIAS, O, LSE2,
                 sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
                 sbb, sbh, sbm, sbn, sob, soh, som, sod,
@@ -132,8 +103,8 @@ def _fwd_kernel(RERUN, Q, K, V, BIAS, O, LSE2,
                 BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LEFT: tl.constexpr,
                 HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
                 PRECISION: tl.constexpr, UPCAST: tl.constexpr, EXACT: tl.constexpr,
-                TMA: tl.constexpr, FUSED: tl.constexpr):
-    # blocks.rerun_flag: FUSED, one launch recomputes its own flagged program; else two launches
+                TMA: tl.constexpr):
+    # two passes (blocks.rerun_flag): the exact one recomputes only the programs the fast one flagged
     if skip_program(RERUN, EXACT):
         return
     if HAS_RIGHT:
@@ -158,16 +129,27 @@ def _fwd_kernel(RERUN, Q, K, V, BIAS, O, LSE2,
     lo, hi = key_range(offs_m, LQ, LK, DIAG, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT)
     # Only key blocks meeting some row's range; masking only in the boundary blocks (two loops).
     start, n_lead, n_masked, fstart, fend = span(lo, hi, offs_m < LQ, BLOCK_N, HAS_BIAS)
-    o, lse2 = _fwd_rows(q, k_base, v_base, bias_base, b, hk, offs_m, lo, hi, start, n_lead, n_masked, fstart,
-                        fend, skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE, E, EV, BLOCK_M,
-                        BLOCK_N, BLOCK_DK, BLOCK_DV, SOFTCAP, HAS_BIAS, PRECISION, UPCAST, EXACT, TMA)
-    if FUSED:
-        if nonfinite(o, offs_m < LQ) != 0:
-            o, lse2 = _fwd_rows(q, k_base, v_base, bias_base, b, hk, offs_m, lo, hi, start, n_lead, n_masked,
-                                fstart, fend, skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE, E, EV,
-                                BLOCK_M, BLOCK_N, BLOCK_DK, BLOCK_DV, SOFTCAP, HAS_BIAS, PRECISION, UPCAST,
-                                True, TMA)
-    elif not EXACT:
+    m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    # [BLOCK_M, BLOCK_DV]
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    for t in range(0, n_masked):
+        n = masked_block(t, start, n_lead, fend, BLOCK_N)
+        offs_n = n + tl.arange(0, BLOCK_N)
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n,
+                                  offs_n.to(tl.int64) * skn, offs_n.to(tl.int64) * svn, b, hk, n,
+                                  offs_m, lo, hi, skd, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
+                                  E, EV, BLOCK_N, BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS,
+                                  PRECISION, UPCAST, EXACT, TMA)
+    for n in range(fstart, fend, BLOCK_N):
+        offs_n = n + tl.arange(0, BLOCK_N)
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n,
+                                  offs_n.to(tl.int64) * skn, offs_n.to(tl.int64) * svn, b, hk, n,
+                                  offs_m, lo, hi, skd, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
+                                  E, EV, BLOCK_N, BLOCK_DK, BLOCK_DV, False, SOFTCAP, HAS_BIAS,
+                                  PRECISION, UPCAST, EXACT, TMA)
+    o, lse2 = finalize(acc, l_i, m_i)
+    if not EXACT:
         rerun_flag(RERUN, nonfinite(o, offs_m < LQ))
     o_ptrs = O + b64 * sob + h.to(tl.int64) * soh + offs_m[:, None].to(tl.int64) * som \
         + offs_dv[None, :].to(tl.int64) * sod
@@ -281,24 +263,49 @@ def _dkdv_tile(dk, dv, ck, cv, k, v, q_base, do_base, bias_base, lse_base, delta
 
 
 @triton.jit
-def _dkdv_cols(k, v, Q, DO, BIAS, LSE2, DELTA, b, b64, hk, offs_n, ilo, ihi, start, n_lead, n_masked, fstart, fend,
-               sqb, sqh, sqm, sqd, sbb, sbh, sbm, sbn, sdb, sdh, sdm, sdd,
-               H, GROUP, LQ, LK, QK_SCALE, OUT_SCALE, DS_SCALE,
-               E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
-               PRECISION: tl.constexpr, UPCAST: tl.constexpr, KAHAN: tl.constexpr, EXACT: tl.constexpr,
-               TMA: tl.constexpr, COMPUTE_DK: tl.constexpr, COMPUTE_DV: tl.constexpr):
-    """(dK, dV) of one key block over the GROUP query heads and the query blocks attending it."""
+def _bwd_dkdv_kernel(RERUN, Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
+                     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+                     sbb, sbh, sbm, sbn, sdb, sdh, sdm, sdd,
+                     sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd,
+                     H, GROUP, LQ, LK, DIAG, LEFT, RIGHT, QK_SCALE, OUT_SCALE, DS_SCALE,
+                     E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LEFT: tl.constexpr,
+                     HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     PRECISION: tl.constexpr, UPCAST: tl.constexpr, KAHAN: tl.constexpr,
+                     EXACT: tl.constexpr, TMA: tl.constexpr, COMPUTE_DK: tl.constexpr,
+                     COMPUTE_DV: tl.constexpr):
+    """One key block of one KV head: loops over the GROUP query heads sharing it and over the
+    query blocks that attend it; no atomics, so the result is bitwise deterministic. COMPUTE_DK,
+    COMPUTE_DV: which of dK, dV this build accumulates and stores (both: the fused kernel; one:
+    the split kernels of large head dims, one fp32 accumulator each, tiles.backward_split)."""
+    if skip_program(RERUN, EXACT):
+        return
+    pid_n = tl.program_id(0)
+    hk = tl.program_id(1)
+    b = tl.program_id(2)
+    b64 = b.to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    # [BLOCK_N, BLOCK_DK]
+    k = load2d(K + b64 * skb + hk.to(tl.int64) * skh + offs_n[:, None].to(tl.int64) * skn
+               + offs_dk[None, :].to(tl.int64) * skd, offs_n, LK, offs_dk, E, True, E != BLOCK_DK)
     if COMPUTE_DK:
+        # [BLOCK_N, BLOCK_DV]; only dP = dO V^T reads V
+        v = load2d(V + b64 * svb + hk.to(tl.int64) * svh + offs_n[:, None].to(tl.int64) * svn
+                   + offs_dv[None, :].to(tl.int64) * svd, offs_n, LK, offs_dv, EV, True, EV != BLOCK_DV)
         # [BLOCK_N, BLOCK_DK]
         dk = tl.zeros([BLOCK_N, BLOCK_DK], tl.float32)
     else:
+        v = 0.0
         dk = 0.0
     if COMPUTE_DV:
         # [BLOCK_N, BLOCK_DV]
         dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     else:
         dv = 0.0
+    ilo, ihi = query_range(offs_n, LQ, LK, DIAG, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT)
+    start, n_lead, n_masked, fstart, fend = span(ilo, ihi, offs_n < LK, BLOCK_M, HAS_BIAS)
     if KAHAN and COMPUTE_DK:
         ck = tl.zeros([BLOCK_N, BLOCK_DK], tl.float32)
     else:
@@ -327,70 +334,14 @@ def _dkdv_cols(k, v, Q, DO, BIAS, LSE2, DELTA, b, b64, hk, offs_n, ilo, ihi, sta
                                 HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT, TMA, COMPUTE_DK, COMPUTE_DV)
     if COMPUTE_DK:
         dk = dk * DS_SCALE
-    return dk, dv
-
-
-@triton.jit
-def _dkdv_flag(dk, dv, valid, COMPUTE_DK: tl.constexpr, COMPUTE_DV: tl.constexpr):
-    """nonfinite over what this build stores: each launch flags (and recomputes) only that."""
-    if COMPUTE_DK and COMPUTE_DV:
-        flag = tl.maximum(nonfinite(dk, valid), nonfinite(dv, valid))
-    elif COMPUTE_DK:
-        flag = nonfinite(dk, valid)
-    else:
-        flag = nonfinite(dv, valid)
-    return flag
-
-
-@triton.jit
-def _bwd_dkdv_kernel(RERUN, Q, K, V, BIAS, DO, LSE2, DELTA, DK, DV,
-                     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
-                     sbb, sbh, sbm, sbn, sdb, sdh, sdm, sdd,
-                     sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd,
-                     H, GROUP, LQ, LK, DIAG, LEFT, RIGHT, QK_SCALE, OUT_SCALE, DS_SCALE,
-                     E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LEFT: tl.constexpr,
-                     HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     PRECISION: tl.constexpr, UPCAST: tl.constexpr, KAHAN: tl.constexpr,
-                     EXACT: tl.constexpr, TMA: tl.constexpr, COMPUTE_DK: tl.constexpr,
-                     COMPUTE_DV: tl.constexpr, FUSED: tl.constexpr):
-    """One key block of one KV head: loops over the GROUP query heads sharing it and over the
-    query blocks that attend it; no atomics, so the result is bitwise deterministic. COMPUTE_DK,
-    COMPUTE_DV: which of dK, dV this build accumulates and stores (both: the fused kernel; one:
-    the split kernels of large head dims, one fp32 accumulator each, tiles.backward_split)."""
-    if skip_program(RERUN, EXACT):
-        return
-    pid_n = tl.program_id(0)
-    hk = tl.program_id(1)
-    b = tl.program_id(2)
-    b64 = b.to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_dk = tl.arange(0, BLOCK_DK)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    # [BLOCK_N, BLOCK_DK]
-    k = load2d(K + b64 * skb + hk.to(tl.int64) * skh + offs_n[:, None].to(tl.int64) * skn
-               + offs_dk[None, :].to(tl.int64) * skd, offs_n, LK, offs_dk, E, True, E != BLOCK_DK)
-    if COMPUTE_DK:
-        # [BLOCK_N, BLOCK_DV]; only dP = dO V^T reads V
-        v = load2d(V + b64 * svb + hk.to(tl.int64) * svh + offs_n[:, None].to(tl.int64) * svn
-                   + offs_dv[None, :].to(tl.int64) * svd, offs_n, LK, offs_dv, EV, True, EV != BLOCK_DV)
-    else:
-        v = 0.0
-    ilo, ihi = query_range(offs_n, LQ, LK, DIAG, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT)
-    start, n_lead, n_masked, fstart, fend = span(ilo, ihi, offs_n < LK, BLOCK_M, HAS_BIAS)
-    dk, dv = _dkdv_cols(k, v, Q, DO, BIAS, LSE2, DELTA, b, b64, hk, offs_n, ilo, ihi, start, n_lead, n_masked,
-                        fstart, fend, sqb, sqh, sqm, sqd, sbb, sbh, sbm, sbn, sdb, sdh, sdm, sdd, H, GROUP, LQ, LK,
-                        QK_SCALE, OUT_SCALE, DS_SCALE, E, EV, BLOCK_M, BLOCK_N, BLOCK_DK, BLOCK_DV, SOFTCAP,
-                        HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT, TMA, COMPUTE_DK, COMPUTE_DV)
-    if FUSED:  # blocks.rerun_flag within the program (_fwd_kernel)
-        if _dkdv_flag(dk, dv, offs_n < LK, COMPUTE_DK, COMPUTE_DV) != 0:
-            dk, dv = _dkdv_cols(k, v, Q, DO, BIAS, LSE2, DELTA, b, b64, hk, offs_n, ilo, ihi, start, n_lead,
-                                n_masked, fstart, fend, sqb, sqh, sqm, sqd, sbb, sbh, sbm, sbn, sdb, sdh, sdm, sdd,
-                                H, GROUP, LQ, LK, QK_SCALE, OUT_SCALE, DS_SCALE, E, EV, BLOCK_M, BLOCK_N, BLOCK_DK,
-                                BLOCK_DV, SOFTCAP, HAS_BIAS, PRECISION, UPCAST, KAHAN, True, TMA, COMPUTE_DK,
-                                COMPUTE_DV)
-    elif not EXACT:
-        rerun_flag(RERUN, _dkdv_flag(dk, dv, offs_n < LK, COMPUTE_DK, COMPUTE_DV))
+    if not EXACT:
+        # blocks.rerun_flag per launch: each build flags (and its exact pass rewrites) only what it stores
+        if COMPUTE_DK and COMPUTE_DV:
+            rerun_flag(RERUN, tl.maximum(nonfinite(dk, offs_n < LK), nonfinite(dv, offs_n < LK)))
+        elif COMPUTE_DK:
+            rerun_flag(RERUN, nonfinite(dk, offs_n < LK))
+        else:
+            rerun_flag(RERUN, nonfinite(dv, offs_n < LK))
     nmask = offs_n[:, None] < LK
     if COMPUTE_DK:
         tl.store(DK + b64 * sdkb + hk.to(tl.int64) * sdkh + offs_n[:, None].to(tl.int64) * sdkn
@@ -457,32 +408,6 @@ def _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base, b, hk, n, of
 
 
 @triton.jit
-def _dq_rows(q, do, lse2, delta, k_base, v_base, bias_base, b, hk, offs_m, lo, hi, start, n_lead, n_masked,
-             fstart, fend, skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE, DS_SCALE,
-             E: tl.constexpr, EV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
-             PRECISION: tl.constexpr, UPCAST: tl.constexpr, KAHAN: tl.constexpr, EXACT: tl.constexpr,
-             TMA: tl.constexpr):
-    """dQ of one query block over its key blocks, the masked ones first (span)."""
-    # [BLOCK_M, BLOCK_DK]
-    dq = tl.zeros([BLOCK_M, BLOCK_DK], tl.float32)
-    if KAHAN:
-        cq = tl.zeros([BLOCK_M, BLOCK_DK], tl.float32)
-    else:
-        cq = 0.0
-    for t in range(0, n_masked):
-        dq, cq = _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base, b, hk,
-                      masked_block(t, start, n_lead, fend, BLOCK_N), offs_m, lo, hi,
-                      skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE, E, EV, BLOCK_N,
-                      BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT, TMA)
-    for n in range(fstart, fend, BLOCK_N):
-        dq, cq = _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base, b, hk, n, offs_m, lo, hi,
-                      skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE, E, EV, BLOCK_N,
-                      BLOCK_DK, BLOCK_DV, False, SOFTCAP, HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT, TMA)
-    return dq * DS_SCALE
-
-
-@triton.jit
 def _bwd_dq_kernel(RERUN, Q, K, V, BIAS, DO, LSE2, DELTA, DQ,
                    sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
                    sbb, sbh, sbm, sbn, sdb, sdh, sdm, sdd, sdqb, sdqh, sdqm, sdqd,
@@ -491,7 +416,7 @@ def _bwd_dq_kernel(RERUN, Q, K, V, BIAS, DO, LSE2, DELTA, DQ,
                    BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LEFT: tl.constexpr,
                    HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr,
                    PRECISION: tl.constexpr, UPCAST: tl.constexpr, KAHAN: tl.constexpr,
-                   EXACT: tl.constexpr, TMA: tl.constexpr, FUSED: tl.constexpr):
+                   EXACT: tl.constexpr, TMA: tl.constexpr):
     if skip_program(RERUN, EXACT):
         return
     pid_m = tl.program_id(0)
@@ -516,16 +441,23 @@ def _bwd_dq_kernel(RERUN, Q, K, V, BIAS, DO, LSE2, DELTA, DQ,
     bias_base = BIAS + b64 * sbb + h.to(tl.int64) * sbh
     lo, hi = key_range(offs_m, LQ, LK, DIAG, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT)
     start, n_lead, n_masked, fstart, fend = span(lo, hi, offs_m < LQ, BLOCK_N, HAS_BIAS)
-    dq = _dq_rows(q, do, lse2, delta, k_base, v_base, bias_base, b, hk, offs_m, lo, hi, start, n_lead, n_masked,
-                  fstart, fend, skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE, DS_SCALE, E, EV,
-                  BLOCK_M, BLOCK_N, BLOCK_DK, BLOCK_DV, SOFTCAP, HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT, TMA)
-    if FUSED:  # blocks.rerun_flag within the program (_fwd_kernel)
-        if nonfinite(dq, offs_m < LQ) != 0:
-            dq = _dq_rows(q, do, lse2, delta, k_base, v_base, bias_base, b, hk, offs_m, lo, hi, start, n_lead,
-                          n_masked, fstart, fend, skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE,
-                          DS_SCALE, E, EV, BLOCK_M, BLOCK_N, BLOCK_DK, BLOCK_DV, SOFTCAP, HAS_BIAS, PRECISION,
-                          UPCAST, KAHAN, True, TMA)
-    elif not EXACT:
+    # [BLOCK_M, BLOCK_DK]
+    dq = tl.zeros([BLOCK_M, BLOCK_DK], tl.float32)
+    if KAHAN:
+        cq = tl.zeros([BLOCK_M, BLOCK_DK], tl.float32)
+    else:
+        cq = 0.0
+    for t in range(0, n_masked):
+        dq, cq = _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base, b, hk,
+                      masked_block(t, start, n_lead, fend, BLOCK_N), offs_m, lo, hi,
+                      skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE, E, EV, BLOCK_N,
+                      BLOCK_DK, BLOCK_DV, True, SOFTCAP, HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT, TMA)
+    for n in range(fstart, fend, BLOCK_N):
+        dq, cq = _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base, b, hk, n, offs_m, lo, hi,
+                      skn, skd, svn, svd, sbm, sbn, LQ, LK, QK_SCALE, OUT_SCALE, E, EV, BLOCK_N,
+                      BLOCK_DK, BLOCK_DV, False, SOFTCAP, HAS_BIAS, PRECISION, UPCAST, KAHAN, EXACT, TMA)
+    dq = dq * DS_SCALE
+    if not EXACT:
         rerun_flag(RERUN, nonfinite(dq, offs_m < LQ))
     tl.store(DQ + b64 * sdqb + h.to(tl.int64) * sdqh + offs_m[:, None].to(tl.int64) * sdqm
              + offs_dk[None, :].to(tl.int64) * sdqd, round_to(dq, DQ.dtype.element_ty, UPCAST),
@@ -569,19 +501,14 @@ def _launch(kernel, grid, *args, num_warps, num_stages, **meta):
 
 
 def _launch_passes(kernel, grid, *args, **meta):
-    """The fast pass, and the exact pass of the programs whose output it found non-finite
-    (blocks.rerun_flag); device-side only, no host sync. FUSED_PASSES: one launch, each program
-    recomputing its own output; else two launches and a flag per program between them."""
+    """The fast pass, then the exact pass over the programs whose output it flagged non-finite
+    (blocks.rerun_flag); device-side only, no host sync."""
     if min(grid) <= 0:
         return
-    tensor = next(a for a in args if isinstance(a, torch.Tensor))  # args[0] may be a descriptor
-    if FUSED_PASSES:
-        # FUSED never reads nor writes RERUN: any tensor fills its slot
-        _launch(kernel, grid, tensor, *args, EXACT=False, FUSED=True, **meta)
-        return
-    rerun = torch.empty(grid[0] * grid[1] * grid[2], dtype=torch.int32, device=tensor.device)
-    _launch(kernel, grid, rerun, *args, EXACT=False, FUSED=False, **meta)
-    _launch(kernel, grid, rerun, *args, EXACT=True, FUSED=False, **meta)
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))  # args[0] may be a descriptor
+    rerun = torch.empty(grid[0] * grid[1] * grid[2], dtype=torch.int32, device=device)
+    _launch(kernel, grid, rerun, *args, EXACT=False, **meta)
+    _launch(kernel, grid, rerun, *args, EXACT=True, **meta)
 
 
 def _tma_descriptor(t, block_rows, interp=None):
@@ -637,8 +564,6 @@ TMA_BACKWARD = True
 # dK/dV as two launches (dV, then dK) instead of one: None = tiles.backward_split's rule, True/False
 # forces it (benchmarks/tune_tiles.py --split-dkdv and the tests; not a user option).
 SPLIT_DKDV = None
-# The exact pass inside the fast pass' launch (_launch_passes); False: two launches (tests, A/B runs).
-FUSED_PASSES = True
 
 
 def _bias_strides(bias):

@@ -18,10 +18,8 @@ A = sys.modules["flashproof.kernels.attention"]
 
 
 def _spy(monkeypatch):
-    """Records (COMPUTE_DK, COMPUTE_DV, EXACT, rerun flags after the launch) of each dK/dV launch,
-    with the two passes as two launches (their flags are what these tests read)."""
+    """Records (COMPUTE_DK, COMPUTE_DV, EXACT, rerun flags after the launch) of each dK/dV launch."""
     real, seen = A._launch, []
-    monkeypatch.setattr(A, "FUSED_PASSES", False)
 
     def spy(kernel, grid, *args, **meta):
         out = real(kernel, grid, *args, **meta)

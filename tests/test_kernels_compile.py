@@ -39,17 +39,16 @@ _SCRIPT = textwrap.dedent('''
     # K, V (Q, dO in dK/dV) as tensor descriptors of [1, 1, rows, head block] (attention._tma_descriptor)
     kv = {"K": "tensordesc<bf16[1, 1, 32, 64]>", "V": "tensordesc<bf16[1, 1, 32, 32]>"}
     qdo = {"Q": "tensordesc<bf16[1, 1, 32, 64]>", "DO": "tensordesc<bf16[1, 1, 32, 32]>"}
-    # blocks.rerun_flag: both passes in one launch (FUSED, the default), or the fast and the exact pass
-    for exact, fused in ((False, True), (False, False), (True, False)):
+    for exact in (False, True):  # the fast pass and the exact pass (blocks.rerun_flag)
         for tma in (False, True):
-            build(A._fwd_kernel, dict(c, EXACT=exact, TMA=tma, FUSED=fused), kv if tma else ())
-            build(A._bwd_dq_kernel, dict(c, KAHAN=False, EXACT=exact, TMA=tma, FUSED=fused), kv if tma else ())
-            build(A._bwd_dkdv_kernel, dict(c, KAHAN=True, EXACT=exact, TMA=tma, COMPUTE_DK=True, COMPUTE_DV=True,
-                                           FUSED=fused), qdo if tma else ())
+            build(A._fwd_kernel, dict(c, EXACT=exact, TMA=tma), kv if tma else ())
+            build(A._bwd_dq_kernel, dict(c, KAHAN=False, EXACT=exact, TMA=tma), kv if tma else ())
+            build(A._bwd_dkdv_kernel, dict(c, KAHAN=True, EXACT=exact, TMA=tma, COMPUTE_DK=True, COMPUTE_DV=True),
+                  qdo if tma else ())
         # the split dK/dV kernels (tiles.backward_split): one accumulator each, the other compiled out
         for dk_only in (False, True):
             build(A._bwd_dkdv_kernel, dict(c, KAHAN=exact, EXACT=exact, TMA=not exact, COMPUTE_DK=dk_only,
-                                           COMPUTE_DV=not dk_only, FUSED=fused), qdo if not exact else (),
+                                           COMPUTE_DV=not dk_only), qdo if not exact else (),
                   tag=" dk" if dk_only else " dv")
     build(A._bwd_delta_kernel, dict(EV=24, BLOCK_M=32, BLOCK_DV=32, HAS_DLSE=True))
     for page_tiles in (False, True):
