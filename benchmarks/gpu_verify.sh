@@ -103,6 +103,8 @@ bench)  # session 7's last call: `flashproof bench --quick` alone on the GPU, th
         # kernel checks with memcheck side by side, all on the final kernel commit
   timeout "${BENCH_LIMIT:-260}" flashproof bench --quick --out "$OUT/bench" >"$OUT/bench.txt" 2>&1
   echo "bench exit $?" >>"$OUT/exits.txt"
+  timeout 120 python3 benchmarks/host_overhead.py --out "$OUT/host" >"$OUT/host.txt" 2>&1  # alone: host timing
+  echo "host exit $?" >>"$OUT/exits.txt"
   kernel_profile
   ( timeout "$LIMIT" python3 benchmarks/gpu_kernel_checks.py all --out "$OUT/checks" --timeout "$((LIMIT - 30))" \
       --sanitizer-timeout "$((LIMIT - 10))" >"$OUT/checks.txt" 2>&1

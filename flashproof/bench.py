@@ -194,6 +194,11 @@ def bench(*, dtypes=("bfloat16", "float16"), lengths=(1024, 2048, 4096, 8192, 16
                 ms = _time(fn, backward=False, q=q, k=k, v=v, c=True)
                 r = dict(impl=name, dtype="bfloat16", B=b, H=h, L=L, E=128, causal=True, pass_="fwd", ms=ms,
                          tflops=fl / ms / 1e9, grid="small")
+                if name in ("flashproof", "sdpa-flash"):  # replayed too: GPU time apart from the host's
+                    from triton.testing import do_bench_cudagraph
+
+                    r["ms_graph"] = do_bench_cudagraph(lambda: fn(q, k, v, True), rep=100, return_mode="median")
+                    r["tflops_graph"] = fl / r["ms_graph"] / 1e9
             except Exception as exc:  # noqa: BLE001
                 r = dict(impl=name, dtype="bfloat16", B=b, H=h, L=L, E=128, causal=True, pass_="fwd", ms=None,
                          tflops=None, grid="small", error=f"{type(exc).__name__}: {str(exc)[:120]}")
@@ -243,6 +248,22 @@ def write_tables(rows, drows, out_dir, *, command) -> str:
         ratio = lambda n: "-" if not d.get(n) or d.get("flashproof") is None else f"{d['flashproof'] / d[n]:.2f}x"
         lines.append(f"| {dt} | {e} | {L} | {b}×{h} | {int(c)} | {p} | {f('flashproof')} | {f('sdpa-flash')} | "
                      f"{f('sdpa-cudnn')} | {f('sdpa-efficient')} | {f('flex')} | {ratio('sdpa-flash')} | {ratio('sdpa-cudnn')} |")
+    small = {}
+    for r in rows:
+        if r.get("grid") == "small" and r["impl"] in ("flashproof", "sdpa-flash"):
+            small.setdefault((r["L"], r["B"], r["H"]), {})[r["impl"]] = r
+    if small:
+        lines += ["", "## Small-grid causal forward, eager and replayed (bf16, E = 128)", "",
+                  "Eager: the rows above (do_bench: host time shows wherever it exceeds the GPU's). Replayed: "
+                  "do_bench_cudagraph of the same call, GPU time only. Ratio: flashproof / SDPA flash.", "",
+                  "| L | B×H | ours eager | ours replayed | flash eager | flash replayed | ratio eager | ratio replayed |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for (L, b, h), d in small.items():
+            o, f = d.get("flashproof", {}), d.get("sdpa-flash", {})
+            ratio = lambda a, b: "-" if not a or not b else f"{a / b:.2f}x"
+            lines.append(f"| {L} | {b}×{h} | {_num(o.get('tflops'), '.0f')} | {_num(o.get('tflops_graph'), '.0f')} | "
+                         f"{_num(f.get('tflops'), '.0f')} | {_num(f.get('tflops_graph'), '.0f')} | "
+                         f"{ratio(o.get('tflops'), f.get('tflops'))} | {ratio(o.get('tflops_graph'), f.get('tflops_graph'))} |")
     if drows:
         cp = next((d["copy_gbs"] for d in drows if "copy_gbs" in d), None)
         lines += ["", f"## Decode (Lq = 1, bf16, GQA 64:8, E = 128, split-KV automatic); copy bandwidth {cp:.0f} GB/s", "",

@@ -80,3 +80,18 @@ def test_decode_table_has_both_ways_of_calling_for_both_implementations(tmp_path
     text = open(path).read()
     assert "| 8 | 4096 | 0 | 250 | 1000 | 25% | 500 | 500 | 0.50x | 2.00x |" in text
     assert "| 8 | 4096 | 1 | 1000 | 1000 | 25% | 500 | 500 | 2.00x | 2.00x |" in text
+
+
+def test_small_grid_table_has_eager_and_replayed_for_ours_and_flash(tmp_path, monkeypatch):
+    """Issue 17, goal 3: the small-grid causal rows show eager and replayed TFLOP/s for ours and SDPA
+    flash, so a host-bound ratio and a GPU-bound one read apart."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    base = dict(dtype="bfloat16", B=1, H=16, L=1024, E=128, causal=True, pass_="fwd", grid="small")
+    rows = [dict(base, impl="flashproof", ms=2.0, tflops=50.0, ms_graph=1.0, tflops_graph=100.0),
+            dict(base, impl="sdpa-flash", ms=1.0, tflops=100.0, ms_graph=2.0, tflops_graph=50.0),
+            dict(base, impl="sdpa-cudnn", ms=1.0, tflops=100.0)]
+    monkeypatch.setattr(bench, "_plot", lambda rows, out: None)
+    text = open(bench.write_tables(rows, [], str(tmp_path), command="flashproof bench --quick")).read()
+    assert "| 1024 | 1×16 | 50 | 100 | 100 | 50 | 0.50x | 2.00x |" in text

@@ -65,3 +65,51 @@ def test_descriptor_template_keeps_no_tensor_alive():
     d = A._tma_descriptor(k, 16)
     assert d is not None and d.base is k
     assert all(t.base is None for t in A._DESCRIPTORS.values())
+
+
+class _Compiled:
+    """A compiled kernel as triton returns it: kernel[grid](*every argument in signature order)."""
+
+    def __init__(self, log, exact):
+        self.log, self.exact = log, exact
+
+    def __getitem__(self, grid):
+        return lambda *values: self.log.append(("direct", self.exact, grid, values))
+
+
+class _Jit:
+    """A @triton.jit kernel of signature (RERUN, X, n, E, EXACT) that compiles one build per EXACT."""
+    arg_names = ["RERUN", "X", "n", "E", "EXACT"]
+
+    def __init__(self, log, compiled=True):
+        self.log, self.builds = log, {}
+        self.compiled = compiled
+
+    def __getitem__(self, grid):
+        def launch(*args, num_warps, num_stages, enable_fp_fusion, **meta):
+            self.log.append(("jit", meta["EXACT"], grid, args))
+            if not self.compiled:  # the interpreter returns no compiled kernel
+                return None
+            return self.builds.setdefault(meta["EXACT"], _Compiled(self.log, meta["EXACT"]))
+        return launch
+
+
+def test_exact_pass_launches_the_fast_pass_build_twin_directly():
+    """attention._launch_passes: the exact pass' build is the fast pass' twin (same arguments, so the
+    same specialization); from the second call on it is launched directly, with every argument in
+    signature order and EXACT=True, skipping triton's binding. The interpreter (no compiled kernel)
+    always goes through triton."""
+    x = torch.zeros(4)
+    for compiled in (True, False):
+        log = []
+        jit = _Jit(log, compiled)
+        for _ in range(2):
+            A._launch_passes(jit, (2, 1, 1), x, 7, E=16, num_warps=4, num_stages=2)
+        kinds = [(kind, exact) for kind, exact, _, _ in log]
+        if compiled:
+            assert kinds == [("jit", False), ("jit", True), ("jit", False), ("direct", True)], kinds
+            _, _, grid, values = log[-1]
+            rerun = log[2][3][0]
+            assert grid == (2, 1, 1) and values[0] is rerun and values[1:] == (x, 7, 16, True), values
+        else:
+            assert kinds == [("jit", False), ("jit", True)] * 2, kinds
