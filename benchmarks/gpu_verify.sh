@@ -101,6 +101,9 @@ final)  # session 6's last call: the gpu profile after the tile-estimate change,
   ;;
 bench)  # session 7's last call: `flashproof bench --quick` alone on the GPU, then the gpu profile and the
         # kernel checks with memcheck side by side, all on the final kernel commit
+  timeout 200 python3 benchmarks/exact_launch_check.py >"$OUT/exact-launch.txt" 2>&1
+  rc=$?; echo "exact-launch exit $rc" >>"$OUT/exits.txt"
+  [ "$rc" -eq 0 ] || return  # the rest would judge a broken launch path
   timeout "${BENCH_LIMIT:-260}" flashproof bench --quick --out "$OUT/bench" >"$OUT/bench.txt" 2>&1
   echo "bench exit $?" >>"$OUT/exits.txt"
   timeout 120 python3 benchmarks/host_overhead.py --out "$OUT/host" >"$OUT/host.txt" 2>&1  # alone: host timing
