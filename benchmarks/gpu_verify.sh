@@ -7,6 +7,7 @@
 #                                          # groups, the accumulation probe, the bound check, pytest -n 2
 #   bash benchmarks/gpu_verify.sh peers    # every peer of benchmarks/peers/ through the gpu profile
 #   bash benchmarks/gpu_verify.sh bench    # flashproof bench --quick alone, then the gpu profile + kernel checks
+#   bash benchmarks/gpu_verify.sh verify   # ratio_spot.py (a few bench rows), then the gpu profile + kernel checks
 #
 # Groups run as parallel processes: the suite's exact references are CPU work (16 cores there),
 # the GPU is shared. Each process is cut at LIMIT seconds so that the call returns its files.
@@ -114,6 +115,16 @@ bench)  # session 7's last call: `flashproof bench --quick` alone on the GPU, th
     echo "kernel-checks exit $?" >>"$OUT/exits.txt" ) &
   wait
   ;;
+verify)  # a kernel change after the bench: a same-run spot check of its speed, then the gpu profile and the
+         # kernel checks with memcheck side by side
+  timeout 120 python3 benchmarks/ratio_spot.py >"$OUT/ratio-spot.txt" 2>&1
+  echo "ratio-spot exit $?" >>"$OUT/exits.txt"
+  kernel_profile
+  ( timeout "$LIMIT" python3 benchmarks/gpu_kernel_checks.py all --out "$OUT/checks" --timeout "$((LIMIT - 30))" \
+      --sanitizer-timeout "$((LIMIT - 10))" >"$OUT/checks.txt" 2>&1
+    echo "kernel-checks exit $?" >>"$OUT/exits.txt" ) &
+  wait
+  ;;
 peers)
   for p in flex:target torch_sdpa:flash torch_sdpa:cudnn torch_sdpa:efficient fla:target \
            flash_attention_triton:target; do
@@ -125,9 +136,9 @@ esac
 }
 
 for m in "$@"; do
-  case "$m" in kernel|peers|followup|final|bench) ;; *) echo "usage: OUT=DIR bash benchmarks/gpu_verify.sh kernel|peers|followup|final|bench ..." >&2; exit 2;; esac
+  case "$m" in kernel|peers|followup|final|bench|verify) ;; *) echo "usage: OUT=DIR bash benchmarks/gpu_verify.sh kernel|peers|followup|final|bench|verify ..." >&2; exit 2;; esac
 done
-[ $# -gt 0 ] || { echo "usage: OUT=DIR bash benchmarks/gpu_verify.sh kernel|peers|followup|final|bench ..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: OUT=DIR bash benchmarks/gpu_verify.sh kernel|peers|followup|final|bench|verify ..." >&2; exit 2; }
 for m in "$@"; do mode "$m" & done  # the modes named run side by side
 wait
 cat "$OUT/exits.txt"
