@@ -36,6 +36,10 @@ def _num(x, fmt):
     return "-" if x is None else format(x, fmt)
 
 
+def _ratio(a, b):
+    return "-" if not a or not b else f"{a / b:.2f}x"
+
+
 def attention_flops(b, h, lq, lk, e, *, causal, backward=False):
     f = 4.0 * b * h * lq * lk * e
     if causal:
@@ -260,10 +264,9 @@ def write_tables(rows, drows, out_dir, *, command) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         for (L, b, h), d in small.items():
             o, f = d.get("flashproof", {}), d.get("sdpa-flash", {})
-            ratio = lambda a, b: "-" if not a or not b else f"{a / b:.2f}x"
             lines.append(f"| {L} | {b}×{h} | {_num(o.get('tflops'), '.0f')} | {_num(o.get('tflops_graph'), '.0f')} | "
                          f"{_num(f.get('tflops'), '.0f')} | {_num(f.get('tflops_graph'), '.0f')} | "
-                         f"{ratio(o.get('tflops'), f.get('tflops'))} | {ratio(o.get('tflops_graph'), f.get('tflops_graph'))} |")
+                         f"{_ratio(o.get('tflops'), f.get('tflops'))} | {_ratio(o.get('tflops_graph'), f.get('tflops_graph'))} |")
     if drows:
         cp = next((d["copy_gbs"] for d in drows if "copy_gbs" in d), None)
         lines += ["", f"## Decode (Lq = 1, bf16, GQA 64:8, E = 128, split-KV automatic); copy bandwidth {cp:.0f} GB/s", "",
@@ -284,10 +287,9 @@ def write_tables(rows, drows, out_dir, *, command) -> str:
             gb = lambda ms: None if not ms else d["bytes"] / ms / 1e6
             fe, fr = gb(f.get("flash_ms_eager")), gb(f.get("flash_ms"))
             oe, orr = d.get("gbs_eager"), d.get("gbs")
-            ratio = lambda a, b: "-" if not a or not b else f"{a / b:.2f}x"
             lines.append(f"| {d['B']} | {d['Lk']} | {int(bool(d.get('paged')))} | {_num(oe, '.0f')} | {_num(orr, '.0f')} | "
                          f"{_num(d.get('frac_copy'), '.0%')} | {_num(fe, '.0f')} | {_num(fr, '.0f')} | "
-                         f"{ratio(oe, fe)} | {ratio(orr, fr)} |" + (f" {d['error'][:60]}" if d.get("error") else ""))
+                         f"{_ratio(oe, fe)} | {_ratio(orr, fr)} |" + (f" {d['error'][:60]}" if d.get("error") else ""))
     _plot(rows, out_dir)
     lines += ["", "![TFLOP/s vs L](tflops_vs_L.png)"]
     path = table_path(out_dir, meta["device"])

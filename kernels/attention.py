@@ -515,13 +515,14 @@ def _launch_passes(kernel, grid, *args, **meta):
             _EXACT_BUILDS[fast] = exact
         return
     # Same arguments as the fast launch, so the same specialization: its exact build is known, and
-    # launching it directly skips triton's binding (host time; session 8, call 1 measured ~90 us/launch).
+    # launching it directly skips triton's binding (host time per small forward 250 -> 198 us on the
+    # H200, benchmarks/exact_launch_check.py, docs/gpu-runs.md session 8).
     consts = dict(meta, EXACT=True)
     exact[grid](rerun, *args, *(consts[n] for n in kernel.arg_names[len(args) + 1:]))
 
 
 # A compiled fast pass -> the exact build of its specialization (compiled mode only; the interpreter
-# returns no compiled kernel). Both live as long as triton's own cache holds them.
+# returns no compiled kernel). Triton's own cache keeps both alive anyway; this adds only the pairing.
 _EXACT_BUILDS: dict = {}
 
 
