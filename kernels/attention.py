@@ -17,8 +17,8 @@ from triton.runtime.errors import OutOfResources
 from flashproof import spec
 
 from .blocks import (LN2, finalize, head_base, key_range, load2d, logits, masked_block, masked_mma,
-                     masked_mma_acc, mma, mma_acc, nonfinite, query_range, rerun_flag, round_to, skip_program,
-                     span)
+                     masked_mma_acc, mma, mma_acc, nonfinite, query_range, rerun_flag, round_to, signed_keep,
+                     skip_program, span)
 from .runtime import interpreting
 from .tiles import (TileConfig, backward_config, backward_split, check_tile_config,
                     default_forward_config, head_block)
@@ -68,6 +68,8 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n, k_rows, v_row
     if MASKED:
         # -inf, never a finite sentinel: a real logit of -1e6 must still win (spec "Mask").
         allowed = (offs_n[None, :] >= lo[:, None]) & (offs_n[None, :] < hi[:, None])
+        if HAS_BIAS:
+            allowed = allowed & (bias != -float("inf"))
         s = tl.where(allowed, s, -float("inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     # spec.online.ScalarOps.shift: an all-masked row so far shifts by 0, never -inf - -inf.
@@ -85,7 +87,8 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, bias_base, offs_n, k_rows, v_row
                    offs_n, LK, offs_dv, EV, MASKED, EV != BLOCK_DV)
     pv = round_to(p, v.dtype, UPCAST)
     if MASKED:
-        acc = masked_mma(acc * alpha[:, None], pv, v, s != -float("inf"), PRECISION, UPCAST, EXACT)
+        # kept by the mask and the bias, not by the logit (docs/findings.md F10)
+        acc = masked_mma(acc * alpha[:, None], signed_keep(pv, allowed), v, None, PRECISION, UPCAST, EXACT)
     elif v.dtype == tl.float32:
         # fp32: one product tile per block, so the FMA chain is Lk / BLOCK_N + BLOCK_N long
         acc = acc * alpha[:, None] + mma(pv, v, PRECISION, UPCAST)
@@ -381,6 +384,8 @@ def _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base, b, hk, n, of
         s = tl.where(bias == -float("inf"), -float("inf"), s + bias * 1.4426950408889634)
     if MASKED:
         allowed = (offs_n[None, :] >= lo[:, None]) & (offs_n[None, :] < hi[:, None])
+        if HAS_BIAS:
+            allowed = allowed & (bias != -float("inf"))
         s = tl.where(allowed, s, -float("inf"))
     # Empty rows have LSE -inf: P = 0 there, never exp2(-inf - -inf).
     empty = lse2 == -float("inf")
@@ -399,9 +404,10 @@ def _dq_tile(dq, cq, q, do, lse2, delta, k_base, v_base, bias_base, b, hk, n, of
         ds = ds * (1.0 - t * t)
     k = tl.trans(kt)
     if MASKED:
-        keep = s != -float("inf")
-        ds = tl.where(keep, ds, 0.0)
-        dq, cq = masked_mma_acc(dq, cq, round_to(ds, k.dtype, UPCAST), k, keep, PRECISION, UPCAST, KAHAN, EXACT)
+        # kept by the mask and the bias, not by the logit: an allowed pair of logit -inf (an inf in k_j)
+        # gives dS = 0, and 0 * inf = NaN as in full tiles (docs/findings.md F10)
+        dq, cq = masked_mma_acc(dq, cq, signed_keep(round_to(ds, k.dtype, UPCAST), allowed), k, None, PRECISION,
+                                UPCAST, KAHAN, EXACT)
     else:
         dq, cq = mma_acc(dq, cq, round_to(ds, k.dtype, UPCAST), k, PRECISION, UPCAST, KAHAN)
     return dq, cq

@@ -19,6 +19,7 @@ __all__ = [
     "tanh",
     "logits",
     "masked_mma",
+    "signed_keep",
     "masked_mma_acc",
     "load2d",
     "head_base",
@@ -157,7 +158,8 @@ def logits(s, QK_SCALE, OUT_SCALE, SOFTCAP: tl.constexpr):
 @triton.jit
 def masked_mma(acc, a, b, keep, PRECISION: tl.constexpr, UPCAST: tl.constexpr, EXACT: tl.constexpr):
     """acc + sum_k a[m, k] b[k, n] over the pairs with keep[m, k] only, with IEEE non-finite
-    results; the sum is accumulated inside the MMA.
+    results; the sum is accumulated inside the MMA. keep=None: the kept set is encoded in a
+    (signed_keep).
 
     A plain dot would add 0 * NaN = NaN from a dropped pair (a = 0 there). Non-finite b entries
     are zeroed for the main product; if the tile has any, indicator products (exact small
@@ -178,6 +180,8 @@ def masked_mma(acc, a, b, keep, PRECISION: tl.constexpr, UPCAST: tl.constexpr, E
     if UPCAST:  # the interpreter also compares bf16 as raw bits; fp32 is exact
         a = a.to(tl.float32)
         b = b.to(tl.float32)
+    if keep is None:  # signed_keep's encoding, read where a already is
+        keep = (a != 0) | _negative_zero(a)
     fin = (b == b) & (tl.abs(b) != float("inf"))
     out, _c = mma_acc(acc, 0.0, a, tl.where(fin, b, 0.0), PRECISION, UPCAST, False)
     n_bad = tl.sum(tl.sum(tl.where(fin, 0, 1), axis=1), axis=0)
@@ -200,6 +204,25 @@ def masked_mma(acc, a, b, keep, PRECISION: tl.constexpr, UPCAST: tl.constexpr, E
         # IEEE with the accumulator too: -inf + inf and NaN + inf are NaN
         out = tl.where(nan | pos | neg, acc + fix, out)
     return out
+
+
+@triton.jit
+def signed_keep(a, keep):
+    """a for masked_mma(keep=None): the dropped pairs' entries +0.0, the kept pairs' zeros -0.0, so
+    that the kept set travels inside a (a 16- or 32-bit tile) instead of as a boolean tile, which the
+    sm_90 build cannot move into a dot operand's layout when the mask depends on a loaded bias
+    (shared memory holds no 1-bit elements; docs/findings.md F10). -0.0 and +0.0 weights give the
+    same products to the last bit but their zero signs, and the accumulator starts at +0.0."""
+    return tl.where(keep, tl.where(a == 0, -0.0, a), 0.0)
+
+
+@triton.jit
+def _negative_zero(x):
+    if x.dtype.primitive_bitwidth == 16:
+        neg = x.to(tl.int16, bitcast=True) == -32768
+    else:
+        neg = x.to(tl.int32, bitcast=True) == -2147483648
+    return neg
 
 
 @triton.jit
