@@ -56,6 +56,14 @@ kernel_profile() {  # flashproof's kernel through the whole gpu profile, in four
   check k-backward "" 'grad*' rope_reencoded_cache_matches scale_equivariant gqa_equals_repeated_mha &  # k-forward ran longest
 }
 
+profile_and_checks() {  # the gpu profile and the kernel checks with memcheck side by side, waited for
+  kernel_profile
+  ( timeout "$LIMIT" python3 benchmarks/gpu_kernel_checks.py all --out "$OUT/checks" --timeout "$((LIMIT - 30))" \
+      --sanitizer-timeout "$((LIMIT - 10))" >"$OUT/checks.txt" 2>&1
+    echo "kernel-checks exit $?" >>"$OUT/exits.txt" ) &
+  wait
+}
+
 mode() {
 case "$1" in
 kernel)
@@ -108,21 +116,13 @@ bench)  # session 7's last call: `flashproof bench --quick` alone on the GPU, th
   echo "bench exit $?" >>"$OUT/exits.txt"
   timeout 120 python3 benchmarks/host_overhead.py --out "$OUT/host" >"$OUT/host.txt" 2>&1  # alone: host timing
   echo "host exit $?" >>"$OUT/exits.txt"
-  kernel_profile
-  ( timeout "$LIMIT" python3 benchmarks/gpu_kernel_checks.py all --out "$OUT/checks" --timeout "$((LIMIT - 30))" \
-      --sanitizer-timeout "$((LIMIT - 10))" >"$OUT/checks.txt" 2>&1
-    echo "kernel-checks exit $?" >>"$OUT/exits.txt" ) &
-  wait
+  profile_and_checks
   ;;
 verify)  # a kernel change after the bench: a same-run spot check of its speed, then the gpu profile and the
          # kernel checks with memcheck side by side
   timeout 120 python3 benchmarks/ratio_spot.py >"$OUT/ratio-spot.txt" 2>&1
   echo "ratio-spot exit $?" >>"$OUT/exits.txt"
-  kernel_profile
-  ( timeout "$LIMIT" python3 benchmarks/gpu_kernel_checks.py all --out "$OUT/checks" --timeout "$((LIMIT - 30))" \
-      --sanitizer-timeout "$((LIMIT - 10))" >"$OUT/checks.txt" 2>&1
-    echo "kernel-checks exit $?" >>"$OUT/exits.txt" ) &
-  wait
+  profile_and_checks
   ;;
 peers)
   for p in flex:target torch_sdpa:flash torch_sdpa:cudnn torch_sdpa:efficient fla:target \
